@@ -1,0 +1,50 @@
+"""Atomic writes: nothing half-written is ever left at a destination path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``destination``; on success it replaces ``destination``.
+
+    On an exception the temporary folder is removed and ``destination`` is left as it was. An existing
+    ``destination`` is moved aside first and removed only once the new folder is in place.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp.", dir=destination.parent))
+    try:
+        yield tmp
+        old = None
+        if destination.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
+            os.rmdir(old)
+            os.replace(destination, old)
+        os.replace(tmp, destination)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

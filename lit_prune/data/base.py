@@ -1,0 +1,214 @@
+"""What every lit_prune data module shares: tokenizer loading, a tokenisation cache, dataloaders, and the
+calibration sample that retraining-free pruning methods draw from the training split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lit_prune.assets import resolve_model
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LIT_PRUNE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$LIT_PRUNE_CACHE``, else ``~/.cache/lit_prune``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lit_prune").expanduser()
+
+
+def file_fingerprint(path: Path) -> str:
+    """Cheap identity of a data file for cache keys: resolved path, size and modification time."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def load_tokenizer(name_or_path: str, setting: str = "tokenizer"):
+    """Load a fast tokenizer from a folder, an assets name or a hub id."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model(name_or_path, setting=setting)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.location)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{setting}={name_or_path!r} loads a slow (Python) tokenizer; lit_prune needs a fast "
+                         "tokenizer (offset mappings for QA, speed for GLUE). Provide a tokenizer.json.")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable digest of a tokenizer's vocabulary and settings, for cache keys."""
+    backend = tokenizer.backend_tokenizer.to_str()
+    return hashlib.sha256(backend.encode()).hexdigest()[:16]
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Base class of lit_prune data modules.
+
+    Subclasses fill ``self.datasets`` in ``setup()`` with tokenised ``datasets.Dataset`` objects keyed by split
+    name ("train", the names in ``val_split_names``, "test"), and define ``task`` (a string that also names the
+    task module's task) and ``collate``.
+
+    Args:
+        tokenizer: tokenizer folder, assets name or hub id. Usually linked to the model's ``name_or_path``.
+        max_seq_length: longest tokenised input; longer inputs are truncated (GLUE) or windowed (SQuAD).
+        batch_size: training batch size (per device).
+        eval_batch_size: evaluation batch size (per device).
+        num_workers: dataloader worker processes.
+        cache_dir: where tokenised datasets are cached; ``None`` uses ``$LIT_PRUNE_CACHE`` or
+            ``~/.cache/lit_prune``.
+        seed: seed of every random choice the data module makes (subsampling, splits).
+    """
+
+    #: names of the evaluation splits, in dataloader order
+    val_split_names: tuple[str, ...] = ("validation",)
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        problems = []
+        if tokenizer is not None and (not isinstance(tokenizer, str) or not tokenizer.strip()):
+            problems.append(f"tokenizer={tokenizer!r}: expected a folder, an assets name or a hub id")
+        for name, value, low in (("max_seq_length", max_seq_length, 8), ("batch_size", batch_size, 1),
+                                 ("eval_batch_size", eval_batch_size, 1), ("num_workers", num_workers, 0)):
+            if not isinstance(value, int) or value < low:
+                problems.append(f"{name}={value!r}: expected an integer >= {low}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.tokenizer_name = tokenizer
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.seed = seed
+        self.datasets: dict[str, Any] = {}
+        self._tokenizer = None
+
+    # ----------------------------------------------------------------------------------------- tokenizer
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise ValueError(f"{type(self).__name__}: tokenizer is not set; give `tokenizer` (train.py links "
+                                 "it to model.name_or_path).")
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    @property
+    def task(self) -> str:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- caching
+    def cached(self, key: dict[str, Any], build: Callable[[], Any]):
+        """Return the ``datasets.Dataset`` built by ``build()``, cached on disk under a digest of ``key``.
+
+        The cache entry is written to a temporary folder and renamed into place, so an interrupted run never
+        leaves a half-written entry behind.
+        """
+        import datasets
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        folder = self.cache_dir / "tokenized" / digest
+        if (folder / "dataset_info.json").is_file():
+            try:
+                return datasets.load_from_disk(str(folder))
+            except Exception as error:  # a corrupt entry is rebuilt, and we say so
+                warnings.warn(f"tokenisation cache entry {folder} is unreadable ({error}); rebuilding it")
+                shutil.rmtree(folder, ignore_errors=True)
+        dataset = build()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=folder.parent))
+        try:
+            dataset.save_to_disk(str(tmp))
+            (tmp / "lit_prune_key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process (a DDP rank) won the race: use its entry
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return datasets.load_from_disk(str(folder))
+
+    # ---------------------------------------------------------------------------------------- dataloaders
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _split(self, name: str):
+        if name not in self.datasets:
+            self.setup("fit" if name == "train" else "validate")
+        if name not in self.datasets:
+            raise ValueError(f"{type(self).__name__}({self.task}): no {name!r} split; "
+                             f"available: {sorted(self.datasets)}")
+        return self.datasets[name]
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._split("train"), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(self._split(name), self.eval_batch_size, shuffle=False)
+                   for name in self.val_split_names]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def calibration_dataloader(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
+                               replacement: bool = False) -> DataLoader:
+        """A fixed random sample of the training split, for calibration passes of retraining-free pruning.
+
+        Args:
+            num_samples: how many training examples (SQuAD: windows) to draw.
+            seed: seed of the draw; the same seed gives the same sample on every rank and every run.
+            batch_size: batch size of the loader (default: the training batch size).
+            replacement: draw with replacement (Kwon et al.), else without.
+
+        When ``replacement`` is off and ``num_samples`` exceeds the split, the whole split is used and a warning
+        says so; ``len(loader.dataset)`` tells how many were used.
+        """
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r}: expected an integer >= 1")
+        train = self._split("train")
+        generator = torch.Generator().manual_seed(seed)
+        if replacement:
+            indices = torch.randint(len(train), (num_samples,), generator=generator).tolist()
+        else:
+            if num_samples > len(train):
+                warnings.warn(f"calibration: num_samples={num_samples} exceeds the {len(train)} training examples "
+                              f"of {self.task}; using all {len(train)}")
+                num_samples = len(train)
+            indices = torch.randperm(len(train), generator=generator)[:num_samples].tolist()
+        return self._loader(Subset(train, indices), batch_size or self.batch_size, shuffle=False)
+
+    def average_sequence_length(self, split: str | None = None) -> float:
+        """Average tokenised length (no padding) of a split: the ``s`` of the FLOPs accounting.
+
+        Defaults to the first evaluation split, as Kwon et al. compute it on the dev set.
+        """
+        dataset = self._split(split or self.val_split_names[0])
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        if not lengths:
+            raise ValueError(f"{self.task}: split {split!r} is empty")
+        return float(sum(lengths) / len(lengths))

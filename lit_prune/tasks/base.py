@@ -1,0 +1,124 @@
+"""What every lit_prune task module shares: loading a Hugging Face model by name, AdamW with linear warm-up and
+decay, and saving the fine-tuned model as a Hugging Face folder at the end of ``fit``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_prune.assets import resolve_model
+from lit_prune.core.atomic import atomic_directory
+
+log = logging.getLogger(__name__)
+
+FINAL_MODEL_DIR = "final_model"
+
+
+def check_model_type(location: str, mapping_names: dict[str, str], kind: str, setting: str, value: str,
+                     trust_remote_code: bool = False):
+    """Load a model's config and check that the Auto class for ``kind`` can wrap its type."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    auto_map = getattr(config, "auto_map", None) or {}
+    if config.model_type not in mapping_names and not any(kind in key for key in auto_map):
+        allowed = ", ".join(sorted(mapping_names))
+        raise ValueError(f"{setting}={value!r} is a {config.model_type!r} model, which {kind} cannot wrap. "
+                         f"Supported model types: {allowed}.")
+    return config
+
+
+class TaskModule(L.LightningModule):
+    """Base class of lit_prune task modules (a Hugging Face model plus loss, metrics and optimiser).
+
+    Subclasses build ``self.model`` in ``__init__`` and define ``training_step`` / ``validation_step``.
+
+    Args:
+        name_or_path: the model: a folder, a name under ``$LIT_PRUNE_ASSETS/models/``, or a hub id.
+        task: the task (set by train.py from the data module's task).
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
+        trust_remote_code: let transformers run modelling code stored with the model (pruned lit_prune models
+            load without it while lit_prune is imported).
+        save_final_model: at the end of ``fit``, save the model and tokenizer to
+            ``<trainer.default_root_dir>/final_model/``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: str | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        trust_remote_code: bool = False,
+        save_final_model: bool = True,
+    ) -> None:
+        super().__init__()
+        problems = []
+        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
+            problems.append(f"learning_rate={learning_rate!r}: expected a number > 0")
+        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+            problems.append(f"weight_decay={weight_decay!r}: expected a number >= 0")
+        if not (isinstance(warmup_ratio, (int, float)) and 0 <= warmup_ratio < 1):
+            problems.append(f"warmup_ratio={warmup_ratio!r}: expected a number in [0, 1)")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.name_or_path = name_or_path
+        self.resolved = resolve_model(name_or_path, setting="model.name_or_path")
+        self.task = task
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.trust_remote_code = trust_remote_code
+        self.save_final_model = save_final_model
+        self.model: torch.nn.Module  # set by subclasses
+
+    # ------------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.weight_decay},
+            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup_ratio * total)
+
+        def linear(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Save the model and its tokenizer as a Hugging Face folder, atomically."""
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        with atomic_directory(folder) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer = AutoTokenizer.from_pretrained(self.resolved.location)
+            tokenizer.save_pretrained(tmp)
+        return folder
+
+    def on_fit_end(self) -> None:
+        if self.save_final_model and not self.trainer.fast_dev_run:
+            self._save_final()
+
+    @rank_zero_only
+    def _save_final(self) -> None:
+        folder = Path(self.trainer.default_root_dir) / FINAL_MODEL_DIR
+        self.save_pretrained(folder)
+        log.info("saved the fine-tuned model to %s", folder)
+        print(f"lit_prune: saved the fine-tuned model to {folder}")
