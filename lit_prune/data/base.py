@@ -139,6 +139,8 @@ class TaskDataModule(L.LightningDataModule):
         dataset = build()
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=folder.parent))
+        bars_were_on = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
         try:
             dataset.save_to_disk(str(tmp))
             (tmp / "lit_prune_key.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
@@ -147,8 +149,11 @@ class TaskDataModule(L.LightningDataModule):
             except OSError:  # another process (a DDP rank) won the race: use its entry
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
+            if bars_were_on:
+                datasets.enable_progress_bars()
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        log.info("cached tokenised %s at %s", key.get("kind", "data"), folder)
         return datasets.load_from_disk(str(folder))
 
     # ---------------------------------------------------------------------------------------- dataloaders
@@ -157,7 +162,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def _split(self, name: str):
         if name not in self.datasets:
-            self.setup("fit" if name == "train" else "validate")
+            self.setup({"train": "fit", "test": "predict"}.get(name, "validate"))
         if name not in self.datasets:
             raise ValueError(f"{type(self).__name__}({self.task}): no {name!r} split; "
                              f"available: {sorted(self.datasets)}")
