@@ -173,3 +173,28 @@ def test_tokenisation_is_cached(minilm_l3, tmp_path):
     again.setup("validate")
     assert again.datasets["validation"]["input_ids"] == data.datasets["validation"]["input_ids"]
     assert len(list((tmp_path / "tokenized").iterdir())) == 1
+
+
+def test_hub_fallback_maps_columns(tmp_path, monkeypatch, minilm_l3):
+    """Without a local copy the hub dataset is used; its column names map onto the same fields."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        rows = {"premise": ["a b", "c d"], "hypothesis": ["b", "d"], "idx": [0, 1]}
+        rows["label"] = [-1, -1] if split.startswith("test") else [2, 0]
+        return datasets.Dataset.from_dict(rows)
+
+    monkeypatch.setenv("LIT_PRUNE_ASSETS", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = GlueDataModule(task="mnli", tokenizer=str(minilm_l3), cache_dir=str(tmp_path / "cache"))
+    assert data.source == "hub:nyu-mll/glue/mnli"
+    data.setup("fit")
+    data.setup("predict")
+    assert [c[2] for c in calls] == ["train", "validation_matched", "validation_mismatched", "test_matched"]
+    assert data.datasets["train"]["labels"] == [2, 0]
+    assert "labels" not in data.datasets["test"].column_names
