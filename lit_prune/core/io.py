@@ -1,0 +1,183 @@
+"""Save and load a pruned model as a Hugging Face folder that loads anywhere transformers does.
+
+A pruned folder holds:
+
+* ``config.json``: the original config type (``model_type`` unchanged) plus ``lit_prune_structure`` (the kept
+  structure and the dense shape, see :mod:`lit_prune.core.hf_modeling.modeling_lit_pruned`) and ``auto_map``
+  entries for ``AutoModel``, ``AutoModelForSequenceClassification`` and ``AutoModelForQuestionAnswering``;
+* ``model.safetensors``: the compacted weights;
+* ``modeling_lit_pruned.py``: a copy of lit_prune's modelling file (torch + transformers only), which rebuilds
+  the pruned architecture before the weights load;
+* the tokenizer files, when a tokenizer is given.
+
+So ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` works without lit_prune,
+and :func:`load_pruned` loads it inside lit_prune from the package's own copy of the classes (no remote code).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig
+
+from lit_prune.core.arch import STRUCTURE_KEY, get_adapter
+from lit_prune.core.atomic import atomic_directory, atomic_write_text
+from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
+
+Kind = Literal["base", "sequence_classification", "question_answering"]
+
+MODELING_FILE = "modeling_lit_pruned.py"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class NotAPrunedModelError(ValueError):
+    """A folder that does not hold a valid lit_prune pruned model."""
+
+
+def _kind_of(model: nn.Module) -> tuple[str, str]:
+    """(model_type, kind) of a model whose class the modelling file can rebuild."""
+    for key, pruned_class in hf.PRUNED_CLASSES.items():
+        if type(model) in (pruned_class, pruned_class.__bases__[-1]):
+            return key
+    supported = sorted({cls.__bases__[-1].__name__ for cls in hf.PRUNED_CLASSES.values()})
+    raise ValueError(f"cannot save a pruned {type(model).__name__}: the pruned-folder format supports "
+                     f"{', '.join(supported)}")
+
+
+def saved_kind(config: Any) -> str | None:
+    """The kind ("base", "sequence_classification", ...) a pruned config was saved as, from ``architectures``."""
+    architectures = getattr(config, "architectures", None)
+    for (_, kind), pruned_class in hf.PRUNED_CLASSES.items():
+        if architectures and architectures[0] in (pruned_class.__name__, pruned_class.__bases__[-1].__name__):
+            return kind
+    return None
+
+
+def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
+    """Write a compacted model (and its tokenizer) as a self-contained Hugging Face folder, atomically.
+
+    Args:
+        model: a model returned by :func:`lit_prune.core.compact.compact` (or loaded by :func:`load_pruned`).
+        folder: the destination; an existing folder is replaced only once the new one is complete.
+        tokenizer: saved beside the model when given.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        ValueError: the model is not compacted, or its class is not one the modelling file rebuilds.
+    """
+    adapter = get_adapter(model)
+    if not adapter.is_compacted:
+        raise ValueError(f"this {type(model).__name__} is not compacted; call "
+                         "lit_prune.core.compact.compact(model, masks) before save_pruned")
+    model_type, kind = _kind_of(model)
+    folder = Path(folder)
+    with atomic_directory(folder) as tmp:
+        model.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config["architectures"] = [hf.PRUNED_CLASSES[(model_type, kind)].__bases__[-1].__name__]
+        module = Path(MODELING_FILE).stem
+        config["auto_map"] = {hf.AUTO_CLASSES[k]: f"{module}.{hf.PRUNED_CLASSES[(model_type, k)].__name__}"
+                              for k in hf.KINDS}
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        shutil.copyfile(hf.__file__, tmp / MODELING_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def read_pruned_config(folder: str | Path) -> Any:
+    """The validated config of a pruned folder (a ``transformers`` config with ``lit_prune_structure``).
+
+    Checks the files, the structure (format version, consistency with the config) and that every pruned weight
+    in ``model.safetensors`` has the shape the structure implies.
+
+    Raises:
+        NotAPrunedModelError: listing every problem found.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotAPrunedModelError(f"{folder} is not a folder, so not a pruned model folder")
+    missing = [name for name in ("config.json", WEIGHTS_FILE, MODELING_FILE) if not (folder / name).is_file()]
+    if "config.json" in missing:
+        raise NotAPrunedModelError(f"{folder} is not a pruned model folder: it has no config.json")
+    raw = json.loads((folder / "config.json").read_text())
+    if STRUCTURE_KEY not in raw:
+        raise NotAPrunedModelError(
+            f"{folder} is not a pruned model folder: its config.json has no {STRUCTURE_KEY} (a dense model loads "
+            "with transformers' from_pretrained directly)"
+            + (f"; it also lacks {', '.join(missing)}" if missing else ""))
+    problems = [f"missing {name}" for name in missing]
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, KeyError, OSError) as error:
+        raise NotAPrunedModelError(f"{folder}: config.json does not load: {error}") from error
+    problems += hf.structure_problems(getattr(config, STRUCTURE_KEY), config)
+    if not problems:
+        problems += _weight_problems(folder / WEIGHTS_FILE, config)
+    if problems:
+        raise NotAPrunedModelError(f"{folder} is not a valid pruned model folder: " + "; ".join(problems))
+    return config
+
+
+def _weight_problems(weights: Path, config: Any) -> list[str]:
+    """Every pruned Linear weight whose stored shape differs from the structure's."""
+    layout = hf.LAYOUTS[config.model_type]
+    structure = getattr(config, STRUCTURE_KEY)
+    d = structure["hidden_size"]
+    problems = []
+    with safe_open(str(weights), framework="pt") as handle:
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    for index, layer in enumerate(structure["layers"]):
+        q = sum(h[0] for h in layer["heads"])
+        v = sum(h[1] for h in layer["heads"])
+        n = layer["ffn"]
+        expected = {"query": (q, d), "key": (q, d), "value": (v, d), "attn_out": (d, v), "ffn_up": (n, d),
+                    "ffn_down": (d, n)}
+        for role, shape in expected.items():
+            suffix = f"{layout['layers']}.{index}.{layout[role]}.weight"
+            found = [stored for key, stored in shapes.items() if key == suffix or key.endswith("." + suffix)]
+            if not found:
+                problems.append(f"{WEIGHTS_FILE} has no {suffix}")
+            elif found[0] != shape:
+                problems.append(f"{WEIGHTS_FILE}: {suffix} has shape {found[0]}, the structure implies {shape}")
+    return problems
+
+
+def is_pruned_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a valid pruned model (see :func:`read_pruned_config`)."""
+    try:
+        read_pruned_config(folder)
+    except NotAPrunedModelError:
+        return False
+    return True
+
+
+def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_kwargs: Any) -> nn.Module:
+    """Load a pruned folder with lit_prune's own copy of the modelling classes (no ``trust_remote_code``).
+
+    Args:
+        folder: a folder written by :func:`save_pruned`.
+        kind: "base", "sequence_classification" or "question_answering"; ``None`` loads the kind that was saved.
+        **from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``dtype``, ``attn_implementation``).
+
+    Raises:
+        NotAPrunedModelError: the folder does not hold a valid pruned model.
+        ValueError: ``kind`` is not one of the kinds above.
+    """
+    config = read_pruned_config(folder)
+    if kind is None:
+        kind = saved_kind(config)
+        if kind is None:
+            raise ValueError(f"{folder}: config.json does not say which model kind was saved "
+                             f"(architectures={getattr(config, 'architectures', None)!r}); pass kind= one of "
+                             f"{list(hf.KINDS)}")
+    if kind not in hf.KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {list(hf.KINDS)}")
+    return hf.PRUNED_CLASSES[(config.model_type, kind)].from_pretrained(folder, **from_pretrained_kwargs)
