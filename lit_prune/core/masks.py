@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_write_bytes
 
 FIELDS = ("head", "qk", "vo", "ffn")
@@ -109,8 +110,6 @@ class PruningMasks:
     @classmethod
     def from_model(cls, model: nn.Module) -> PruningMasks:
         """All-ones masks shaped for a dense ``model``, on its device."""
-        from lit_prune.core.arch import get_adapter
-
         adapter = get_adapter(model)
         adapter.require_dense("build masks for it")
         device = next(model.parameters()).device

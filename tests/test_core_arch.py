@@ -1,0 +1,85 @@
+"""Architecture adapters: dims and modules of BERT / RoBERTa / DistilBERT, and clear errors for anything else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_model
+from lit_prune.core.arch import (
+    ArchSpec,
+    UnsupportedArchitectureError,
+    get_adapter,
+    register_architecture,
+    supported_model_types,
+)
+
+
+@pytest.mark.parametrize("kind", ["sequence_classification", "question_answering", "base"])
+def test_adapter_dims_and_modules(tiny_model_type, kind):
+    model = tiny_model(tiny_model_type, kind)
+    adapter = get_adapter(model)
+    assert (adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.hidden_size, adapter.ffn_dim) == (
+        2, 4, 8, 32, 48)
+    assert not adapter.is_compacted
+    for index in range(2):
+        m = adapter.layer(index)
+        for linear, shape in ((m.query, (32, 32)), (m.key, (32, 32)), (m.value, (32, 32)), (m.attn_out, (32, 32)),
+                              (m.ffn_up, (48, 32)), (m.ffn_down, (32, 48))):
+            assert isinstance(linear, nn.Linear) and tuple(linear.weight.shape) == shape
+        assert isinstance(m.attn_norm, nn.LayerNorm) and isinstance(m.ffn_norm, nn.LayerNorm)
+        assert m.attn_norm is not m.ffn_norm
+        assert m.self_attention.scaling == 8 ** -0.5
+        # The adapter finds the very modules the model runs.
+        assert m.query is (model.base_model.transformer.layer[index].attention.q_lin if tiny_model_type == "distilbert"
+                           else model.base_model.encoder.layer[index].attention.self.query)
+
+
+def test_distilbert_output_projection_is_inside_attention():
+    adapter = get_adapter(tiny_model("distilbert"))
+    layer = adapter.layer(0)
+    assert layer.attn_out is layer.self_attention.out_lin
+    assert adapter.spec.attention_style == "distilbert"
+
+
+def test_real_minilm_dims(minilm_l6):
+    from transformers import AutoModel
+
+    adapter = get_adapter(AutoModel.from_pretrained(minilm_l6))
+    assert (adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.hidden_size, adapter.ffn_dim) == (
+        6, 12, 32, 384, 1536)
+
+
+def test_unsupported_architecture_names_type_supported_and_how_to_add():
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    gpt2 = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    with pytest.raises(UnsupportedArchitectureError,
+                       match=r"model type 'gpt2' \(GPT2Model\) is not supported; supported model types: bert, "
+                             r"distilbert, roberta\. To add one.*register_architecture"):
+        get_adapter(gpt2)
+    assert supported_model_types() == ["bert", "distilbert", "roberta"]
+
+
+def test_decoder_configuration_is_refused():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=8, is_decoder=True)
+    with pytest.raises(UnsupportedArchitectureError, match="decoder"):
+        get_adapter(BertModel(config))
+
+
+def test_register_architecture_validates_and_refuses_duplicates():
+    bert_like = ArchSpec(**{**get_adapter(tiny_model("bert")).spec.__dict__})
+    with pytest.raises(ValueError, match="model_type='bert' already has an adapter"):
+        register_architecture("bert", bert_like)
+    wrong = ArchSpec(**{**bert_like.__dict__, "query": "attention.self.q_proj"})
+    with pytest.raises(ValueError, match=r"query='attention.self.q_proj' must be 'attention.self.query'"):
+        register_architecture("my-encoder", wrong)
+    wrong_style = ArchSpec(**{**bert_like.__dict__, "attention_style": "gpt"})
+    with pytest.raises(ValueError, match="attention_style='gpt' is not one of"):
+        register_architecture("my-encoder", wrong_style)
+    assert "my-encoder" not in supported_model_types()
