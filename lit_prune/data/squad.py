@@ -1,0 +1,586 @@
+"""SQuAD v1.1 / v2.0 extractive question answering: reading the official JSON files, the article split used when
+no training file is available, sliding-window tokenisation, and turning start/end logits back into answer text."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader
+
+from lit_prune.assets import AssetNotFoundError, describe_data_lookup, hub_offline, resolve_data_dir
+from lit_prune.data.base import TaskDataModule, file_fingerprint, tokenizer_fingerprint
+
+log = logging.getLogger(__name__)
+
+SquadTask = Literal["squad_v1", "squad_v2"]
+SQUAD_TASKS: tuple[str, ...] = ("squad_v1", "squad_v2")
+
+#: task -> (folder under data/squad/, file version suffix, hub dataset id)
+_SOURCES = {"squad_v1": ("v1.1", "rajpurkar/squad"), "squad_v2": ("v2.0", "rajpurkar/squad_v2")}
+
+#: offsets stored for tokens outside the context (question, special tokens); Arrow cannot store ``None`` pairs
+#: inside an integer list column, and ``-1`` is never a real character offset
+NON_CONTEXT_OFFSET = (-1, -1)
+
+#: bump when the feature layout changes, so old cache entries are not reused
+_FEATURE_FORMAT = 1
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# ------------------------------------------------------------------------------------------------- reading
+def read_squad_json(path: Path, task: SquadTask) -> list[dict[str, Any]]:
+    """Read an official SQuAD JSON file into flat examples.
+
+    Args:
+        path: a ``train-v*.json`` / ``dev-v*.json`` file.
+        task: ``"squad_v1"`` (every question must have an answer) or ``"squad_v2"`` (unanswerable questions
+            allowed).
+
+    Returns:
+        One dict per question: ``id``, ``title``, ``context``, ``question`` and ``answers`` (a dict of the lists
+        ``text`` and ``answer_start``, the layout of the hub datasets; empty lists for an unanswerable question).
+
+    Raises:
+        ValueError: the file is not JSON, lacks the SQuAD layout (a ``data`` list of articles with ``paragraphs``
+            of ``context`` and ``qas``), holds no questions, or holds unanswerable questions under squad_v1.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"SQuAD file {path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise ValueError(f"SQuAD file {path} has no 'data' list: expected the official layout "
+                         "{'version': ..., 'data': [{'title': ..., 'paragraphs': [{'context': ..., 'qas': [...]}]}]}")
+    examples: list[dict[str, Any]] = []
+    unanswerable = 0
+    for a, article in enumerate(raw["data"]):
+        where = f"SQuAD file {path}, article {a}"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise ValueError(f"{where}: expected an object with a 'paragraphs' list")
+        title = str(article.get("title") or f"article-{a}")
+        for p, paragraph in enumerate(article["paragraphs"]):
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str) \
+                    or not isinstance(paragraph.get("qas"), list):
+                raise ValueError(f"{where} ({title!r}), paragraph {p}: expected an object with a 'context' string "
+                                 "and a 'qas' list")
+            context = paragraph["context"]
+            for q, qa in enumerate(paragraph["qas"]):
+                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str) or "id" not in qa:
+                    raise ValueError(f"{where} ({title!r}), paragraph {p}, question {q}: expected an object with "
+                                     "'id' and 'question'")
+                answers = qa.get("answers") or []
+                if qa.get("is_impossible"):
+                    answers = []
+                try:
+                    texts = [str(answer["text"]) for answer in answers]
+                    starts = [int(answer["answer_start"]) for answer in answers]
+                except (TypeError, KeyError, ValueError):
+                    raise ValueError(f"{where} ({title!r}), question id {qa['id']!r}: every answer needs 'text' "
+                                     "and an integer 'answer_start'") from None
+                unanswerable += not texts
+                examples.append({"id": str(qa["id"]), "title": title, "context": context,
+                                 "question": qa["question"], "answers": {"text": texts, "answer_start": starts}})
+    if not examples:
+        raise ValueError(f"SQuAD file {path} holds no questions ({len(raw['data'])} articles)")
+    if task == "squad_v1" and unanswerable:
+        raise ValueError(f"SQuAD file {path}: {unanswerable} questions have no answer, which task='squad_v1' does "
+                         "not allow; use task='squad_v2' for files with unanswerable questions")
+    return examples
+
+
+def split_by_article(examples: Sequence[Mapping[str, Any]], eval_fraction: float,
+                     seed: int) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[str], list[str]]:
+    """Split examples into a training and an evaluation part by article (``title``), never splitting an article.
+
+    The titles, in order of first appearance, are shuffled with ``seed``; the first
+    ``round(eval_fraction * n_articles)`` (at least one, at most all but one) go to evaluation.
+
+    Returns:
+        ``(train_examples, eval_examples, train_titles, eval_titles)``, examples in their original order.
+    """
+    titles = list(dict.fromkeys(example["title"] for example in examples))
+    if len(titles) < 2:
+        raise ValueError(f"cannot split by article: the data holds {len(titles)} article(s); give a training file "
+                         "or data with at least two articles")
+    shuffled = titles[:]
+    random.Random(seed).shuffle(shuffled)
+    n_eval = min(len(titles) - 1, max(1, round(eval_fraction * len(titles))))
+    eval_titles = set(shuffled[:n_eval])
+    train = [example for example in examples if example["title"] not in eval_titles]
+    evaluation = [example for example in examples if example["title"] in eval_titles]
+    return (train, evaluation, [t for t in titles if t not in eval_titles], [t for t in titles if t in eval_titles])
+
+
+def _subsample(examples: list[Mapping[str, Any]], limit: int | None, seed: int) -> list[Mapping[str, Any]]:
+    """At most ``limit`` examples drawn with ``seed``, kept in their original order."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+# ---------------------------------------------------------------------------------------------- tokenising
+def _question_budget(tokenizer, max_seq_length: int, doc_stride: int) -> int:
+    """Most question tokens a window can hold while leaving more than ``doc_stride`` context tokens.
+
+    The fast tokenizers panic (a ``PanicException``, not an ``Exception``) when the stride does not fit beside the
+    question, so over-long questions are shortened before tokenisation instead.
+    """
+    return max_seq_length - doc_stride - tokenizer.num_special_tokens_to_add(pair=True) - 1
+
+
+def _fit_questions(tokenizer, questions: list[str], budget: int) -> tuple[list[str], int]:
+    """Cut questions longer than ``budget`` tokens at a token boundary; returns the questions and how many were cut."""
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    fitted, cut = [], 0
+    for question, original in zip(questions, encoded["offset_mapping"]):
+        offsets, keep = original, budget
+        while len(offsets) > budget:
+            # Keep the first `keep` tokens. Re-tokenising a cut string can (BPE) give more tokens than the prefix
+            # had, so cut one token earlier until it fits; `keep` = 0 leaves an empty question, which always fits.
+            question = question[:original[keep][0]].rstrip()
+            offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            keep -= 1
+        cut += offsets is not original
+        fitted.append(question)
+    return fitted, cut
+
+
+def tokenize_examples(tokenizer, examples: Sequence[Mapping[str, Any]], max_seq_length: int, doc_stride: int,
+                      labels: bool, offsets: bool, chunk_size: int = 1000) -> dict[str, list]:
+    """Sliding-window tokenisation of SQuAD examples (question first, then as much context as fits).
+
+    A context longer than a window is cut into overlapping windows (``doc_stride`` tokens shared by neighbours);
+    every window is one feature.
+
+    Args:
+        tokenizer: a fast tokenizer (offset mappings are needed).
+        examples: dicts with ``id``, ``question``, ``context`` and (for ``labels``) ``answers``.
+        max_seq_length: tokens per window, special tokens included.
+        doc_stride: context tokens shared by consecutive windows.
+        labels: add ``start_positions`` / ``end_positions``: the answer's first and last token when the (first)
+            answer lies inside the window, else the CLS index (also for unanswerable questions).
+        offsets: add ``offset_mapping``: per token the ``[start, end)`` characters in the context, and
+            ``[-1, -1]`` for tokens outside the context.
+        chunk_size: examples tokenised per call (bounds memory on the full training set).
+
+    Returns:
+        Columns of equal length: ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer makes
+        them), ``example_id``, and the optional label and offset columns.
+    """
+    budget = _question_budget(tokenizer, max_seq_length, doc_stride)
+    if budget < 1:
+        raise ValueError(f"max_seq_length={max_seq_length} and doc_stride={doc_stride} leave no room for the "
+                         "question: max_seq_length must exceed doc_stride plus the special tokens by at least 2")
+    columns: dict[str, list] = {}
+    cut_total = 0
+    for begin in range(0, len(examples), chunk_size):
+        chunk = examples[begin:begin + chunk_size]
+        # Leading whitespace only wastes tokens (some SQuAD questions start with many spaces).
+        questions, cut = _fit_questions(tokenizer, [example["question"].lstrip() for example in chunk], budget)
+        cut_total += cut
+        encoded = tokenizer(questions, [example["context"] for example in chunk], truncation="only_second",
+                            max_length=max_seq_length, stride=doc_stride, return_overflowing_tokens=True,
+                            return_offsets_mapping=True, padding=False)
+        for name in _MODEL_INPUTS:
+            if name in encoded:
+                columns.setdefault(name, []).extend(encoded[name])
+        for feature, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
+            example = chunk[example_index]
+            # sequence_ids: None for special tokens, 0 for the question, 1 for the context.
+            sequence_ids = encoded.sequence_ids(feature)
+            feature_offsets = encoded["offset_mapping"][feature]
+            columns.setdefault("example_id", []).append(example["id"])
+            if labels:
+                start, end = _answer_tokens(example["answers"], feature_offsets, sequence_ids,
+                                            encoded["input_ids"][feature], tokenizer.cls_token_id)
+                columns.setdefault("start_positions", []).append(start)
+                columns.setdefault("end_positions", []).append(end)
+            if offsets:
+                columns.setdefault("offset_mapping", []).append(
+                    [list(offset) if sequence_id == 1 else list(NON_CONTEXT_OFFSET)
+                     for offset, sequence_id in zip(feature_offsets, sequence_ids)])
+    if cut_total:
+        warnings.warn(f"SQuAD: {cut_total} questions were longer than the {budget} tokens that fit beside "
+                      f"doc_stride={doc_stride} in max_seq_length={max_seq_length}; they were shortened")
+    if labels:
+        misaligned = [example["id"] for example in examples if not _answer_matches(example)]
+        if misaligned:
+            warnings.warn(f"SQuAD: {len(misaligned)} questions (first: {misaligned[0]!r}) have an answer text that "
+                          "differs from the context at answer_start; their labels follow answer_start")
+    return columns
+
+
+def _answer_matches(example: Mapping[str, Any]) -> bool:
+    """Whether the first answer's text is what the context holds at its ``answer_start`` (no answer: True)."""
+    answers = example["answers"]
+    if not answers["text"]:
+        return True
+    start = answers["answer_start"][0]
+    return example["context"][start:start + len(answers["text"][0])] == answers["text"][0]
+
+
+def _answer_tokens(answers: Mapping[str, list], offsets: Sequence[Sequence[int]],
+                   sequence_ids: Sequence[int | None], input_ids: Sequence[int],
+                   cls_token_id: int | None) -> tuple[int, int]:
+    """Start and end token of the first answer in one window, or the CLS index twice when the question has no
+    answer or its answer is not wholly inside the window."""
+    cls_index = input_ids.index(cls_token_id) if cls_token_id in input_ids else 0
+    if not answers["text"]:
+        return cls_index, cls_index
+    start_char = answers["answer_start"][0]
+    end_char = start_char + len(answers["text"][0])
+    first = sequence_ids.index(1)
+    last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+    if not (offsets[first][0] <= start_char and offsets[last][1] >= end_char):
+        return cls_index, cls_index
+    start = first
+    while start <= last and offsets[start][0] <= start_char:
+        start += 1
+    end = last
+    while end >= first and offsets[end][1] >= end_char:
+        end -= 1
+    return start - 1, end + 1
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+def postprocess_predictions(
+    examples: Sequence[Mapping[str, Any]],
+    features: Sequence[Mapping[str, Any]],
+    start_logits: Sequence[Sequence[float]] | np.ndarray,
+    end_logits: Sequence[Sequence[float]] | np.ndarray,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = False,
+    null_score_diff_threshold: float = 0.0,
+) -> dict[str, str]:
+    """Turn per-window start/end logits into one answer text per example.
+
+    For every window, the ``n_best_size`` best start and end tokens *inside the context* are paired; a pair is
+    valid when the end is not before the start and the span has at most ``max_answer_length`` tokens. The answer
+    is the valid span with the highest ``start + end`` logit over all windows of the example. With
+    ``version_2_with_negative``, the answer is ``""`` when the lowest null score (CLS start + CLS end logit, over
+    the windows) exceeds the best span's score by more than ``null_score_diff_threshold``.
+
+    Args:
+        examples: dicts with ``id`` and ``context``.
+        features: windows, dicts with ``example_id`` and ``offset_mapping`` (``[-1, -1]`` outside the context).
+        start_logits: one row per feature, at least as long as its offset mapping (longer rows are padding).
+        end_logits: like ``start_logits``.
+        n_best_size: start and end candidates per window.
+        max_answer_length: longest answer, in tokens.
+        version_2_with_negative: allow "no answer" (SQuAD v2.0).
+        null_score_diff_threshold: margin the null score needs over the best span to predict "no answer".
+
+    Returns:
+        ``{example id: answer text}`` for every example with at least one feature, in order of first feature.
+        Without a valid span (v1.1), the answer is ``""``.
+    """
+    contexts = {str(example["id"]): example["context"] for example in examples}
+    best: dict[str, tuple[float, int, int]] = {}  # example id -> (score, start char, end char)
+    null: dict[str, float] = {}
+    for i, feature in enumerate(features):
+        example_id = str(feature["example_id"])
+        if example_id not in contexts:
+            raise ValueError(f"feature {i} belongs to example {example_id!r}, which is not among the examples")
+        offsets = np.asarray(feature["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        start = np.asarray(start_logits[i], dtype=np.float64)
+        end = np.asarray(end_logits[i], dtype=np.float64)
+        if len(start) < len(offsets) or len(end) < len(offsets):
+            raise ValueError(f"feature {i}: {len(start)} start / {len(end)} end logits for {len(offsets)} tokens")
+        start, end = start[:len(offsets)], end[:len(offsets)]
+        null[example_id] = min(null.get(example_id, math.inf), start[0] + end[0])
+        context_tokens = np.flatnonzero(offsets[:, 0] >= 0)
+        if context_tokens.size == 0:
+            continue
+        starts = context_tokens[np.argsort(-start[context_tokens], kind="stable")[:n_best_size]]
+        ends = context_tokens[np.argsort(-end[context_tokens], kind="stable")[:n_best_size]]
+        # [n_starts, n_ends]: every start candidate paired with every end candidate.
+        scores = start[starts][:, None] + end[ends][None, :]
+        span = ends[None, :] - starts[:, None] + 1
+        scores = np.where((span >= 1) & (span <= max_answer_length), scores, -np.inf)
+        flat = int(np.argmax(scores))
+        score = float(scores.flat[flat])
+        if score == -math.inf:
+            continue
+        s, e = divmod(flat, len(ends))
+        if example_id not in best or score > best[example_id][0]:
+            best[example_id] = (score, int(offsets[starts[s], 0]), int(offsets[ends[e], 1]))
+    predictions = {}
+    for example_id, null_score in null.items():
+        span = best.get(example_id)
+        if span is None or (version_2_with_negative and null_score > span[0] + null_score_diff_threshold):
+            predictions[example_id] = ""
+        else:
+            predictions[example_id] = contexts[example_id][span[1]:span[2]]
+    return predictions
+
+
+# ------------------------------------------------------------------------------------------------ data module
+class SquadDataModule(TaskDataModule):
+    """SQuAD v1.1 / v2.0 for extractive question answering, as sliding-window features.
+
+    Data comes from ``data_dir`` when given, else from ``$LIT_PRUNE_ASSETS/data/squad/v1.1`` (``v2.0``), else from
+    the hub datasets ``rajpurkar/squad`` (``rajpurkar/squad_v2``). A folder must hold the official
+    ``dev-v1.1.json`` (``dev-v2.0.json``); when it also holds ``train-v1.1.json`` (``train-v2.0.json``) that is
+    the training split. Without a training file, the dev file is split by article: ``eval_fraction`` of the
+    articles, drawn with ``split_seed``, are held out for evaluation and the rest are trained on.
+    ``split_info`` records what went where, for reports.
+
+    The evaluation part serves validation, test and predict. Its features (``eval_features``: example ids and
+    offset mappings) and examples (``eval_examples``) are what the QA task module needs to turn logits into
+    answer texts.
+
+    Args:
+        task: ``"squad_v1"`` (every question answerable) or ``"squad_v2"`` (unanswerable questions too).
+        data_dir: a folder with the official JSON files; ``None`` looks in the assets folder, then the hub.
+        doc_stride: context tokens shared by consecutive windows of a long context.
+        max_seq_length: tokens per window, special tokens included.
+        eval_fraction: share of the articles held out for evaluation when the dev file is split.
+        split_seed: seed of the article split.
+        max_train_samples: train on at most this many questions (drawn with ``seed``); ``None`` uses all.
+        max_eval_samples: evaluate on at most this many questions (drawn with ``seed``); ``None`` uses all.
+        n_best_size: start and end candidates per window when turning logits into answers.
+        max_answer_length: longest predicted answer, in tokens.
+        tokenizer: tokenizer folder, assets name or hub id (a fast tokenizer).
+        batch_size: training batch size (per device).
+        eval_batch_size: evaluation batch size (per device).
+        num_workers: dataloader worker processes.
+        cache_dir: where tokenised features are cached; ``None`` uses ``$LIT_PRUNE_CACHE`` or
+            ``~/.cache/lit_prune``.
+        seed: seed of the question subsampling.
+    """
+
+    def __init__(
+        self,
+        task: SquadTask = "squad_v1",
+        data_dir: str | None = None,
+        doc_stride: int = 128,
+        max_seq_length: int = 384,
+        eval_fraction: float = 0.2,
+        split_seed: int = 0,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        n_best_size: int = 20,
+        max_answer_length: int = 30,
+        tokenizer: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        problems = []
+        if task not in SQUAD_TASKS:
+            problems.append(f"task={task!r}: expected one of {', '.join(SQUAD_TASKS)}")
+        if data_dir is not None and (not isinstance(data_dir, str) or not Path(data_dir).expanduser().is_dir()):
+            problems.append(f"data_dir={data_dir!r}: no such folder; expected a folder with the official SQuAD JSON "
+                            "files, or None to use the assets folder or the hub")
+        for name, value, low in (("doc_stride", doc_stride, 1), ("n_best_size", n_best_size, 1),
+                                 ("max_answer_length", max_answer_length, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                problems.append(f"{name}={value!r}: expected an integer >= {low}")
+        if isinstance(doc_stride, int) and isinstance(max_seq_length, int) and doc_stride >= max_seq_length:
+            problems.append(f"doc_stride={doc_stride!r}: expected fewer than max_seq_length={max_seq_length} tokens")
+        if not isinstance(eval_fraction, (int, float)) or isinstance(eval_fraction, bool) \
+                or not 0 < eval_fraction < 1:
+            problems.append(f"eval_fraction={eval_fraction!r}: expected a number strictly between 0 and 1")
+        if not isinstance(split_seed, int) or isinstance(split_seed, bool):
+            problems.append(f"split_seed={split_seed!r}: expected an integer")
+        for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                problems.append(f"{name}={value!r}: expected an integer >= 1, or None for all")
+        try:
+            super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
+                             eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed)
+        except ValueError as error:
+            if not problems:
+                raise
+            raise ValueError(f"{error}; " + "; ".join(problems)) from None
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self._task = task
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        self.doc_stride = doc_stride
+        self.eval_fraction = float(eval_fraction)
+        self.split_seed = split_seed
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.n_best_size = n_best_size
+        self.max_answer_length = max_answer_length
+        #: where the data came from and which articles / how many questions went to each part
+        self.split_info: dict[str, Any] = {}
+        #: evaluation questions: ``id``, ``title``, ``context``, ``question``, ``answers``
+        self.eval_examples: list[Mapping[str, Any]] = []
+        #: evaluation windows with ``example_id`` and ``offset_mapping`` (row i has ``feature_index`` i)
+        self.eval_features = None
+        self._examples: tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[str]] | None = None
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    @property
+    def version_2_with_negative(self) -> bool:
+        """Whether questions may be unanswerable (SQuAD v2.0)."""
+        return self._task == "squad_v2"
+
+    # ---------------------------------------------------------------------------------------------- reading
+    def load_examples(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[str]]:
+        """The training and evaluation examples (after the split and the subsampling) and fingerprints of their
+        sources; read once, and recorded in ``split_info``."""
+        if self._examples is not None:
+            return self._examples
+        version, hub_id = _SOURCES[self._task]
+        dev_name, train_name = f"dev-v{version[1:]}.json", f"train-v{version[1:]}.json"
+        folder = self.data_dir
+        tried = []
+        if folder is None:
+            folder = resolve_data_dir("squad", version, required_files=(dev_name,))
+            tried.append(describe_data_lookup("squad", version))
+        elif not (folder / dev_name).is_file():
+            raise AssetNotFoundError(f"data_dir={str(self.data_dir)!r} holds no {dev_name}; expected the official "
+                                     f"SQuAD files {dev_name} (and optionally {train_name})")
+        info: dict[str, Any] = {"task": self._task}
+        if folder is not None:
+            dev_file = folder / dev_name
+            dev = read_squad_json(dev_file, self._task)
+            fingerprints = [file_fingerprint(dev_file)]
+            if (folder / train_name).is_file():
+                train = read_squad_json(folder / train_name, self._task)
+                fingerprints.append(file_fingerprint(folder / train_name))
+                evaluation = dev
+                info.update(source="files", split="official", train_source=str(folder / train_name),
+                            eval_source=str(dev_file))
+            else:
+                train, evaluation, train_titles, eval_titles = split_by_article(dev, self.eval_fraction,
+                                                                                self.split_seed)
+                info.update(source="files", split="dev_by_article", train_source=str(dev_file),
+                            eval_source=str(dev_file), eval_fraction=self.eval_fraction, split_seed=self.split_seed,
+                            train_articles=train_titles, eval_articles=eval_titles)
+        else:
+            train, evaluation, fingerprints = self._load_hub(hub_id, tried)
+            info.update(source="hub", split="official", train_source=f"{hub_id}:train",
+                        eval_source=f"{hub_id}:validation")
+        info.update(train_examples=len(train), eval_examples=len(evaluation))
+        train = _subsample(train, self.max_train_samples, self.seed)
+        evaluation = _subsample(evaluation, self.max_eval_samples, self.seed)
+        info.update(max_train_samples=self.max_train_samples, max_eval_samples=self.max_eval_samples,
+                    seed=self.seed, train_examples_used=len(train), eval_examples_used=len(evaluation))
+        self.split_info = info
+        self._announce(info)
+        self._examples = (train, evaluation, fingerprints)
+        return self._examples
+
+    def _load_hub(self, hub_id: str, tried: list[str]) -> tuple[list, list, list[str]]:
+        import datasets
+
+        tried.append(f"hub dataset {hub_id}")
+        if hub_offline():
+            raise AssetNotFoundError(f"{self._task}: no data found and the hub is switched off. Tried: "
+                                     f"data_dir (not given); {'; '.join(tried)}. Give data_dir, or set "
+                                     "LIT_PRUNE_ASSETS to a folder with data/squad/<version>/.")
+        try:
+            hub = datasets.load_dataset(hub_id)
+        except Exception as error:  # offline, missing, or no permission: the user needs to know what was tried
+            raise AssetNotFoundError(f"{self._task}: no data found. Tried: data_dir (not given); "
+                                     f"{'; '.join(tried)} ({type(error).__name__}: {error}).") from error
+        columns = ["id", "title", "context", "question", "answers"]
+        return (hub["train"].select_columns(columns).to_list(), hub["validation"].select_columns(columns).to_list(),
+                [hub["train"]._fingerprint, hub["validation"]._fingerprint])
+
+    @rank_zero_only
+    def _announce(self, info: dict[str, Any]) -> None:
+        if info["split"] == "dev_by_article":
+            message = (f"{self._task}: no training file, so {Path(info['eval_source']).name} is split by article "
+                       f"(eval_fraction={info['eval_fraction']}, split_seed={info['split_seed']}): "
+                       f"{len(info['train_articles'])} articles / {info['train_examples']} questions for training, "
+                       f"{len(info['eval_articles'])} articles / {info['eval_examples']} questions for evaluation")
+        else:
+            message = (f"{self._task}: training on {info['train_source']} ({info['train_examples']} questions), "
+                       f"evaluating on {info['eval_source']} ({info['eval_examples']} questions)")
+        if self.max_train_samples or self.max_eval_samples:
+            message += (f"; using {info['train_examples_used']} / {info['eval_examples_used']} of them "
+                        f"(max_train_samples={self.max_train_samples}, max_eval_samples={self.max_eval_samples}, "
+                        f"seed={self.seed})")
+        log.info(message)
+        print(f"lit_prune: {message}")
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _cache_key(self, part: Literal["train", "eval"], fingerprints: list[str]) -> dict[str, Any]:
+        """Everything the features of ``part`` depend on: sources, split, subsampling and tokenisation."""
+        return {"kind": "squad", "format": _FEATURE_FORMAT, "part": part, "task": self._task,
+                "sources": fingerprints, "split": self.split_info["split"], "eval_fraction": self.eval_fraction,
+                "split_seed": self.split_seed, "seed": self.seed,
+                "max_samples": self.max_train_samples if part == "train" else self.max_eval_samples,
+                "tokenizer": tokenizer_fingerprint(self.tokenizer), "max_seq_length": self.max_seq_length,
+                "doc_stride": self.doc_stride}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenise the evaluation part (every stage) and the training part (``fit``, or ``None``)."""
+        import datasets
+
+        train, evaluation, fingerprints = self.load_examples()
+        if "validation" not in self.datasets:
+            def build_eval():
+                columns = tokenize_examples(self.tokenizer, evaluation, self.max_seq_length, self.doc_stride,
+                                            labels=False, offsets=True)
+                columns["feature_index"] = list(range(len(columns["example_id"])))
+                return datasets.Dataset.from_dict(columns)
+
+            self.eval_features = self.cached(self._cache_key("eval", fingerprints), build_eval)
+            self.eval_examples = evaluation
+            # Batches carry only model inputs and the feature index; strings and offsets stay in eval_features.
+            inputs = [name for name in (*_MODEL_INPUTS, "feature_index") if name in self.eval_features.column_names]
+            self.datasets["validation"] = self.datasets["test"] = self.eval_features.select_columns(inputs)
+            self.split_info["eval_features"] = len(self.eval_features)
+        if stage in (None, "fit") and "train" not in self.datasets:
+            def build_train():
+                return datasets.Dataset.from_dict(tokenize_examples(
+                    self.tokenizer, train, self.max_seq_length, self.doc_stride, labels=True, offsets=False))
+
+            train_features = self.cached(self._cache_key("train", fingerprints), build_train)
+            inputs = [name for name in (*_MODEL_INPUTS, "start_positions", "end_positions")
+                      if name in train_features.column_names]
+            self.datasets["train"] = train_features.select_columns(inputs)
+            self.split_info["train_features"] = len(train_features)
+
+    # ------------------------------------------------------------------------------------------ dataloaders
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad a list of features to the longest in the batch (right padding).
+
+        Returns ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer makes them), each
+        ``[batch, longest]``; training batches add ``start_positions`` / ``end_positions``, evaluation batches
+        ``feature_index`` (the row in ``eval_features``), each ``[batch]``.
+        """
+        width = max(len(feature["input_ids"]) for feature in features)
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "attention_mask": 0,
+                      "token_type_ids": self.tokenizer.pad_token_type_id}
+        batch = {}
+        for name, pad in pad_values.items():
+            if name in features[0]:
+                batch[name] = torch.tensor([list(feature[name]) + [pad] * (width - len(feature[name]))
+                                            for feature in features], dtype=torch.long)
+        for name in ("start_positions", "end_positions", "feature_index"):
+            if name in features[0]:
+                batch[name] = torch.tensor([feature[name] for feature in features], dtype=torch.long)
+        return batch
+
+    def test_dataloader(self) -> DataLoader:
+        """The evaluation part (it has answers, so test metrics can be computed)."""
+        return self._loader(self._split("test"), self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The evaluation part; predictions carry ``feature_index`` to be matched with ``eval_features``."""
+        return self._loader(self._split("validation"), self.eval_batch_size, shuffle=False)
