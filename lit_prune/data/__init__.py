@@ -2,5 +2,6 @@
 
 from lit_prune.data.base import TaskDataModule
 from lit_prune.data.glue import GLUE_TASKS, GlueDataModule
+from lit_prune.data.squad import SQUAD_TASKS, SquadDataModule
 
-__all__ = ["TaskDataModule", "GlueDataModule", "GLUE_TASKS"]
+__all__ = ["TaskDataModule", "GlueDataModule", "GLUE_TASKS", "SquadDataModule", "SQUAD_TASKS"]

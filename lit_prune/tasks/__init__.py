@@ -2,5 +2,6 @@
 
 from lit_prune.tasks.base import TaskModule
 from lit_prune.tasks.classification import SequenceClassificationModule
+from lit_prune.tasks.qa import QuestionAnsweringModule
 
-__all__ = ["TaskModule", "SequenceClassificationModule"]
+__all__ = ["TaskModule", "SequenceClassificationModule", "QuestionAnsweringModule"]
