@@ -8,7 +8,7 @@ scales into W_down's columns), so the compacted model computes what the masked m
 
 A layer left without heads keeps W_O's bias: its attention sublayer outputs LayerNorm(x + b_O), exactly as the
 masked model does; likewise an FFN without neurons outputs LayerNorm(x + b_down). Attention keeps the dense
-scaling 1/sqrt(d_h). Kept heads are stored sorted by size, so heads of equal size run in one batched
+scaling 1/sqrt(d_h). Kept heads are stored largest first, so heads of similar size run in one batched
 ``scaled_dot_product_attention`` call.
 
 The new modules are the classes of the modelling file that pruned folders carry (``hf_modeling``), and the
@@ -67,13 +67,14 @@ def _compact_layer(adapter: ArchAdapter, index: int, masks: PruningMasks, layout
     """Replace layer ``index``'s modules by pruned ones holding the kept weights; return its structure."""
     d_h = adapter.head_dim
     old = adapter.layer(index)
-    # Kept heads, largest first (stable in head order), so equal sizes sit side by side.
+    # Kept heads, largest first (stable in head order): heads of one size class sit side by side and run in one
+    # attention call (head_layout in the modelling file).
     kept = []
     for head in torch.nonzero(masks.head[index]).flatten().tolist():
         q_dims = torch.nonzero(masks.qk[index, head]).flatten()
         v_dims = torch.nonzero(masks.vo[index, head]).flatten()
         kept.append((head, q_dims, v_dims))
-    kept.sort(key=lambda item: (-len(item[1]), -len(item[2])))
+    kept.sort(key=lambda item: (-max(len(item[1]), len(item[2])), -len(item[1]), -len(item[2])))
     empty = torch.zeros(0, dtype=torch.long)
     qk_rows = torch.cat([head * d_h + q for head, q, _ in kept]) if kept else empty
     v_rows = torch.cat([head * d_h + v for head, _, v in kept]) if kept else empty

@@ -18,13 +18,15 @@ the dense model and then swaps in, layer by layer, a self-attention module with 
 Linear layers, so that the weights in ``model.safetensors`` load into the right shapes.
 
 Attention keeps the ORIGINAL scaling 1/sqrt(d_h) whatever the kept query/key size: pruning query/key dims
-removes their terms from q·k, it does not renormalise the rest. Heads of equal (q, v) size are stored side by
-side and computed with one ``scaled_dot_product_attention`` call per size.
+removes their terms from q·k, it does not renormalise the rest. Heads are stored largest first; heads whose
+sizes lie within a factor of two run in one ``scaled_dot_product_attention`` call, padded with zero dims (see
+:func:`head_layout`), and a layer whose heads all have q = v = the same size runs in one call without padding.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -96,24 +98,84 @@ AUTO_CLASSES = {
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def head_groups(head_sizes: list[tuple[int, int]]) -> list[tuple[int, int, int, int, int]]:
-    """Runs of consecutive heads with equal (q, v) size.
+@dataclass(frozen=True)
+class HeadGroup:
+    """Heads computed by one ``scaled_dot_product_attention`` call, all of size ``width``.
 
-    Returns:
-        One ``(num_heads, q, v, q_offset, v_offset)`` per run: its heads occupy the query/key features
-        ``q_offset : q_offset + num_heads * q`` and the value features ``v_offset : v_offset + num_heads * v``.
+    Attributes:
+        num_heads: heads in the group.
+        width: the head size of the call (the largest max(q, v) among them; smaller heads are padded).
+        start, stop: the group's features in the layer's (padded) query, key and value layout.
     """
-    groups: list[tuple[int, int, int, int, int]] = []
-    q_offset = v_offset = 0
-    for q, v in head_sizes:
-        if groups and groups[-1][1:3] == (q, v):
-            n, _, _, q0, v0 = groups[-1]
-            groups[-1] = (n + 1, q, v, q0, v0)
+
+    num_heads: int
+    width: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """How a layer's heads of different sizes are computed (see :func:`head_layout`).
+
+    Attributes:
+        groups: the batched attention calls.
+        padded: False when every head has q = v = its group's width: the projections are then used as they are.
+        q_index: when padded, for each padded query/key feature, the row of W_Q / W_K it takes; Σq takes an
+            appended zero row.
+        v_index: likewise for W_V (Σv: the zero row).
+        out_index: when padded, for each value dim in stored order, its feature in the padded attention output.
+    """
+
+    groups: tuple[HeadGroup, ...]
+    padded: bool
+    q_index: tuple[int, ...] = ()
+    v_index: tuple[int, ...] = ()
+    out_index: tuple[int, ...] = ()
+
+
+def _size_class(q: int, v: int) -> int:
+    return (max(q, v) - 1).bit_length()  # ceil(log2(max(q, v))): widths within a factor of 2 share a class
+
+
+def head_layout(head_sizes: list[tuple[int, int]]) -> HeadLayout:
+    """Batch consecutive heads whose max(q, v) lies in the same power-of-two class, padded to a common width.
+
+    Why: one batched attention call costs far less than one call per head, and CPU attention kernels want equal
+    query, key and value head sizes (mixed sizes fall back to a slow path). A padded dim changes nothing: a zero
+    query/key dim adds 0 to every q·k, a zero value dim gives an output dim that is dropped. The padding is done on
+    the WEIGHTS (zero rows gathered into W_Q, W_K, W_V at each forward pass, a copy of a few kB), so the
+    projections produce the padded layout directly and no activation is copied except the final gather of the
+    value dims. Within a power-of-two class a head's padded work is less than twice its own. Heads stored largest
+    first (as compaction stores them) give at most log2(d_h) + 1 calls per layer, and a single call with no padding
+    at all when every head has q = v = the same size.
+    """
+    runs: list[list[tuple[int, int]]] = []
+    for size in head_sizes:
+        if runs and _size_class(*runs[-1][-1]) == _size_class(*size):
+            runs[-1].append(size)
         else:
-            groups.append((1, q, v, q_offset, v_offset))
-        q_offset += q
-        v_offset += v
-    return groups
+            runs.append([size])
+    groups, start = [], 0
+    for run in runs:
+        width = max(max(q, v) for q, v in run)
+        groups.append(HeadGroup(len(run), width, start, start + len(run) * width))
+        start += len(run) * width
+    if all(q == v == group.width for group, run in zip(groups, runs) for q, v in run):
+        return HeadLayout(tuple(groups), padded=False)
+    q_total, v_total = sum(q for q, _ in head_sizes), sum(v for _, v in head_sizes)
+    q_index: list[int] = []
+    v_index: list[int] = []
+    out_index: list[int] = []
+    q_offset = v_offset = 0
+    for group, run in zip(groups, runs):
+        for q, v in run:
+            out_index += [len(v_index) + t for t in range(v)]
+            q_index += [q_offset + t if t < q else q_total for t in range(group.width)]
+            v_index += [v_offset + t if t < v else v_total for t in range(group.width)]
+            q_offset, v_offset = q_offset + q, v_offset + v
+    return HeadLayout(tuple(groups), padded=True, q_index=tuple(q_index), v_index=tuple(v_index),
+                      out_index=tuple(out_index))
 
 
 def sdpa_mask(attention_mask: Any, dtype: torch.dtype) -> torch.Tensor | None:
@@ -137,41 +199,75 @@ def sdpa_mask(attention_mask: Any, dtype: torch.dtype) -> torch.Tensor | None:
     return attention_mask.to(dtype)
 
 
-def attend(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    groups: list[tuple[int, int, int, int, int]],
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout_p: float,
-) -> torch.Tensor:
-    """Multi-head attention over heads of possibly different sizes.
+class PrunedAttentionCore(nn.Module):
+    """Multi-head attention over heads of different sizes, with the dense model's scaling.
 
     Args:
-        query, key: (B, s, Σq) projections, heads side by side in stored order.
-        value: (B, s, Σv).
-        groups: from :func:`head_groups`.
-        attention_mask: from :func:`sdpa_mask`.
+        head_sizes: (q, v) per kept head, in stored order.
         scaling: the dense model's 1/sqrt(d_h).
-        dropout_p: attention-probability dropout (0 in eval mode).
-
-    Returns:
-        The (B, s, Σv) per-head context vectors, heads side by side in stored order.
+        dropout: attention-probability dropout (applied in training mode only).
     """
-    batch, seq = query.shape[:2]
-    outputs = []
-    for n, q, v, q0, v0 in groups:
-        # Slicing the last dim and splitting it into heads keeps a view (no copy). # (B, n, s, q) / (B, n, s, v)
-        qh = query[..., q0 : q0 + n * q].view(batch, seq, n, q).transpose(1, 2)
-        kh = key[..., q0 : q0 + n * q].view(batch, seq, n, q).transpose(1, 2)
-        vh = value[..., v0 : v0 + n * v].view(batch, seq, n, v).transpose(1, 2)
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attention_mask, dropout_p=dropout_p, scale=scaling)
-        outputs.append(out.transpose(1, 2).reshape(batch, seq, n * v))  # (B, s, n·v)
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+    def __init__(self, head_sizes: list[tuple[int, int]], scaling: float, dropout: float) -> None:
+        super().__init__()
+        self.head_sizes = [(int(q), int(v)) for q, v in head_sizes]
+        self.layout = head_layout(self.head_sizes)
+        self.scaling = scaling
+        self.dropout_p = dropout
+        # The layout's index tensors, built on first use on each device (not buffers: they derive from the
+        # structure, are never stored, and must not stay on the meta device while from_pretrained loads).
+        self._indices: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _layout_indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if device not in self._indices:
+            self._indices[device] = tuple(
+                torch.tensor(index, dtype=torch.long, device=device)
+                for index in (self.layout.q_index, self.layout.v_index, self.layout.out_index))
+        return self._indices[device]
+
+    def attend(self, hidden_states: torch.Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear,
+               attention_mask: Any) -> torch.Tensor:
+        """Attention of every kept head.
+
+        In a padded layout the projections are computed from the Linear layers' weights, so forward hooks on
+        those Linear layers do not run.
+
+        Args:
+            hidden_states: (B, s, d).
+            query, key, value: the projections; heads side by side in stored order in their output features.
+            attention_mask: the mask the model passes to its attention modules (see :func:`sdpa_mask`).
+
+        Returns:
+            The (B, s, Σv) per-head context vectors, heads side by side in stored order.
+        """
+        batch, seq = hidden_states.shape[:2]
+        if self.layout.padded:
+            q_index, v_index, out_index = self._layout_indices(hidden_states.device)
+            projections = [F.linear(hidden_states, *_padded_rows(linear, index))
+                           for linear, index in ((query, q_index), (key, q_index), (value, v_index))]
+        else:
+            projections = [query(hidden_states), key(hidden_states), value(hidden_states)]
+        mask = sdpa_mask(attention_mask, hidden_states.dtype)
+        dropout_p = self.dropout_p if self.training else 0.0
+        outputs = []
+        for group in self.layout.groups:
+            n, w = group.num_heads, group.width
+            # Splitting a slice of the last dim into heads is a view. # (B, n, s, w)
+            q, k, v = (x[..., group.start:group.stop].view(batch, seq, n, w).transpose(1, 2) for x in projections)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scaling)
+            outputs.append(out.transpose(1, 2).reshape(batch, seq, n * w))  # (B, s, n·w)
+        context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        return context.index_select(-1, out_index) if self.layout.padded else context  # (B, s, Σv)
 
 
-class PrunedBertSelfAttention(nn.Module):
+def _padded_rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``linear`` with rows gathered by ``index``, where index = out_features is zero."""
+    weight = F.pad(linear.weight, (0, 0, 0, 1)).index_select(0, index)
+    bias = F.pad(linear.bias, (0, 1)).index_select(0, index)
+    return weight, bias
+
+
+class PrunedBertSelfAttention(PrunedAttentionCore):
     """BERT/RoBERTa self-attention with per-head sizes; returns the context fed to ``attention.output.dense``.
 
     Args:
@@ -184,12 +280,8 @@ class PrunedBertSelfAttention(nn.Module):
 
     def __init__(self, hidden_size: int, head_sizes: list[tuple[int, int]], scaling: float, dropout: float,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.head_sizes = [(int(q), int(v)) for q, v in head_sizes]
+        super().__init__(head_sizes, scaling, dropout)
         self.num_attention_heads = len(self.head_sizes)
-        self.groups = head_groups(self.head_sizes)
-        self.scaling = scaling
-        self.dropout_p = dropout
         qk_dim = sum(q for q, _ in self.head_sizes)
         v_dim = sum(v for _, v in self.head_sizes)
         self.query = _linear(hidden_size, qk_dim, device, dtype)
@@ -200,14 +292,11 @@ class PrunedBertSelfAttention(nn.Module):
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
         if not self.head_sizes:
             return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None  # (B, s, 0)
-        context = attend(
-            self.query(hidden_states), self.key(hidden_states), self.value(hidden_states), self.groups,
-            sdpa_mask(attention_mask, hidden_states.dtype), self.scaling, self.dropout_p if self.training else 0.0,
-        )
+        context = self.attend(hidden_states, self.query, self.key, self.value, attention_mask)
         return context, None
 
 
-class PrunedDistilBertSelfAttention(nn.Module):
+class PrunedDistilBertSelfAttention(PrunedAttentionCore):
     """DistilBERT self-attention with per-head sizes; like DistilBERT's, it includes the output projection.
 
     Args: as :class:`PrunedBertSelfAttention`.
@@ -215,12 +304,8 @@ class PrunedDistilBertSelfAttention(nn.Module):
 
     def __init__(self, hidden_size: int, head_sizes: list[tuple[int, int]], scaling: float, dropout: float,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.head_sizes = [(int(q), int(v)) for q, v in head_sizes]
+        super().__init__(head_sizes, scaling, dropout)
         self.n_heads = len(self.head_sizes)
-        self.groups = head_groups(self.head_sizes)
-        self.scaling = scaling
-        self.dropout_p = dropout
         qk_dim = sum(q for q, _ in self.head_sizes)
         v_dim = sum(v for _, v in self.head_sizes)
         self.q_lin = _linear(hidden_size, qk_dim, device, dtype)
@@ -233,10 +318,7 @@ class PrunedDistilBertSelfAttention(nn.Module):
         if not self.head_sizes:
             # No heads: the sublayer's output is the output projection's bias. # (B, s, d)
             return self.out_lin.bias.expand(*hidden_states.shape[:-1], -1), None
-        context = attend(
-            self.q_lin(hidden_states), self.k_lin(hidden_states), self.v_lin(hidden_states), self.groups,
-            sdpa_mask(attention_mask, hidden_states.dtype), self.scaling, self.dropout_p if self.training else 0.0,
-        )
+        context = self.attend(hidden_states, self.q_lin, self.k_lin, self.v_lin, attention_mask)
         return self.out_lin(context), None
 
 
