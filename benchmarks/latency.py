@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -83,22 +84,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     generator = torch.Generator().manual_seed(0)
     inputs = {
-        "input_ids": torch.randint(1000, dense.config.vocab_size, (args.batch_size, args.seq_len), generator=generator),
+        "input_ids": torch.randint(0, dense.config.vocab_size, (args.batch_size, args.seq_len), generator=generator),
         "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
     }
+    load_before = os.getloadavg()[0]  # other processes on the machine slow both models alike, but say so
     result = compare(dense, pruned, inputs, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
     kept = masks_flops(masks, args.seq_len, get_adapter(dense).hidden_size) / model_dense_flops(dense, args.seq_len)
     report = {
         "model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len, "threads": result["threads"],
         "flops_kept_target": flops_kept, "flops_kept": kept, "ideal_speedup": 1 / kept,
-        "speedup": result["speedup"], "dense_ms": result["dense"]["median_ms"],
+        "speedup": result["speedup"], "speedup_paired": result["speedup_paired"], "dense_ms": result["dense"]["median_ms"],
         "pruned_ms": result["pruned"]["median_ms"], "dense": result["dense"], "pruned": result["pruned"],
         "mask": "per layer floor(flops_kept*H) heads and the most FFN neurons that fit, by weight magnitude",
         "kept": masks.num_kept(), "parameters": {"dense": count_parameters(dense), "pruned": count_parameters(pruned)},
         "structure": pruned.config.lit_prune_structure["layers"],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
-        "machine": platform.processor() or platform.machine(), "command": " ".join(["python", *sys.argv]),
+        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "load_average_1m_before": load_before, "load_average_1m_after": os.getloadavg()[0],
+        "command": " ".join(["python -m benchmarks.latency", *(sys.argv[1:] if argv is None else argv)]),
     }
     stem = f"latency_{Path(args.model).name}_flops{flops_kept:g}_b{args.batch_size}_s{args.seq_len}_t{args.threads}"
     atomic_write_text(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
@@ -108,12 +112,15 @@ def main(argv: list[str] | None = None) -> dict:
         "| model | FLOPs kept | median ms | speedup | ideal (1/flops_kept) |\n|---|---:|---:|---:|---:|\n"
         f"| dense | 1.000 | {report['dense_ms']:.1f} | 1.00× | 1.00× |\n"
         f"| compacted | {kept:.3f} | {report['pruned_ms']:.1f} | {report['speedup']:.2f}× | {1 / kept:.2f}× |\n\n"
+        f"Speedup of back-to-back pass pairs (median of dense/compacted per round): "
+        f"{report['speedup_paired']:.2f}×.\n\n"
         f"Mask: {report['mask']}. Median of {args.repeats} interleaved passes after {args.warmup} warm-up passes; "
-        f"torch {torch.__version__}. Command: `{report['command']}`.\n"
+        f"torch {torch.__version__}; {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before the run. "
+        f"Command: `{report['command']}`.\n"
     )
     atomic_write_text(args.out / f"{stem}.md", table)
     print(f"dense {report['dense_ms']:.1f} ms, compacted {report['pruned_ms']:.1f} ms: speedup "
-          f"{report['speedup']:.2f}x (ideal 1/flops_kept = {1 / kept:.2f}x at flops_kept {kept:.3f})")
+          f"{report['speedup']:.2f}x, paired {report['speedup_paired']:.2f}x (ideal 1/flops_kept = {1 / kept:.2f}x at flops_kept {kept:.3f})")
     print(f"wrote {args.out / (stem + '.json')} and .md")
     return report
 

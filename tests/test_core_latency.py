@@ -31,6 +31,8 @@ def test_compare_interleaves_and_reports_the_speedup():
     result = compare(dense, pruned, tiny_inputs(), warmup=1, repeats=4, threads=1)
     assert result["dense"]["repeats"] == result["pruned"]["repeats"] == 4
     assert result["speedup"] == result["dense"]["median_ms"] / result["pruned"]["median_ms"]
+    ratios = sorted(d / p for d, p in zip(result["dense"]["times_ms"], result["pruned"]["times_ms"]))
+    assert result["speedup_paired"] == pytest.approx((ratios[1] + ratios[2]) / 2)
     assert result["threads"] == 1
 
 

@@ -99,8 +99,10 @@ def compare(dense: nn.Module, pruned: nn.Module, inputs: Mapping[str, torch.Tens
     Args: as :func:`measure_latency`.
 
     Returns:
-        ``{"dense": {...}, "pruned": {...}, "speedup": dense median / pruned median, "threads": n}``, each side
-        with the keys of :func:`measure_latency`'s summary.
+        ``{"dense": {...}, "pruned": {...}, "speedup": dense median / pruned median, "speedup_paired": median over
+        rounds of dense time / pruned time, "threads": n}``, each side with the keys of :func:`measure_latency`'s
+        summary. The paired ratio compares passes run back to back, so it is the steadier of the two on a machine
+        shared with other work.
     """
     _check_counts(warmup, repeats)
     modes = (dense.training, pruned.training)
@@ -121,4 +123,6 @@ def compare(dense: nn.Module, pruned: nn.Module, inputs: Mapping[str, torch.Tens
         dense.train(modes[0])
         pruned.train(modes[1])
     summary = {name: {**_summary(values), "times_ms": values} for name, values in times.items()}
-    return {**summary, "speedup": summary["dense"]["median_ms"] / summary["pruned"]["median_ms"], "threads": used}
+    paired = statistics.median(d / p for d, p in zip(times["dense"], times["pruned"]))
+    return {**summary, "speedup": summary["dense"]["median_ms"] / summary["pruned"]["median_ms"],
+            "speedup_paired": paired, "threads": used}
