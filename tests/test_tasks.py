@@ -104,3 +104,27 @@ def test_label_count_mismatch_is_explained(tiny_folders, tmp_path):
     module.save_pretrained(tmp_path / "stsb_model")
     with pytest.raises(ValueError, match=r"was fine-tuned for 'stsb' with 1 labels; task 'sst2' needs 2"):
         SequenceClassificationModule(str(tmp_path / "stsb_model"), task="sst2")
+
+
+def test_pruned_folder_loads_into_the_task_module(tiny_folders, tmp_path):
+    """`--model.name_or_path <pruned folder>` validates a pruned model with a recipe's data and metrics."""
+    from lit_prune.core.compact import compact
+    from lit_prune.core.io import is_pruned_folder, save_pruned
+    from lit_prune.core.masks import PruningMasks
+
+    dense = SequenceClassificationModule(str(tiny_folders["bert"]), task="rte")
+    masks = PruningMasks.from_model(dense.model)
+    masks.head[0, 1] = 0
+    masks.ffn[1, :20] = 0
+    model = compact(dense.model.eval(), masks)
+    save_pruned(model, tmp_path / "pruned", tokenizer=AutoTokenizer.from_pretrained(tiny_folders["bert"]))
+
+    module = SequenceClassificationModule(str(tmp_path / "pruned"), task="rte")
+    assert module.model.training
+    inputs = {"input_ids": torch.randint(5, 100, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    torch.testing.assert_close(module.model.eval()(**inputs).logits, model(**inputs).logits)
+    # saving a module that holds a compacted model keeps it a pruned folder
+    module.save_pretrained(tmp_path / "again")
+    assert is_pruned_folder(tmp_path / "again")
+    with pytest.raises(ValueError, match=r"fine-tuned for 'rte' with 2 labels; task 'stsb' needs 1"):
+        SequenceClassificationModule(str(tmp_path / "pruned"), task="stsb")

@@ -4,6 +4,7 @@ decay, and saving the fine-tuned model as a Hugging Face folder at the end of ``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_prune.assets import resolve_model
+from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_directory
+from lit_prune.core.io import is_pruned_folder, load_pruned, read_pruned_config, save_pruned
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +103,51 @@ class TaskModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ------------------------------------------------------------------------------------------ loading
+    def load_hf_model(self, auto_class: type, mapping_names: dict[str, str], kind: str,
+                      configure: Callable[[Any], None] | None = None) -> torch.nn.Module:
+        """Load ``self.name_or_path`` in float32, in train mode: a pruned lit_prune folder or any HF model.
+
+        Args:
+            auto_class: the transformers Auto class for dense models.
+            mapping_names: the model types ``auto_class`` supports (checked before loading).
+            kind: the pruned-model kind ("sequence_classification", "question_answering").
+            configure: edits the config before loading (dense models), or checks it (pruned folders, whose head
+                is already fixed).
+        """
+        location = self.resolved.location
+        if is_pruned_folder(location):
+            # lit_prune's own copy of the pruned classes: no remote code needed inside the package
+            config = read_pruned_config(location)
+            if configure is not None:
+                configure(config)
+            model = load_pruned(location, kind=kind, dtype=torch.float32)
+        else:
+            config = check_model_type(location, mapping_names, auto_class.__name__, "model.name_or_path",
+                                      self.name_or_path, trust_remote_code=self.trust_remote_code)
+            if configure is not None:
+                configure(config)
+            # dtype=float32: checkpoints stored in float16 (paraphrase-MiniLM-L3-v2) train and evaluate in float32
+            model = auto_class.from_pretrained(location, config=config, dtype=torch.float32,
+                                               trust_remote_code=self.trust_remote_code)
+        # from_pretrained returns eval mode; Lightning keeps module modes as it finds them, so dropout would stay
+        # off during fit
+        return model.train()
+
     # ------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Save the model and its tokenizer as a Hugging Face folder, atomically."""
+        """Save the model and its tokenizer as a Hugging Face folder, atomically.
+
+        A physically pruned model is saved with its structure and modelling code (:func:`save_pruned`).
+        """
         from transformers import AutoTokenizer
 
         folder = Path(folder)
+        tokenizer = AutoTokenizer.from_pretrained(self.resolved.location)
+        if get_adapter(self.model).is_compacted:
+            return save_pruned(self.model, folder, tokenizer=tokenizer)
         with atomic_directory(folder) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer = AutoTokenizer.from_pretrained(self.resolved.location)
             tokenizer.save_pretrained(tmp)
         return folder
 

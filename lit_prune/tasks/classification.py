@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torchmetrics
 from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from lit_prune.data.glue import GlueTask, GlueTaskName, get_glue_task
-from lit_prune.tasks.base import TaskModule, check_model_type
+from lit_prune.core.io import is_pruned_folder
+from lit_prune.tasks.base import TaskModule
 
 
 def glue_metrics(task: GlueTask) -> torchmetrics.MetricCollection:
@@ -72,32 +71,27 @@ class SequenceClassificationModule(TaskModule):
         from transformers import AutoModelForSequenceClassification
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-        location = self.resolved.location
-        config = check_model_type(location, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-                                  "AutoModelForSequenceClassification", "model.name_or_path", self.name_or_path,
-                                  trust_remote_code=self.trust_remote_code)
-        trained_for = getattr(config, "finetuning_task", None)
-        if trained_for and trained_for != self.spec.name and config.num_labels != self.spec.num_labels:
-            raise ValueError(f"model.name_or_path={self.name_or_path!r} was fine-tuned for {trained_for!r} with "
-                             f"{config.num_labels} labels; task {self.spec.name!r} needs {self.spec.num_labels}.")
-        overrides: dict[str, Any] = {
-            "num_labels": self.spec.num_labels,
-            "problem_type": "regression" if self.spec.is_regression else "single_label_classification",
-            "finetuning_task": self.spec.name,
-        }
-        if classifier_dropout is not None:
-            overrides["classifier_dropout"] = classifier_dropout
-        if not self.spec.is_regression and self.spec.label_names:
-            overrides["id2label"] = dict(enumerate(self.spec.label_names))
-            overrides["label2id"] = {name: i for i, name in enumerate(self.spec.label_names)}
-        for name, value in overrides.items():
-            setattr(config, name, value)
-        # dtype=float32: checkpoints stored in float16 (paraphrase-MiniLM-L3-v2) train and evaluate in float32
-        model = AutoModelForSequenceClassification.from_pretrained(
-            location, config=config, dtype=torch.float32, trust_remote_code=self.trust_remote_code)
-        # from_pretrained returns eval mode; Lightning keeps module modes as it finds them, so dropout would
-        # stay off during fit
-        return model.train()
+        spec = self.spec
+
+        def configure(config) -> None:
+            trained_for = getattr(config, "finetuning_task", None)
+            fixed_head = is_pruned_folder(self.resolved.location)
+            if (trained_for and trained_for != spec.name or fixed_head) and config.num_labels != spec.num_labels:
+                raise ValueError(f"model.name_or_path={self.name_or_path!r} was fine-tuned for {trained_for!r} with "
+                                 f"{config.num_labels} labels; task {spec.name!r} needs {spec.num_labels}.")
+            if fixed_head:
+                return
+            config.num_labels = spec.num_labels
+            config.problem_type = "regression" if spec.is_regression else "single_label_classification"
+            config.finetuning_task = spec.name
+            if classifier_dropout is not None:
+                config.classifier_dropout = classifier_dropout
+            if not spec.is_regression and spec.label_names:
+                config.id2label = dict(enumerate(spec.label_names))
+                config.label2id = {name: i for i, name in enumerate(spec.label_names)}
+
+        return self.load_hf_model(AutoModelForSequenceClassification, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                                  "sequence_classification", configure)
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lit_prune.data.squad import SQUAD_TASKS, SquadTask
-from lit_prune.tasks.base import TaskModule, check_model_type
+from lit_prune.tasks.base import TaskModule
 from lit_prune.tasks.squad_metrics import SquadMetric
 
 #: the data module attributes the metric is built from
@@ -64,14 +64,8 @@ class QuestionAnsweringModule(TaskModule):
         if task_problem is not None:
             raise ValueError(f"{type(self).__name__}: {task_problem}")
         self.save_hyperparameters()
-        check_model_type(self.resolved.location, MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
-                         "AutoModelForQuestionAnswering", "model.name_or_path", name_or_path,
-                         trust_remote_code=trust_remote_code)
-        # dtype=float32: checkpoints stored in float16 are trained and pruned in float32.
-        self.model = AutoModelForQuestionAnswering.from_pretrained(self.resolved.location, dtype=torch.float32,
-                                                                   trust_remote_code=trust_remote_code)
-        # from_pretrained returns eval mode, and Lightning keeps each module's mode: train with dropout on.
-        self.model.train()
+        self.model = self.load_hf_model(AutoModelForQuestionAnswering, MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+                                        "question_answering")
         self.val_metric: SquadMetric | None = None
         self.test_metric: SquadMetric | None = None
 
