@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -51,6 +53,9 @@ def test_fit_validate_and_save(model_type, tiny_folders, tmp_path):
 
     saved = tmp_path / "final_model"
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
+    summary = json.loads((tmp_path / "fit_summary.json").read_text())
+    assert (summary["task"], summary["steps"], summary["world_size"]) == ("rte", 3, 1)
+    assert summary["seconds"] > 0 and summary["hardware"]["device"] == "cpu"
     reloaded = AutoModelForSequenceClassification.from_pretrained(saved).eval()
     assert reloaded.config.id2label == {0: "entailment", 1: "not_entailment"}
     assert reloaded.config.finetuning_task == "rte"

@@ -3,7 +3,11 @@ decay, and saving the fine-tuned model as a Hugging Face folder at the end of ``
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +18,22 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_prune.assets import resolve_model
 from lit_prune.core.arch import get_adapter
-from lit_prune.core.atomic import atomic_directory
+from lit_prune.core.atomic import atomic_directory, atomic_write_text
 from lit_prune.core.io import is_pruned_folder, load_pruned, read_pruned_config, save_pruned
 
 log = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "final_model"
+FIT_SUMMARY = "fit_summary.json"
+
+
+def hardware_summary(device: torch.device) -> dict[str, Any]:
+    """Where numbers were measured, so results from different machines are never mixed up."""
+    summary: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if device.type == "cuda":
+        summary["gpu"] = torch.cuda.get_device_name(device)
+    return summary
 
 
 def check_model_type(location: str, mapping_names: dict[str, str], kind: str, setting: str, value: str,
@@ -151,13 +165,36 @@ class TaskModule(L.LightningModule):
             tokenizer.save_pretrained(tmp)
         return folder
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
     def on_fit_end(self) -> None:
         if self.save_final_model and not self.trainer.fast_dev_run:
             self._save_final()
 
     @rank_zero_only
     def _save_final(self) -> None:
-        folder = Path(self.trainer.default_root_dir) / FINAL_MODEL_DIR
+        root = Path(self.trainer.default_root_dir)
+        folder = root / FINAL_MODEL_DIR
         self.save_pretrained(folder)
         log.info("saved the fine-tuned model to %s", folder)
         print(f"lit_prune: saved the fine-tuned model to {folder}")
+        atomic_write_text(root / FIT_SUMMARY, json.dumps(self.fit_summary(), indent=2) + "\n")
+
+    def fit_summary(self) -> dict[str, Any]:
+        """What a finished ``fit`` produced: model, task, time, steps, last evaluation metrics, hardware."""
+        trainer = self.trainer
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()
+                   if name.startswith(("val/", "val_mm/"))}
+        return {
+            "model": self.name_or_path,
+            "task": self.task,
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "world_size": trainer.world_size,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "seconds": round(time.perf_counter() - getattr(self, "_fit_started", time.perf_counter()), 1),
+            "metrics": metrics,
+            "final_model": str(Path(trainer.default_root_dir) / FINAL_MODEL_DIR),
+            "hardware": hardware_summary(self.device),
+        }
