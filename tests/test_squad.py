@@ -157,7 +157,8 @@ def test_real_dev_file_split(assets_dir, minilm_l3, minilm_tokenizer, task, vers
                          max_train_samples=6, max_eval_samples=5, seed=1)
     dm.setup("fit")
     info = dm.split_info
-    assert info["eval_source"] == str(assets_dir / "data" / "squad" / version / f"dev-{version}.json")
+    expected = assets_dir / "data" / "squad" / version / f"dev-{version}.json"
+    assert Path(info["eval_source"]).resolve() == expected.resolve()
     assert len(info["train_articles"]) + len(info["eval_articles"]) == articles
     assert len(info["eval_articles"]) == round(0.2 * articles)
     assert not set(info["train_articles"]) & set(info["eval_articles"])
