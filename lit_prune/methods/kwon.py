@@ -1,0 +1,812 @@
+"""Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers" (NeurIPS 2022): the pure stages.
+
+Reference code: WoosukKwon/retraining-free-pruning (``prune/fisher.py``, ``prune/search.py``,
+``prune/rearrange.py``, ``prune/rescale.py``, ``utils/linalg.py``). Everything here is plain PyTorch, usable from
+any loop; the Lightning callback that drives it batch by batch (and reduces the statistics across ranks) lives
+elsewhere. The model's weights are never changed: every stage reads or writes :class:`PruningMasks`.
+
+Pipeline (retraining-free, weights frozen, model in eval mode, a labelled calibration sample):
+
+1. **Fisher statistics** (:func:`mask_gradients`, :class:`FisherStatistics`): per calibration batch, the gradient
+   of the task loss w.r.t. the (L, H) head mask and the (L, F) FFN-neuron mask, at the all-ones mask. A unit's
+   importance is the diagonal of the empirical Fisher: the sum over batches of its squared mask gradient.
+2. **Budgeted mask search** (:func:`search_masks`): heads and neurons ranked globally; for every number k of kept
+   heads, the top-k heads plus as many of the best neurons as the FLOPs budget leaves room for; the k with the
+   largest total importance wins.
+3. **Mask rearrangement** (:func:`rearrange_masks`): per layer, with the number of kept units fixed, a greedy swap
+   that minimises ``||Σ_{u pruned} g_u||²`` where ``g_u`` is unit u's vector of per-batch gradients (the loss
+   increase under a block-diagonal, per-layer Fisher approximation: the pruned units' gradients may cancel).
+4. **Mask tuning** (:class:`LeastSquaresAccumulator`, :func:`collect_sublayer`, :func:`tune_masks`): sublayer by
+   sublayer, in order (MHA₀, FFN₀, MHA₁, ...), real-valued scales for the kept units so that the sublayer's
+   pre-LayerNorm output matches a reference model's, by damped linear least squares. The scales multiply the
+   head / neuron masks (compaction later folds them into W_O's and W_down's columns).
+
+Least squares in streaming form. A sublayer's output before the residual and the LayerNorm is
+``Σ_u m_u·c_u + bias``, where ``c_u`` is unit u's contribution (a head: its context vector times its slice of
+W_O; a neuron: its activation times its column of W_down), a (tokens, d) matrix. Flattening over the non-padding
+tokens gives ``A`` (tokens·d, U) with one column per kept unit, and the scales x solve ``min ||A x − b||²`` with
+``b`` = reference pre-LayerNorm sum − the student's own residual − bias (the code's target: the residual of the
+student differs from the reference's, so the scales also correct for it). Only ``AᵀA`` (U, U), ``Aᵀb`` (U,) and
+``bᵀb`` are accumulated, summable across batches and ranks; :meth:`LeastSquaresAccumulator.add_factored` builds
+them without ever materialising ``A`` (``AᵀA = Σ_{blocks}(XᵀX ∘ WWᵀ)``), since for a BERT-base FFN ``A`` would hold
+tokens·768 × 3072 entries per batch.
+
+The solver, precisely. The reference code's ``lsmr_cupy_solver(ATA, ATB)`` hands the *normal equations* to
+LSMR (not the original system A): with ``G = AᵀA``, ``h = Aᵀb`` it runs ``lsmr(G, h − G·1, damp=1)`` and returns
+``x = 1 + y``, i.e. it minimises ``||G y − (h − G·1)||² + damp²·||y||²``: a Tikhonov-damped solve of the normal
+equations whose prior is the binary mask (x = 1), not zero. :meth:`LeastSquaresAccumulator.solve` computes that
+same minimiser directly, as the full-rank stacked least-squares problem ``[G; damp·I] y = [h − G·1; 0]`` (QR, in
+float64): the point LSMR converges to, without its iteration limit or tolerances. Two consequences worth knowing:
+a unit whose column is zero gets scale exactly 1 (the system is never singular), and the solution never raises
+the sublayer's reconstruction error above the binary mask's (in G's eigenbasis each component of the error
+change is ``σ r²/(σ²+damp²)·(σ²/(σ²+damp²) − 2) ≤ 0``), which a ridge solve ``(G + damp·I) x = h`` (shrinking
+scales towards 0, i.e. towards pruning) does not guarantee.
+
+Departures from the paper and the reference code (each deliberate):
+
+* Fisher: gradients come from ``torch.autograd.grad`` on copies of the masks (no ``.grad`` accumulation anywhere),
+  the masks act through :func:`~lit_prune.core.masking.apply_masks` hooks (transformers 5 has no ``head_mask``).
+* Search: k runs over 0..L·H (the code starts at 1, so it can never keep zero heads); the budget is exact
+  (:class:`~lit_prune.core.flops.FlopsBudget`, rational arithmetic) where the code truncates floats; a budget of 1
+  is allowed (the code asserts < 1). Ties: stable sorts (lower index first) and the smallest k among equal totals
+  (the code's strict ``>`` while k ascends).
+* Rearrangement: the code's greedy, in float64 on the CPU as the code does; in addition, a layer whose greedy
+  result has a higher objective than the input mask keeps the input mask (the code takes the greedy result).
+* Tuning solver: as explained above, the exact minimiser of the code's LSMR problem. The code's LSMR also reports
+  failure when its condition estimate exceeds 1e8 or its iteration limit is reached (``istop >= 3``); here the
+  solve fails only on an exception, a non-finite result, or a scale outside [-10, 10] (as in the code). The code
+  solves a single-unit system without damping (``B / A[0, 0]``); here every system is damped alike.
+* Tuning system: the code adds an all-ones column (a free scalar offset, then discarded) to the attention
+  system; we do not, so the scales are fitted for the model that is actually used.
+* Tuning reference: :func:`tune_masks` takes ``reference="dense"`` (the unmasked model) or any masks. The code's
+  teacher is the model under the mask searched at the intermediate budget ``flops_kept ** 0.5`` (its
+  ``get_pruning_schedule(target, 2)[0]``), binary, run along its own trajectory; :func:`teacher_budget` gives that
+  budget, so passing ``search_masks(..., teacher_budget(budget))`` reproduces the code. The student runs with the
+  masks tuned so far (earlier sublayers scaled, the current one binary), as in the code.
+* Tuning schedule: like the code, the attention of layer 0 is not tuned (``skip_first_attention``), the last
+  FFN may be fitted on the first token only for classification (``cls_only_last_ffn``; the code's
+  ``cls_only``), and tuning stops at the first failed sublayer, keeping the scales found so far.
+* Tuning data flow: the code caches every layer's inputs for teacher and student (memory grows with the
+  calibration set); here each sublayer re-runs the calibration batches through the model, stopping the forward
+  pass at the sublayer's LayerNorm, so memory stays at one batch.
+
+Driving these from a calibration loop (e.g. a Lightning callback; every statistic is a plain tensor):
+
+* Fisher: one pass over the calibration data (forward + backward per batch): ``stats.add(*mask_gradients(...))``.
+  Under DDP, all-gather ``head_grads`` and ``ffn_grads`` (equal batch counts per rank) and rebuild with
+  :meth:`FisherStatistics.from_gathered`; importances and the rearrangement objective do not depend on the order
+  of the batches.
+* Search and rearrangement: no data (they read the statistics).
+* Tuning: one pass per tuned sublayer (2L − 1 with ``skip_first_attention``), each batch run twice (reference and
+  student) up to that sublayer: ``acc.add_factored(...)`` on :func:`collect_sublayer`'s output; then all-reduce
+  (sum) the accumulator's tensors, solve, and :func:`apply_scales` identically on every rank (or solve on rank 0
+  and broadcast the scales) before the next sublayer's pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lit_prune.core.arch import get_adapter
+from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.masking import apply_masks
+from lit_prune.core.masks import PruningMasks
+
+Sublayer = Literal["attention", "ffn"]
+
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+MAX_ABS_SCALE = 10.0
+
+
+# ================================================================================================ 1. Fisher
+def _check_labels(batch: Mapping[str, torch.Tensor]) -> None:
+    if "labels" in batch:
+        return
+    missing = [key for key in ("start_positions", "end_positions") if key not in batch]
+    if len(missing) == 1:
+        raise ValueError(f"mask_gradients: the batch has start/end positions but no {missing[0]!r}; question "
+                         f"answering needs both 'start_positions' and 'end_positions' (batch keys: {sorted(batch)})")
+    if missing:
+        raise ValueError("mask_gradients needs the task loss, but the batch has no labels: missing 'labels' "
+                         "(sequence classification / regression) or 'start_positions' and 'end_positions' "
+                         f"(question answering); batch keys: {sorted(batch)}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def mask_gradients(model: nn.Module, masks: PruningMasks,
+                   batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward and backward pass of the task loss under ``masks``: the head- and FFN-mask gradients.
+
+    The weights do not accumulate gradients: their ``requires_grad`` is switched off for the call and restored
+    after, and the gradients are taken with ``torch.autograd.grad`` on copies of the masks (``masks`` itself is
+    not modified). The pass runs in eval mode (no dropout); every module's mode is restored after. Works inside
+    ``torch.no_grad`` / ``torch.inference_mode`` (as in a Lightning validation or predict loop).
+
+    Args:
+        model: a dense BERT / RoBERTa / DistilBERT task model whose output has ``.loss`` when given labels.
+        masks: masks of the model's shape (Kwon: all ones).
+        batch: model inputs plus labels: ``labels`` (classification, regression) or ``start_positions`` and
+            ``end_positions`` (question answering). Moved to the model's device.
+
+    Returns:
+        ``(head_grad, ffn_grad)``: d loss / d ``masks.head`` (L, H) and d loss / d ``masks.ffn`` (L, F), float32.
+
+    Raises:
+        ValueError: the batch has no labels (naming what is missing), the masks do not fit the model, or the model
+            returned no loss.
+    """
+    _check_labels(batch)
+    adapter = get_adapter(model)
+    masks.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
+                      what=type(model).__name__)
+    device = _model_device(model)
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        model.eval()
+        # Outside inference mode, and with fresh (non-inference) tensors: the loss keeps its labels for backward.
+        with torch.inference_mode(False), torch.enable_grad():
+            work = masks.clone().to(device).requires_grad_(True, fields=("head", "ffn"))
+            inputs = {k: v.to(device).clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with apply_masks(model, work):
+                loss = model(**inputs).loss
+            if loss is None:
+                raise ValueError(f"{type(model).__name__} returned no loss for a batch with keys {sorted(batch)}")
+            head_grad, ffn_grad = torch.autograd.grad(loss, [work.head, work.ffn])
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        for module, training in modes:
+            module.training = training
+    return head_grad.detach().float(), ffn_grad.detach().float()
+
+
+@dataclass(eq=False)
+class FisherStatistics:
+    """Per-batch mask gradients of the calibration data (Kwon's ``collect_mask_grads``).
+
+    Plain tensors, so a DDP loop can all-gather them; the batch order does not matter to any stage.
+
+    Attributes:
+        head_grads: (N, L, H) head-mask gradient of each of N batches.
+        ffn_grads: (N, L, F) FFN-mask gradient of each batch.
+
+    Raises:
+        ValueError: on construction, for tensors of the wrong rank or mismatched N or L.
+    """
+
+    head_grads: torch.Tensor
+    ffn_grads: torch.Tensor
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.head_grads.dim() != 3:
+            problems.append(f"head_grads has shape {tuple(self.head_grads.shape)}, expected (N, L, H)")
+        if self.ffn_grads.dim() != 3:
+            problems.append(f"ffn_grads has shape {tuple(self.ffn_grads.shape)}, expected (N, L, F)")
+        if not problems and self.head_grads.shape[:2] != self.ffn_grads.shape[:2]:
+            problems.append(f"head_grads {tuple(self.head_grads.shape)} and ffn_grads {tuple(self.ffn_grads.shape)} "
+                            "disagree on (N, L)")
+        if problems:
+            raise ValueError("invalid FisherStatistics: " + "; ".join(problems))
+
+    @classmethod
+    def empty(cls, num_layers: int, num_heads: int, ffn_dim: int,
+              device: torch.device | str | None = None) -> FisherStatistics:
+        """Statistics of zero batches, shaped for an (L, H, F) model."""
+        return cls(torch.zeros(0, num_layers, num_heads, device=device),
+                   torch.zeros(0, num_layers, ffn_dim, device=device))
+
+    @property
+    def num_batches(self) -> int:
+        """N."""
+        return self.head_grads.shape[0]
+
+    def add(self, head_grad: torch.Tensor, ffn_grad: torch.Tensor) -> None:
+        """Append one batch's gradients: ``head_grad`` (L, H) and ``ffn_grad`` (L, F)."""
+        expected = (tuple(self.head_grads.shape[1:]), tuple(self.ffn_grads.shape[1:]))
+        if (tuple(head_grad.shape), tuple(ffn_grad.shape)) != expected:
+            raise ValueError(f"FisherStatistics.add: got head_grad {tuple(head_grad.shape)} and ffn_grad "
+                             f"{tuple(ffn_grad.shape)}, expected {expected[0]} and {expected[1]}")
+        device, dtype = self.head_grads.device, self.head_grads.dtype
+        self.head_grads = torch.cat([self.head_grads, head_grad.detach().to(device, dtype)[None]])  # (N+1, L, H)
+        self.ffn_grads = torch.cat([self.ffn_grads, ffn_grad.detach().to(device, dtype)[None]])  # (N+1, L, F)
+
+    def head_importance(self) -> torch.Tensor:
+        """(L, H) float64: Σ over batches of grad² (the empirical Fisher diagonal)."""
+        return self.head_grads.double().pow(2).sum(0)
+
+    def ffn_importance(self) -> torch.Tensor:
+        """(L, F) float64: Σ over batches of grad²."""
+        return self.ffn_grads.double().pow(2).sum(0)
+
+    @classmethod
+    def merge(cls, stats: Sequence[FisherStatistics]) -> FisherStatistics:
+        """The statistics of all the batches of ``stats``, concatenated in order (on the first one's device)."""
+        if not stats:
+            raise ValueError("FisherStatistics.merge: nothing to merge")
+        device = stats[0].head_grads.device
+        return cls(torch.cat([s.head_grads.to(device) for s in stats]),
+                   torch.cat([s.ffn_grads.to(device) for s in stats]))
+
+    @classmethod
+    def from_gathered(cls, head_grads: torch.Tensor, ffn_grads: torch.Tensor) -> FisherStatistics:
+        """Statistics from all-gathered tensors: ``head_grads`` (W, N, L, H) and ``ffn_grads`` (W, N, L, F)."""
+        if head_grads.dim() != 4 or ffn_grads.dim() != 4:
+            raise ValueError(f"FisherStatistics.from_gathered: got {tuple(head_grads.shape)} and "
+                             f"{tuple(ffn_grads.shape)}, expected (W, N, L, H) and (W, N, L, F)")
+        return cls(head_grads.flatten(0, 1), ffn_grads.flatten(0, 1))  # (W·N, L, H), (W·N, L, F)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """``{"head_grads", "ffn_grads"}`` (for a ``state_dict``)."""
+        return {"head_grads": self.head_grads, "ffn_grads": self.ffn_grads}
+
+    @classmethod
+    def from_dict(cls, tensors: Mapping[str, torch.Tensor]) -> FisherStatistics:
+        """Statistics from :meth:`to_dict`'s output."""
+        if set(tensors) != {"head_grads", "ffn_grads"}:
+            raise ValueError(f"FisherStatistics.from_dict: expected keys ['ffn_grads', 'head_grads'], got "
+                             f"{sorted(tensors)}")
+        return cls(tensors["head_grads"], tensors["ffn_grads"])
+
+
+# ================================================================================================ 2. search
+def teacher_budget(budget: FlopsBudget) -> FlopsBudget:
+    """The reference code's tuning-teacher budget: ``flops_kept ** 0.5`` (``get_pruning_schedule(target, 2)[0]``)."""
+    return dataclasses.replace(budget, flops_kept=math.sqrt(budget.flops_kept))
+
+
+def search_masks(head_importance: torch.Tensor, ffn_importance: torch.Tensor, budget: FlopsBudget) -> PruningMasks:
+    """Kwon's budgeted mask search over whole heads and FFN neurons.
+
+    Heads and neurons are each sorted globally by importance (descending, stable: lower index first among
+    equals). For every k in 0..L·H, the top-k heads and the best ``budget.max_neurons(k)`` neurons; the k with the
+    largest total importance (heads' sum + neurons' sum) wins, the smallest k among equal totals.
+
+    Args:
+        head_importance: (L, H), e.g. :meth:`FisherStatistics.head_importance`.
+        ffn_importance: (L, F).
+        budget: the FLOPs budget (its shape must match the importances).
+
+    Returns:
+        Binary masks (float32, on ``head_importance``'s device): kept units 1, pruned 0, ``qk`` and ``vo`` all ones.
+        They always satisfy ``budget.fits(masks)``, and no further neuron would fit (unless all are kept).
+
+    Raises:
+        ValueError: importances of the wrong shape or with non-finite values.
+    """
+    expected = {"head_importance": (budget.num_layers, budget.num_heads),
+                "ffn_importance": (budget.num_layers, budget.ffn_dim)}
+    given = {"head_importance": head_importance, "ffn_importance": ffn_importance}
+    problems = [f"{name} has shape {tuple(given[name].shape)}, expected {shape}"
+                for name, shape in expected.items() if tuple(given[name].shape) != shape]
+    problems += [f"{name} has non-finite values" for name, value in given.items()
+                 if tuple(value.shape) == expected[name] and not torch.isfinite(value).all()]
+    if problems:
+        raise ValueError("search_masks: " + "; ".join(problems))
+    device = head_importance.device
+    head_sorted, head_order = torch.sort(head_importance.detach().double().flatten(), descending=True, stable=True)
+    ffn_sorted, ffn_order = torch.sort(ffn_importance.detach().double().flatten(), descending=True, stable=True)
+    zero = torch.zeros(1, dtype=torch.float64, device=device)
+    head_prefix = torch.cat([zero, head_sorted.cumsum(0)]).tolist()  # [k] = sum of the top-k heads
+    ffn_prefix = torch.cat([zero, ffn_sorted.cumsum(0)]).tolist()
+    best = None  # (total, heads, neurons)
+    for heads in range(budget.total_heads + 1):
+        neurons = budget.max_neurons(heads)
+        if neurons is None:  # heads alone exceed the budget, and so will every larger k
+            break
+        total = head_prefix[heads] + ffn_prefix[neurons]
+        if best is None or total > best[0]:
+            best = (total, heads, neurons)
+    assert best is not None  # max_neurons(0) is never None: the budget is positive
+    _, heads, neurons = best
+    head = torch.zeros(budget.total_heads, device=device)
+    head[head_order[:heads]] = 1
+    ffn = torch.zeros(budget.total_neurons, device=device)
+    ffn[ffn_order[:neurons]] = 1
+    masks = PruningMasks(head=head.view(budget.num_layers, budget.num_heads),
+                         qk=torch.ones(budget.num_layers, budget.num_heads, budget.head_dim, device=device),
+                         vo=torch.ones(budget.num_layers, budget.num_heads, budget.head_dim, device=device),
+                         ffn=ffn.view(budget.num_layers, budget.ffn_dim))
+    assert budget.fits(masks)
+    return masks
+
+
+# ================================================================================================ 3. rearrange
+def rearrangement_objective(pruned_indices: torch.Tensor | Sequence[int], grads: torch.Tensor) -> float:
+    """``||Σ_{u pruned} g_u||²``: the squared norm of the summed per-batch gradient vectors of the pruned units.
+
+    Args:
+        pruned_indices: indices of one layer's pruned units.
+        grads: (N, U) per-batch mask gradients of the layer's U units.
+    """
+    index = torch.as_tensor(pruned_indices, dtype=torch.long, device=grads.device).reshape(-1)
+    return float(grads.double()[:, index].sum(1).pow(2).sum())  # (N, P) → (N,) → scalar
+
+
+def rearrange_layer(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Kwon's greedy rearrangement of one layer's mask, the number of kept units fixed.
+
+    Starts from the ``P`` units with the smallest Fisher importance pruned; then, for every other unit in
+    increasing importance, adds it to the pruned set and drops the pruned unit whose removal leaves the smallest
+    :func:`rearrangement_objective`. If the result's objective is higher than the input's, the input is kept.
+
+    Args:
+        kept: (U,) bool, the layer's kept units.
+        grads: (N, U) per-batch mask gradients.
+
+    Returns:
+        (U,) bool on ``kept``'s device, with as many kept units as ``kept``.
+    """
+    num_units = kept.shape[0]
+    num_pruned = int((~kept).sum())
+    if num_pruned in (0, num_units):
+        return kept.clone()
+    # Low arithmetic intensity: the CPU is faster (as the reference code notes), float64 avoids drift.
+    g = grads.detach().to("cpu", torch.float64).t().contiguous()  # (U, N)
+    order = torch.sort(g.pow(2).sum(1), stable=True).indices.tolist()  # least important first
+    pruned = order[:num_pruned]
+    total = g[pruned].sum(0)  # (N,)
+    for candidate in order[num_pruned:]:
+        pruned.append(candidate)
+        total = total + g[candidate]
+        left = (total[None] - g[pruned]).pow(2).sum(1)  # (P + 1,): objective after dropping each
+        drop = int(left.argmin())  # first minimum: deterministic
+        total = total - g[pruned[drop]]
+        del pruned[drop]
+    input_pruned = torch.nonzero(~kept.cpu()).flatten()
+    if rearrangement_objective(pruned, g.t()) > rearrangement_objective(input_pruned, g.t()):
+        return kept.clone()
+    result = torch.ones(num_units, dtype=torch.bool)
+    result[pruned] = False
+    return result.to(kept.device)
+
+
+def rearrange_masks(masks: PruningMasks, stats: FisherStatistics) -> PruningMasks:
+    """Rearrange every layer's head mask and FFN mask with :func:`rearrange_layer`.
+
+    A unit counts as kept when its ``head`` / ``ffn`` entry is nonzero. Layers with nothing pruned or nothing kept
+    are unchanged; no layer's objective rises.
+
+    Args:
+        masks: Kwon's searched masks (binary ``head`` and ``ffn``).
+        stats: the per-batch gradients (at least one batch).
+
+    Returns:
+        New masks: binary ``head`` and ``ffn`` with the same per-layer counts, ``qk`` / ``vo`` copied.
+
+    Raises:
+        ValueError: statistics of zero batches, or shapes that disagree.
+    """
+    expected = (stats.head_grads.shape[1], stats.head_grads.shape[2], masks.head_dim, stats.ffn_grads.shape[2])
+    masks.check_shape(*expected, what="the Fisher statistics")
+    if stats.num_batches == 0:
+        raise ValueError("rearrange_masks: the Fisher statistics hold no batch")
+    head = torch.stack([rearrange_layer(masks.head[i] != 0, stats.head_grads[:, i])
+                        for i in range(masks.num_layers)])  # (L, H)
+    ffn = torch.stack([rearrange_layer(masks.ffn[i] != 0, stats.ffn_grads[:, i])
+                       for i in range(masks.num_layers)])  # (L, F)
+    return PruningMasks(head=head.to(masks.head.dtype), qk=masks.qk.detach().clone(), vo=masks.vo.detach().clone(),
+                        ffn=ffn.to(masks.ffn.dtype))
+
+
+# ================================================================================================ 4. tuning
+def _token_mask(token_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    if token_mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return token_mask.to(device).bool()
+
+
+def unit_contributions(unit_inputs: torch.Tensor, unit_weights: torch.Tensor,
+                       token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-unit contribution matrix A of one batch, over its non-padding tokens.
+
+    Args:
+        unit_inputs: (B, s, U, k) each unit's input to the output projection (a head's context vector, k = d_h;
+            a neuron's activation, k = 1).
+        unit_weights: (U, k, d) each unit's slice of the output projection (``weight.t()`` split by unit).
+        token_mask: (B, s), nonzero for the tokens to keep (the attention mask); ``None`` keeps all.
+
+    Returns:
+        (T·d, U): column u is unit u's output on the T kept tokens, flattened token-major (row ``t·d + j``), to
+        match ``target[token_mask].reshape(-1)``.
+    """
+    keep = _token_mask(token_mask, unit_inputs.shape[:2], unit_inputs.device)
+    x = unit_inputs[keep]  # (T, U, k)
+    contributions = torch.einsum("tuk,ukd->tdu", x, unit_weights.to(x.dtype))  # (T, d, U)
+    return contributions.reshape(-1, contributions.shape[-1])  # (T·d, U)
+
+
+@dataclass(eq=False)
+class LeastSquaresAccumulator:
+    """Running sums of a least-squares system ``min ||A x − b||²``: ``AᵀA``, ``Aᵀb``, ``bᵀb`` and the row count.
+
+    Plain float64 tensors, summable across batches (:meth:`add`, :meth:`add_factored`) and processes
+    (:meth:`merge`, or an all-reduce of :meth:`to_dict`'s tensors).
+
+    Attributes:
+        gram: (U, U) AᵀA.
+        rhs: (U,) Aᵀb.
+        target_sq: () bᵀb.
+        count: () int64, the number of rows (equations) added.
+    """
+
+    gram: torch.Tensor
+    rhs: torch.Tensor
+    target_sq: torch.Tensor
+    count: torch.Tensor
+
+    def __post_init__(self) -> None:
+        units = self.rhs.shape[0] if self.rhs.dim() == 1 else None
+        if units is None or tuple(self.gram.shape) != (units, units) or self.target_sq.dim() or self.count.dim():
+            raise ValueError(f"invalid LeastSquaresAccumulator: gram {tuple(self.gram.shape)}, rhs "
+                             f"{tuple(self.rhs.shape)}, target_sq {tuple(self.target_sq.shape)}, count "
+                             f"{tuple(self.count.shape)}; expected (U, U), (U,), () and ()")
+
+    @classmethod
+    def zeros(cls, num_units: int, device: torch.device | str | None = None) -> LeastSquaresAccumulator:
+        """An empty system of ``num_units`` unknowns."""
+        return cls(gram=torch.zeros(num_units, num_units, dtype=torch.float64, device=device),
+                   rhs=torch.zeros(num_units, dtype=torch.float64, device=device),
+                   target_sq=torch.zeros((), dtype=torch.float64, device=device),
+                   count=torch.zeros((), dtype=torch.long, device=device))
+
+    @property
+    def num_units(self) -> int:
+        """U."""
+        return self.rhs.shape[0]
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add rows: ``a`` (R, U), ``b`` (R,)."""
+        if a.dim() != 2 or a.shape[1] != self.num_units or tuple(b.shape) != (a.shape[0],):
+            raise ValueError(f"LeastSquaresAccumulator.add: got a {tuple(a.shape)} and b {tuple(b.shape)}, expected "
+                             f"(R, {self.num_units}) and (R,)")
+        a, b = a.to(self.gram.device, torch.float64), b.to(self.gram.device, torch.float64)
+        self.gram += a.t() @ a
+        self.rhs += a.t() @ b
+        self.target_sq += b @ b
+        self.count += a.shape[0]
+
+    def add_factored(self, unit_inputs: torch.Tensor, unit_weights: torch.Tensor, target: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> None:
+        """Add one batch of a sublayer, as ``add(unit_contributions(...), target[mask].flatten())`` without A.
+
+        With X the unit inputs (T, U·k) and W the unit weights (U·k, d):
+        ``AᵀA = blocksum(XᵀX ∘ WWᵀ)`` and ``Aᵀb = blocksum(colsum(X ∘ (b Wᵀ)))``, summing k×k blocks per unit pair.
+
+        Args:
+            unit_inputs: (B, s, U, k), see :func:`unit_contributions`.
+            unit_weights: (U, k, d).
+            target: (B, s, d), b before flattening.
+            token_mask: (B, s), the tokens to keep; ``None`` keeps all.
+        """
+        batch, seq, units, k = unit_inputs.shape
+        d = unit_weights.shape[-1]
+        if (units != self.num_units or tuple(unit_weights.shape) != (units, k, d)
+                or tuple(target.shape) != (batch, seq, d)):
+            raise ValueError(f"LeastSquaresAccumulator.add_factored: unit_inputs {tuple(unit_inputs.shape)}, "
+                             f"unit_weights {tuple(unit_weights.shape)}, target {tuple(target.shape)}; expected "
+                             f"(B, s, {self.num_units}, k), ({self.num_units}, k, d) and (B, s, d)")
+        device = self.gram.device
+        keep = _token_mask(token_mask, unit_inputs.shape[:2], unit_inputs.device)
+        x = unit_inputs[keep].to(device, torch.float64).reshape(-1, units * k)  # (T, U·k)
+        b = target[keep.to(target.device)].to(device, torch.float64)  # (T, d)
+        w = unit_weights.to(device, torch.float64).reshape(units * k, d)  # (U·k, d)
+        self.gram += ((x.t() @ x) * (w @ w.t())).view(units, k, units, k).sum((1, 3))  # (U, U)
+        self.rhs += (x * (b @ w.t())).sum(0).view(units, k).sum(1)  # (U,)
+        self.target_sq += b.pow(2).sum()
+        self.count += b.numel()
+
+    @classmethod
+    def merge(cls, accumulators: Sequence[LeastSquaresAccumulator]) -> LeastSquaresAccumulator:
+        """The sum of ``accumulators`` (same U), on the first one's device."""
+        if not accumulators:
+            raise ValueError("LeastSquaresAccumulator.merge: nothing to merge")
+        sizes = sorted({acc.num_units for acc in accumulators})
+        if len(sizes) > 1:
+            raise ValueError(f"LeastSquaresAccumulator.merge: systems of different sizes {sizes}")
+        device = accumulators[0].gram.device
+        return cls(**{name: sum((getattr(acc, name).to(device) for acc in accumulators[1:]),
+                                getattr(accumulators[0], name).clone())
+                      for name in ("gram", "rhs", "target_sq", "count")})
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """``{"gram", "rhs", "target_sq", "count"}``: the tensors to all-reduce (sum) or store."""
+        return {"gram": self.gram, "rhs": self.rhs, "target_sq": self.target_sq, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, tensors: Mapping[str, torch.Tensor]) -> LeastSquaresAccumulator:
+        """An accumulator from :meth:`to_dict`'s output."""
+        expected = {"gram", "rhs", "target_sq", "count"}
+        if set(tensors) != expected:
+            raise ValueError(f"LeastSquaresAccumulator.from_dict: expected keys {sorted(expected)}, got "
+                             f"{sorted(tensors)}")
+        return cls(**{name: tensors[name] for name in expected})
+
+    def objective(self, scales: torch.Tensor) -> float:
+        """``||A x − b||² = xᵀAᵀAx − 2xᵀAᵀb + bᵀb`` at ``x = scales`` (U,)."""
+        x = scales.to(self.gram.device, torch.float64)
+        return float(x @ self.gram @ x - 2 * x @ self.rhs + self.target_sq)
+
+    def solve(self, damping: float = 1.0) -> tuple[torch.Tensor | None, str | None]:
+        """The damped scales of the reference code's solver, guarded.
+
+        Computes ``x = 1 + argmin_y ||G y − (h − G·1)||² + damping²·||y||²`` with ``G = AᵀA`` and ``h = Aᵀb``: the
+        minimiser that the code's ``lsmr(G, h − G·1, damp=damping)`` converges to (see the module docstring), as
+        the stacked least-squares problem ``[G; damping·I] y = [h − G·1; 0]`` in float64.
+
+        Args:
+            damping: LSMR's ``damp`` (> 0; the code uses 1). It pulls the scales towards 1, the binary mask.
+
+        Returns:
+            ``(scales, None)`` with scales (U,) float64, or ``(None, reason)`` when the system is empty or holds
+            non-finite values, the solver raises, or the result is non-finite or leaves [-10, 10] (the caller then
+            keeps the unscaled mask; the code stops tuning).
+
+        Raises:
+            ValueError: ``damping`` is not a positive finite number.
+        """
+        if (isinstance(damping, bool) or not isinstance(damping, (int, float)) or not math.isfinite(damping)
+                or damping <= 0):
+            raise ValueError(f"damping={damping!r}: expected a positive finite number (LSMR's damp; the reference "
+                             "code uses 1)")
+        if int(self.count) == 0:
+            return None, "the system is empty (no tokens were added)"
+        if not (torch.isfinite(self.gram).all() and torch.isfinite(self.rhs).all()):
+            return None, "the accumulated system holds non-finite values"
+        units = self.num_units
+        eye = torch.eye(units, dtype=torch.float64, device=self.gram.device)
+        residual = self.rhs - self.gram.sum(1)  # h − G·1: the normal-equation residual of the binary mask
+        system = torch.cat([self.gram, damping * eye])  # (2U, U), full rank
+        right = torch.cat([residual, torch.zeros_like(residual)])[:, None]  # (2U, 1)
+        try:
+            correction = torch.linalg.lstsq(system, right).solution[:, 0]
+        except RuntimeError as error:  # torch.linalg.LinAlgError included
+            return None, f"the least-squares solver failed: {error}"
+        scales = 1 + correction
+        if not torch.isfinite(scales).all():
+            return None, "the solution is not finite"
+        low, high = float(scales.min()), float(scales.max())
+        if low < -MAX_ABS_SCALE or high > MAX_ABS_SCALE:
+            return None, (f"scales outside [-{MAX_ABS_SCALE:g}, {MAX_ABS_SCALE:g}] (min {low:.4g}, max {high:.4g}): "
+                          "an ill-conditioned fit")
+        return scales, None
+
+
+@dataclass(eq=False)
+class SublayerBatch:
+    """One batch of one sublayer's least-squares system, from :func:`collect_sublayer`.
+
+    Attributes:
+        units: (U,) long, the kept units (head or neuron indices within the layer) the columns stand for.
+        unit_inputs: (B, s, U, k) the kept units' inputs to the output projection, masks applied.
+        unit_weights: (U, k, d) their slices of the output projection.
+        target: (B, s, d) b = reference pre-LayerNorm sum − the student's residual − the projection's bias.
+        token_mask: (B, s) bool, the tokens the system uses.
+    """
+
+    units: torch.Tensor
+    unit_inputs: torch.Tensor
+    unit_weights: torch.Tensor
+    target: torch.Tensor
+    token_mask: torch.Tensor
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the sublayer of interest has run: nothing later is needed."""
+
+
+def _sublayer_modules(model: nn.Module, layer: int, sublayer: Sublayer) -> tuple[nn.Linear, nn.Module]:
+    modules = get_adapter(model).layer(layer)
+    if sublayer == "attention":
+        return modules.attn_out, modules.attn_norm
+    return modules.ffn_down, modules.ffn_norm
+
+
+def _kept_units(masks: PruningMasks, layer: int, sublayer: Sublayer) -> torch.Tensor:
+    kept = masks.heads_alive()[layer] if sublayer == "attention" else masks.ffn[layer] != 0
+    return torch.nonzero(kept).flatten()
+
+
+def _run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
+                 sublayer: Sublayer) -> dict[str, torch.Tensor]:
+    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's LayerNorm; capture its tensors."""
+    projection, norm = _sublayer_modules(model, layer, sublayer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def on_projection(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        captured["unit_inputs"], captured["projection"] = args[0], output  # after the masking pre-hook
+
+    def on_norm(module: nn.Module, args: tuple) -> None:
+        captured["pre_norm"] = args[0]  # projection output + residual
+        raise _StopForward
+
+    handles = [projection.register_forward_hook(on_projection), norm.register_forward_pre_hook(on_norm)]
+    try:
+        if masks is None:
+            model(**inputs)
+        else:
+            with apply_masks(model, masks):
+                model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert "pre_norm" in captured, "the forward pass never reached the sublayer's LayerNorm"
+    return captured
+
+
+@torch.no_grad()
+def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, torch.Tensor], layer: int,
+                     sublayer: Sublayer, reference: PruningMasks | Literal["dense"] = "dense",
+                     first_token_only: bool = False) -> SublayerBatch:
+    """One batch of the least-squares system of ``sublayer`` of ``layer`` (two forward passes, cut short).
+
+    The student runs under ``masks`` (earlier sublayers already tuned, this one still binary for the kept units);
+    the reference under ``reference`` along its own trajectory. Both stop at the sublayer's LayerNorm.
+
+    Args:
+        model: the dense model, in eval mode.
+        masks: the student's masks.
+        batch: model inputs (labels are ignored); its ``attention_mask`` selects the tokens.
+        layer, sublayer: which sublayer.
+        reference: ``"dense"`` (the unmasked model) or the reference masks (the code: the binary mask searched at
+            :func:`teacher_budget`).
+        first_token_only: fit the first token only (the code's ``cls_only`` for the last FFN of classifiers).
+
+    Returns:
+        The kept units' inputs and weights and the target (see :class:`SublayerBatch`).
+
+    Raises:
+        ValueError: masks that do not fit the model, or a ``sublayer`` / ``layer`` out of range.
+    """
+    adapter = get_adapter(model)
+    if isinstance(reference, str) and reference != "dense":
+        raise ValueError(f"reference={reference!r}: expected 'dense' or PruningMasks")
+    teacher_masks = None if isinstance(reference, str) else reference
+    for name, value in (("masks", masks), ("reference", teacher_masks)):
+        if value is not None:
+            value.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
+                              what=f"{type(model).__name__} ({name})")
+    if sublayer not in ("attention", "ffn"):
+        raise ValueError(f"sublayer={sublayer!r}: expected 'attention' or 'ffn'")
+    if not 0 <= layer < adapter.num_layers:
+        raise ValueError(f"layer={layer!r}: expected an index in [0, {adapter.num_layers})")
+    device = _model_device(model)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in LABEL_KEYS}
+    student = _run_to_norm(model, masks, inputs, layer, sublayer)
+    teacher = _run_to_norm(model, teacher_masks, inputs, layer, sublayer)
+    projection, _ = _sublayer_modules(model, layer, sublayer)
+    bias = projection.bias if projection.bias is not None else torch.zeros(projection.out_features, device=device)
+    # b = reference (projection + residual) − student residual − bias = ref_pre_norm − pre_norm + (projection − bias)
+    target = teacher["pre_norm"] - student["pre_norm"] + student["projection"] - bias  # (B, s, d)
+    units = _kept_units(masks, layer, sublayer).to(device)
+    k = adapter.head_dim if sublayer == "attention" else 1
+    num_units = adapter.num_heads if sublayer == "attention" else adapter.ffn_dim
+    per_unit = student["unit_inputs"].reshape(*student["unit_inputs"].shape[:2], num_units, k)  # (B, s, U_all, k)
+    weights = projection.weight.t().reshape(num_units, k, -1)  # (U_all, k, d)
+    shape = per_unit.shape[:2]
+    token_mask = batch.get("attention_mask")
+    token_mask = _token_mask(token_mask, shape, device)
+    if first_token_only:
+        token_mask = token_mask & (torch.arange(shape[1], device=device) == 0)[None]
+    return SublayerBatch(units=units, unit_inputs=per_unit.index_select(2, units),
+                         unit_weights=weights.index_select(0, units), target=target, token_mask=token_mask)
+
+
+def apply_scales(masks: PruningMasks, layer: int, sublayer: Sublayer, units: torch.Tensor,
+                 scales: torch.Tensor) -> None:
+    """Multiply the masks of ``units`` of ``sublayer`` of ``layer`` by ``scales``, in place (the code's ``*=``)."""
+    field = masks.head if sublayer == "attention" else masks.ffn
+    units = units.to(field.device)
+    with torch.no_grad():
+        field[layer, units] = field[layer, units] * scales.to(field.device, field.dtype)
+
+
+@dataclass(frozen=True)
+class TuningStep:
+    """What :func:`tune_masks` did to one sublayer.
+
+    Attributes:
+        layer, sublayer: which sublayer.
+        status: "tuned", "skipped" (no kept units, or layer 0's attention) or "failed" (tuning stopped there).
+        reason: why it was skipped or failed; ``None`` when tuned.
+        error_before, error_after: the sublayer's summed squared reconstruction error over the calibration tokens
+            with the binary and the tuned scales (``None`` unless a system was solved).
+    """
+
+    layer: int
+    sublayer: Sublayer
+    status: Literal["tuned", "skipped", "failed"]
+    reason: str | None = None
+    error_before: float | None = None
+    error_after: float | None = None
+
+
+@torch.no_grad()
+def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[str, torch.Tensor]],
+               reference: PruningMasks | Literal["dense"] = "dense", damping: float = 1.0,
+               skip_first_attention: bool = True,
+               cls_only_last_ffn: bool = False) -> tuple[PruningMasks, list[TuningStep]]:
+    """Kwon's layer-by-layer mask tuning, in one call (the reference implementation; for tiny models and tests).
+
+    For each sublayer in order (MHA₀, FFN₀, MHA₁, ...): one pass over ``batches`` with :func:`collect_sublayer`
+    into a :class:`LeastSquaresAccumulator`, :meth:`~LeastSquaresAccumulator.solve`, then :func:`apply_scales`, so
+    that the next sublayer's student runs with this one tuned. Stops at the first failed solve (as the code does),
+    keeping the scales found so far. Pruned units stay 0.
+
+    Args:
+        model: the dense model, in eval mode.
+        masks: the binary masks to tune (not modified).
+        batches: the calibration batches (iterated once per sublayer).
+        reference: ``"dense"`` or reference masks (the code: :func:`search_masks` at :func:`teacher_budget`).
+        damping: see :meth:`LeastSquaresAccumulator.solve`.
+        skip_first_attention: leave layer 0's attention untuned (the code does).
+        cls_only_last_ffn: fit the last FFN on the first token only (the code, for classification tasks).
+
+    Returns:
+        ``(tuned_masks, steps)``: the tuned masks and one :class:`TuningStep` per sublayer visited.
+
+    Raises:
+        ValueError: masks that do not fit the model, or an invalid ``damping``.
+    """
+    adapter = get_adapter(model)
+    masks.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
+                      what=type(model).__name__)
+    device = _model_device(model)
+    tuned = masks.clone().to(device)
+    steps: list[TuningStep] = []
+    for layer in range(adapter.num_layers):
+        for sublayer in ("attention", "ffn"):
+            units = _kept_units(tuned, layer, sublayer)
+            if sublayer == "attention" and layer == 0 and skip_first_attention:
+                steps.append(TuningStep(layer, sublayer, "skipped", "layer 0's attention is not tuned"))
+                continue
+            if units.numel() == 0:
+                steps.append(TuningStep(layer, sublayer, "skipped", "no kept units"))
+                continue
+            first_token_only = cls_only_last_ffn and sublayer == "ffn" and layer == adapter.num_layers - 1
+            acc = LeastSquaresAccumulator.zeros(units.numel(), device=device)
+            for batch in batches:
+                data = collect_sublayer(model, tuned, batch, layer, sublayer, reference, first_token_only)
+                acc.add_factored(data.unit_inputs, data.unit_weights, data.target, data.token_mask)
+            scales, reason = acc.solve(damping)
+            before = acc.objective(torch.ones(units.numel()))
+            if scales is None:
+                steps.append(TuningStep(layer, sublayer, "failed", reason, error_before=before))
+                return tuned, steps
+            apply_scales(tuned, layer, sublayer, units, scales)
+            steps.append(TuningStep(layer, sublayer, "tuned", error_before=before, error_after=acc.objective(scales)))
+    return tuned, steps
+
+
+__all__ = [
+    "FisherStatistics",
+    "LeastSquaresAccumulator",
+    "SublayerBatch",
+    "TuningStep",
+    "apply_scales",
+    "collect_sublayer",
+    "mask_gradients",
+    "rearrange_layer",
+    "rearrange_masks",
+    "rearrangement_objective",
+    "search_masks",
+    "teacher_budget",
+    "tune_masks",
+    "unit_contributions",
+]
