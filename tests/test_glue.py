@@ -198,3 +198,33 @@ def test_hub_fallback_maps_columns(tmp_path, monkeypatch, minilm_l3):
     assert [c[2] for c in calls] == ["train", "validation_matched", "validation_mismatched", "test_matched"]
     assert data.datasets["train"]["labels"] == [2, 0]
     assert "labels" not in data.datasets["test"].column_names
+
+
+def test_length_grouped_sampler():
+    from lit_prune.data.base import LengthGroupedSampler
+
+    lengths = [int(x) for x in torch.randint(5, 120, (1000,), generator=torch.Generator().manual_seed(0))]
+    sampler = LengthGroupedSampler(lengths, batch_size=10, seed=3, group_size=5)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert sorted(first) == list(range(1000))  # a permutation: every example once
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # deterministic for (seed, epoch)
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order each epoch
+
+    def padded(order):  # tokens a batch of 10 pads to, summed over batches
+        return sum(10 * max(lengths[i] for i in order[k:k + 10]) for k in range(0, len(order), 10))
+
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(3)).tolist()
+    assert padded(first) < 0.8 * padded(shuffled)
+    with pytest.raises(ValueError, match="no examples"):
+        LengthGroupedSampler([], batch_size=4)
+
+
+def test_group_by_length_loader(tmp_path, minilm_l3):
+    data = GlueDataModule(task="rte", data_dir=str(write_rte(tmp_path / "RTE")), tokenizer=str(minilm_l3),
+                          batch_size=4, group_by_length=True)
+    loader = data.train_dataloader()
+    assert type(loader.sampler).__name__ == "LengthGroupedSampler"
+    assert sum(batch["input_ids"].shape[0] for batch in loader) == 12

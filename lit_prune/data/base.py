@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from lit_prune.assets import resolve_model
 
@@ -54,6 +54,40 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(backend.encode()).hexdigest()[:16]
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """A random order in which neighbouring examples have similar lengths.
+
+    Each epoch: shuffle all indices, cut them into mega-batches of ``group_size × batch_size``, and sort each
+    mega-batch by length, longest first. Consecutive ``batch_size`` indices then form batches of similar length,
+    so dynamic padding pads little, while the batches still come in a random order (the HF Trainer's
+    ``group_by_length`` does the same). Lightning calls :meth:`set_epoch`; without it, every pass over the sampler
+    moves on to the next epoch's order.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group_size: int = 50) -> None:
+        if not lengths:
+            raise ValueError("LengthGroupedSampler: no examples")
+        self.lengths = torch.tensor(lengths)
+        self.mega_batch = batch_size * group_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=generator)
+        for start in range(0, len(order), self.mega_batch):
+            chunk = order[start:start + self.mega_batch]
+            # stable sort, longest first: the largest batch comes first, so memory peaks early
+            yield from chunk[torch.argsort(-self.lengths[chunk], stable=True)].tolist()
+
+
 class TaskDataModule(L.LightningDataModule):
     """Base class of lit_prune data modules.
 
@@ -70,6 +104,8 @@ class TaskDataModule(L.LightningDataModule):
         cache_dir: where tokenised datasets are cached; ``None`` uses ``$LIT_PRUNE_CACHE`` or
             ``~/.cache/lit_prune``.
         seed: seed of every random choice the data module makes (subsampling, splits).
+        group_by_length: draw training batches of similar length (see :class:`LengthGroupedSampler`), which
+            cuts the padding that dynamic padding still leaves; the order stays random.
     """
 
     #: names of the evaluation splits, in dataloader order
@@ -84,6 +120,7 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         problems = []
@@ -102,6 +139,7 @@ class TaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.seed = seed
+        self.group_by_length = group_by_length
         self.datasets: dict[str, Any] = {}
         self._tokenizer = None
 
@@ -173,7 +211,11 @@ class TaskDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._split("train"), self.batch_size, shuffle=True)
+        train = self._split("train")
+        if self.group_by_length:
+            sampler = LengthGroupedSampler([len(ids) for ids in train["input_ids"]], self.batch_size, seed=self.seed)
+            return self._loader(train, self.batch_size, shuffle=False, sampler=sampler)
+        return self._loader(train, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._loader(self._split(name), self.eval_batch_size, shuffle=False)

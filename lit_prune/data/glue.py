@@ -193,6 +193,7 @@ class GlueDataModule(TaskDataModule):
         num_workers: dataloader worker processes.
         cache_dir: tokenisation cache folder (default ``$LIT_PRUNE_CACHE`` or ``~/.cache/lit_prune``).
         seed: seed of the training subsample.
+        group_by_length: batch training examples of similar length together (less padding, random order).
     """
 
     def __init__(
@@ -207,6 +208,7 @@ class GlueDataModule(TaskDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        group_by_length: bool = False,
     ) -> None:
         problems = []
         if task not in GLUE_TASKS:
@@ -218,7 +220,8 @@ class GlueDataModule(TaskDataModule):
         if problems:
             raise ValueError("GlueDataModule: " + "; ".join(problems))
         super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed)
+                         eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed,
+                         group_by_length=group_by_length)
         self.spec = GLUE_TASKS[task]
         self.val_split_names = tuple(self.spec.eval_files)
         self.max_train_samples = max_train_samples

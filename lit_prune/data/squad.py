@@ -360,6 +360,7 @@ class SquadDataModule(TaskDataModule):
         cache_dir: where tokenised features are cached; ``None`` uses ``$LIT_PRUNE_CACHE`` or
             ``~/.cache/lit_prune``.
         seed: seed of the question subsampling.
+        group_by_length: batch training examples of similar length together (less padding, random order).
     """
 
     def __init__(
@@ -380,6 +381,7 @@ class SquadDataModule(TaskDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        group_by_length: bool = False,
     ) -> None:
         problems = []
         if task not in SQUAD_TASKS:
@@ -403,7 +405,8 @@ class SquadDataModule(TaskDataModule):
                 problems.append(f"{name}={value!r}: expected an integer >= 1, or None for all")
         try:
             super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
-                             eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed)
+                             eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed,
+                             group_by_length=group_by_length)
         except ValueError as error:
             if not problems:
                 raise
