@@ -1,6 +1,6 @@
 """Apply :class:`PruningMasks` to a dense model with forward hooks, as a context manager.
 
-transformers 5 has no ``head_mask`` (a ``head_mask=`` argument is silently ignored), so masks act through hooks:
+transformers 5 has no ``head_mask`` (a head mask passed to forward is silently ignored), so masks act through hooks:
 
 * ``qk``: multiplies the output of the query projection, dim by dim. A zero removes that dim's term from every
   q·k product (the same as removing the row of W_Q and of W_K); a real value scales it.
