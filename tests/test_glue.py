@@ -161,7 +161,24 @@ def test_calibration_sample(minilm_l3):
     assert sum(batch["input_ids"].shape[0] for batch in first) == 100
     with pytest.warns(UserWarning, match="num_samples=5000 exceeds the 3668 training examples of mrpc; using all"):
         assert len(data.calibration_dataloader(5000).dataset) == 3668
-    assert len(data.calibration_dataloader(5000, replacement=True).dataset) == 5000
+    with pytest.warns(UserWarning, match="using all 3668"):
+        assert len(data.calibration_dataloader(5000, replacement=True).dataset) == 3668
+    assert len(data.calibration_dataloader(3000, replacement=True).dataset) == 3000
+
+
+def test_calibration_sample_by_tokens(minilm_l3):
+    data = GlueDataModule(task="mrpc", tokenizer=str(minilm_l3), batch_size=16)
+    sample = data.calibration_sample(num_tokens=5000, seed=0)
+    lengths = [len(ids) for ids in data.datasets["train"][sample.dataset.indices]["input_ids"]]
+    assert sample.num_tokens == sum(lengths) >= 5000 and sum(lengths[:-1]) < 5000  # just enough examples
+    assert sample.num_samples == len(set(sample.dataset.indices)) and sample.note is None
+    with pytest.warns(UserWarning, match="num_tokens=100000000 exceeds"):
+        everything = data.calibration_sample(num_tokens=100_000_000)
+    assert everything.num_samples == 3668 and "using all" in everything.note
+    with pytest.raises(ValueError, match="give exactly one"):
+        data.calibration_sample(num_samples=10, num_tokens=10)
+    with pytest.raises(ValueError, match=r"num_samples=0: expected an integer >= 1"):
+        data.calibration_sample(num_samples=0)
 
 
 def test_tokenisation_is_cached(minilm_l3, tmp_path):

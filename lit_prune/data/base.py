@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,29 @@ class LengthGroupedSampler(Sampler[int]):
             chunk = order[start:start + self.mega_batch]
             # stable sort, longest first: the largest batch comes first, so memory peaks early
             yield from chunk[torch.argsort(-self.lengths[chunk], stable=True)].tolist()
+
+
+@dataclass(frozen=True)
+class CalibrationSample:
+    """A calibration sample drawn from a training split.
+
+    Attributes:
+        dataset: the drawn examples, in draw order (a ``Subset`` of the tokenised training split).
+        num_samples, num_tokens: what was drawn (tokens: non-padding).
+        requested: the settings of the draw (``num_samples``, ``num_tokens``, ``replacement``, ``seed``).
+        note: set when the split held less than asked for (the whole split was used).
+    """
+
+    dataset: Subset
+    num_samples: int
+    num_tokens: int
+    requested: dict[str, Any]
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For reports: everything but the dataset."""
+        return {"num_samples": self.num_samples, "num_tokens": self.num_tokens, "requested": self.requested,
+                "note": self.note}
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -222,32 +246,71 @@ class TaskDataModule(L.LightningDataModule):
                    for name in self.val_split_names]
         return loaders[0] if len(loaders) == 1 else loaders
 
-    def calibration_dataloader(self, num_samples: int, seed: int = 0, batch_size: int | None = None,
-                               replacement: bool = False) -> DataLoader:
-        """A fixed random sample of the training split, for calibration passes of retraining-free pruning.
+    def calibration_sample(self, num_samples: int | None = None, num_tokens: int | None = None, seed: int = 0,
+                           replacement: bool = False) -> CalibrationSample:
+        """A fixed random sample of the training split, for the calibration passes of retraining-free pruning.
+
+        Give exactly one of ``num_samples`` (Kwon et al.: 2,048 examples) and ``num_tokens`` (KPrune: about 100,000
+        non-padding tokens; examples are drawn without replacement until their tokens reach it).
 
         Args:
             num_samples: how many training examples (SQuAD: windows) to draw.
+            num_tokens: how many tokens the drawn examples should hold at least.
             seed: seed of the draw; the same seed gives the same sample on every rank and every run.
-            batch_size: batch size of the loader (default: the training batch size).
-            replacement: draw with replacement (Kwon et al.), else without.
+            replacement: draw ``num_samples`` with replacement (Kwon et al.), else without.
 
-        When ``replacement`` is off and ``num_samples`` exceeds the split, the whole split is used and a warning
-        says so; ``len(loader.dataset)`` tells how many were used.
+        When the split holds fewer examples (or tokens) than asked for, the whole split is used, once each, a
+        warning says so, and :attr:`CalibrationSample.note` records it.
+
+        Raises:
+            ValueError: both or neither of ``num_samples`` and ``num_tokens``, or a count < 1.
         """
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples={num_samples!r}: expected an integer >= 1")
+        problems = []
+        if (num_samples is None) == (num_tokens is None):
+            problems.append(f"num_samples={num_samples!r}, num_tokens={num_tokens!r}: give exactly one")
+        for name, value in (("num_samples", num_samples), ("num_tokens", num_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                problems.append(f"{name}={value!r}: expected an integer >= 1")
+        if problems:
+            raise ValueError("calibration sample: " + "; ".join(problems))
         train = self._split("train")
         generator = torch.Generator().manual_seed(seed)
-        if replacement:
+        note = None
+        if num_tokens is not None:
+            lengths = [len(ids) for ids in train["input_ids"]]
+            order = torch.randperm(len(train), generator=generator).tolist()
+            indices, tokens = [], 0
+            for index in order:
+                if tokens >= num_tokens:
+                    break
+                indices.append(index)
+                tokens += lengths[index]
+            if tokens < num_tokens:
+                note = (f"num_tokens={num_tokens} exceeds the {tokens} tokens of the {len(train)} training examples "
+                        f"of {self.task}; using all of them")
+        elif num_samples > len(train):
+            note = (f"num_samples={num_samples} exceeds the {len(train)} training examples of {self.task}; "
+                    f"using all {len(train)}")
+            indices = list(range(len(train)))
+        elif replacement:
             indices = torch.randint(len(train), (num_samples,), generator=generator).tolist()
         else:
-            if num_samples > len(train):
-                warnings.warn(f"calibration: num_samples={num_samples} exceeds the {len(train)} training examples "
-                              f"of {self.task}; using all {len(train)}")
-                num_samples = len(train)
             indices = torch.randperm(len(train), generator=generator)[:num_samples].tolist()
-        return self._loader(Subset(train, indices), batch_size or self.batch_size, shuffle=False)
+        if note is not None:
+            warnings.warn(f"calibration: {note}")
+        subset = Subset(train, indices)
+        used_tokens = sum(len(ids) for ids in subset.dataset[indices]["input_ids"]) if indices else 0
+        return CalibrationSample(dataset=subset, num_samples=len(indices), num_tokens=used_tokens,
+                                 requested={"num_samples": num_samples, "num_tokens": num_tokens,
+                                            "replacement": replacement, "seed": seed},
+                                 note=note)
+
+    def calibration_dataloader(self, num_samples: int | None = None, seed: int = 0, batch_size: int | None = None,
+                               replacement: bool = False, num_tokens: int | None = None) -> DataLoader:
+        """The :meth:`calibration_sample` as a dataloader (in sample order, default batch size: the training one)."""
+        sample = self.calibration_sample(num_samples=num_samples, num_tokens=num_tokens, seed=seed,
+                                         replacement=replacement)
+        return self._loader(sample.dataset, batch_size or self.batch_size, shuffle=False)
 
     def average_sequence_length(self, split: str | None = None) -> float:
         """Average tokenised length (no padding) of a split: the ``s`` of the FLOPs accounting.

@@ -87,9 +87,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -98,8 +98,11 @@ from lit_prune.core.arch import get_adapter
 from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
+from lit_prune.methods.base import RetrainingFreePruning
 
 Sublayer = Literal["attention", "ffn"]
+Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+Progress = Callable[[str, int, int], None]
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 MAX_ABS_SCALE = 10.0
@@ -740,8 +743,9 @@ class TuningStep:
 @torch.no_grad()
 def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[str, torch.Tensor]],
                reference: PruningMasks | Literal["dense"] = "dense", damping: float = 1.0,
-               skip_first_attention: bool = True,
-               cls_only_last_ffn: bool = False) -> tuple[PruningMasks, list[TuningStep]]:
+               skip_first_attention: bool = True, cls_only_last_ffn: bool = False,
+               reduce: Reduce | None = None,
+               progress: Progress | None = None) -> tuple[PruningMasks, list[TuningStep]]:
     """Kwon's layer-by-layer mask tuning, in one call (the reference implementation; for tiny models and tests).
 
     For each sublayer in order (MHA₀, FFN₀, MHA₁, ...): one pass over ``batches`` with :func:`collect_sublayer`
@@ -757,6 +761,9 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
         damping: see :meth:`LeastSquaresAccumulator.solve`.
         skip_first_attention: leave layer 0's attention untuned (the code does).
         cls_only_last_ffn: fit the last FFN on the first token only (the code, for classification tasks).
+        reduce: sums a dict of tensors over processes (a DDP all-reduce), applied to each sublayer's system before
+            it is solved; ``None`` in a single process.
+        progress: called as ``progress(description, done, total)`` after each batch.
 
     Returns:
         ``(tuned_masks, steps)``: the tuned masks and one :class:`TuningStep` per sublayer visited.
@@ -781,9 +788,14 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
                 continue
             first_token_only = cls_only_last_ffn and sublayer == "ffn" and layer == adapter.num_layers - 1
             acc = LeastSquaresAccumulator.zeros(units.numel(), device=device)
-            for batch in batches:
+            description = f"Kwon tuning layer {layer} {'MHA' if sublayer == 'attention' else 'FFN'}"
+            for i, batch in enumerate(batches):
                 data = collect_sublayer(model, tuned, batch, layer, sublayer, reference, first_token_only)
                 acc.add_factored(data.unit_inputs, data.unit_weights, data.target, data.token_mask)
+                if progress is not None:
+                    progress(description, i + 1, len(batches))
+            if reduce is not None:
+                acc = LeastSquaresAccumulator.from_dict(reduce(acc.to_dict()))
             scales, reason = acc.solve(damping)
             before = acc.objective(torch.ones(units.numel()))
             if scales is None:
@@ -794,8 +806,196 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
     return tuned, steps
 
 
+# ================================================================================================ the pipeline
+@dataclass
+class KwonResult:
+    """What :func:`kwon_prune` found.
+
+    Attributes:
+        masks: the final masks: binary after search (and rearrangement), real-valued where tuning scaled them.
+        searched: the binary masks of the budgeted search.
+        rearranged: the binary masks after rearrangement (``None`` when it was off).
+        objective: the rearrangement objective (summed over layers) of the searched and the rearranged masks.
+        tuning: one :class:`TuningStep` per sublayer visited (empty when tuning was off).
+        fisher: the Fisher statistics of all the calibration batches (every process's).
+    """
+
+    masks: PruningMasks
+    searched: PruningMasks
+    rearranged: PruningMasks | None
+    objective: dict[str, float]
+    tuning: list[TuningStep]
+    fisher: FisherStatistics
+
+
+def _total_objective(masks: PruningMasks, stats: FisherStatistics) -> float:
+    total = 0.0
+    for layer in range(masks.num_layers):
+        for field_name, grads in (("head", stats.head_grads), ("ffn", stats.ffn_grads)):
+            pruned = torch.nonzero(getattr(masks, field_name)[layer] == 0).flatten()
+            total += rearrangement_objective(pruned, grads[:, layer])  # grads (N, U)
+    return total
+
+
+def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], budget: FlopsBudget, *,
+               batch_ids: Sequence[int] | None = None, num_batches: int | None = None, rearrange: bool = True,
+               tune: bool = True, tuning_reference: Literal["intermediate", "dense"] = "intermediate",
+               damping: float = 1.0, cls_only_last_ffn: bool = False, reduce: Reduce | None = None,
+               progress: Progress | None = None) -> KwonResult:
+    """Kwon et al.'s whole pipeline on ``model`` (its weights are not changed): Fisher → search → rearrangement →
+    tuning. Every stage after the search can be switched off for ablations.
+
+    Args:
+        model: a fine-tuned dense task model whose output has ``.loss`` given labels.
+        batches: this process's labelled calibration batches.
+        budget: the FLOPs budget.
+        batch_ids: the positions of ``batches`` in the whole calibration sample (DDP: the batches of every process
+            together); default ``0..len(batches)-1``.
+        num_batches: how many batches the whole sample has (default ``len(batches)``).
+        rearrange: run the mask rearrangement.
+        tune: run the least-squares mask tuning.
+        tuning_reference: ``"intermediate"`` (the reference code: the binary mask searched at
+            :func:`teacher_budget`) or ``"dense"``.
+        damping: the tuning solver's damping.
+        cls_only_last_ffn: fit the last FFN on the first token only (the code does for classification).
+        reduce: sums a dict of tensors over processes; ``None`` in a single process.
+        progress: called as ``progress(description, done, total)`` after each batch.
+
+    Returns:
+        :class:`KwonResult`; compact the model with ``result.masks``.
+    """
+    adapter = get_adapter(model)
+    if not batches:
+        raise ValueError("Kwon: no calibration batches")
+    batch_ids = list(range(len(batches))) if batch_ids is None else list(batch_ids)
+    num_batches = len(batches) if num_batches is None else num_batches
+    if len(batch_ids) != len(batches) or any(not 0 <= i < num_batches for i in batch_ids):
+        raise ValueError(f"batch_ids must give each of the {len(batches)} batches a position in [0, {num_batches})")
+    device = _model_device(model)
+    ones = PruningMasks.ones(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim, device=device)
+    # Fisher: each batch's gradients go to its row of the whole sample's table; summing the tables over processes
+    # (zeros elsewhere) gathers every process's rows exactly, in the same order as a single process would have them.
+    head_grads = torch.zeros(num_batches, adapter.num_layers, adapter.num_heads, device=device)
+    ffn_grads = torch.zeros(num_batches, adapter.num_layers, adapter.ffn_dim, device=device)
+    for i, (position, batch) in enumerate(zip(batch_ids, batches)):
+        head_grads[position], ffn_grads[position] = mask_gradients(model, ones, batch)
+        if progress is not None:
+            progress("Kwon Fisher", i + 1, len(batches))
+    if reduce is not None:
+        gathered = reduce({"head_grads": head_grads, "ffn_grads": ffn_grads})
+        head_grads, ffn_grads = gathered["head_grads"], gathered["ffn_grads"]
+    stats = FisherStatistics(head_grads.cpu(), ffn_grads.cpu())
+    searched = search_masks(stats.head_importance(), stats.ffn_importance(), budget)
+    masks, rearranged = searched, None
+    objective = {"searched": _total_objective(searched, stats)}
+    if rearrange:
+        rearranged = rearrange_masks(searched, stats)
+        objective["rearranged"] = _total_objective(rearranged, stats)
+        masks = rearranged
+    steps: list[TuningStep] = []
+    if tune:
+        reference: PruningMasks | Literal["dense"] = "dense"
+        if tuning_reference == "intermediate":
+            reference = search_masks(stats.head_importance(), stats.ffn_importance(), teacher_budget(budget)).to(device)
+        elif tuning_reference != "dense":
+            raise ValueError(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
+        masks, steps = tune_masks(model, masks.to(device), batches, reference=reference, damping=damping,
+                                  cls_only_last_ffn=cls_only_last_ffn, reduce=reduce, progress=progress)
+    return KwonResult(masks=masks, searched=searched, rearranged=rearranged, objective=objective, tuning=steps,
+                      fisher=stats)
+
+
+# ================================================================================================ Lightning
+class KwonCallback(RetrainingFreePruning):
+    """Kwon et al. 2022 as a Lightning callback: Fisher → budgeted search → rearrangement → mask tuning.
+
+    Runs once per ``fit`` (see :mod:`lit_prune.methods.base`): at the start of a fit that trains nothing, else at
+    the end of training. Passes: one forward and backward pass over the calibration sample for the Fisher
+    statistics, then 2L − 1 truncated passes for the mask tuning. Under DDP each process takes every
+    world-size-th batch; the per-batch gradients and the least-squares systems are summed over the processes.
+
+    Args:
+        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1].
+        num_samples: calibration examples (the paper: 2,048, drawn with replacement).
+        replacement: draw them with replacement.
+        calibration_batch_size: batch size of the calibration passes.
+        seed: seed of the calibration draw.
+        rearrange: run the mask rearrangement (off: ablation).
+        tune: run the least-squares mask tuning (off: ablation).
+        tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
+            searched at ``flops_kept ** 0.5``) or ``"dense"``.
+        damping: the tuning solver's damping (the code's LSMR ``damp``).
+        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute: see
+            :class:`~lit_prune.methods.base.RetrainingFreePruning`.
+
+    Example::
+
+        trainer = L.Trainer(max_epochs=0, callbacks=[KwonCallback(flops_kept=0.6)])
+        trainer.fit(SequenceClassificationModule("runs/finetune/sst2/final_model", task="sst2"),
+                    GlueDataModule(task="sst2", tokenizer="runs/finetune/sst2/final_model"))
+    """
+
+    method = "kwon"
+
+    def __init__(
+        self,
+        flops_kept: float = 0.5,
+        num_samples: int = 2048,
+        replacement: bool = True,
+        calibration_batch_size: int = 32,
+        seed: int = 0,
+        rearrange: bool = True,
+        tune: bool = True,
+        tuning_reference: Literal["intermediate", "dense"] = "intermediate",
+        damping: float = 1.0,
+        output_dir: str | None = None,
+        save_model: bool = True,
+        evaluate: bool = True,
+        latency_batch_size: int = 32,
+        latency_repeats: int = 10,
+        model_attribute: str | None = None,
+    ) -> None:
+        super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=None, replacement=replacement,
+                         calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
+                         save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
+                         latency_repeats=latency_repeats, model_attribute=model_attribute)
+        if tuning_reference not in ("intermediate", "dense"):
+            self.problems.append(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
+        if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
+            self.problems.append(f"damping={damping!r}: expected a number > 0")
+        self.raise_problems(self.problems)
+        self.rearrange = rearrange
+        self.tune = tune
+        self.tuning_reference = tuning_reference
+        self.damping = damping
+
+    def needs_labels(self) -> bool:
+        return True
+
+    def method_settings(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "replacement": self.replacement, "rearrange": self.rearrange,
+                "tune": self.tune, "tuning_reference": self.tuning_reference, "damping": self.damping}
+
+    def run_method(self, model, dense, batches, batch_ids, num_batches, budget, reduce, progress):
+        is_qa = getattr(model, "qa_outputs", None) is not None
+        result = kwon_prune(model, batches, budget, batch_ids=batch_ids, num_batches=num_batches,
+                            rearrange=self.rearrange, tune=self.tune, tuning_reference=self.tuning_reference,
+                            damping=self.damping, cls_only_last_ffn=not is_qa, reduce=reduce, progress=progress)
+        warnings_ = [f"layer {step.layer} {step.sublayer}: tuning stopped: {step.reason}"
+                     for step in result.tuning if step.status == "failed"]
+        details = {
+            "rearrangement": result.objective,
+            "steps": [dataclasses.asdict(step) for step in result.tuning],
+            "warnings": warnings_,
+        }
+        return result.masks, details
+
+
 __all__ = [
+    "KwonCallback",
     "FisherStatistics",
+    "KwonResult",
+    "kwon_prune",
     "LeastSquaresAccumulator",
     "SublayerBatch",
     "TuningStep",

@@ -96,6 +96,42 @@ class TaskModule(L.LightningModule):
         self.trust_remote_code = trust_remote_code
         self.save_final_model = save_final_model
         self.model: torch.nn.Module  # set by subclasses
+        # weights the checkpoint lacked (a head initialised at random): a model that is not fine-tuned for the task
+        self.newly_initialized: list[str] = []
+
+    main_metric: str  # the metric that ranks models on the task (set by subclasses)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, dataloaders: Any, progress: Callable[[], None] | None = None) -> dict[str, float]:
+        """The evaluation split's metrics of the current model, without a Trainer loop.
+
+        Pruning callbacks call it before and after pruning. Under DDP, give each process its shard of the
+        evaluation data: the metrics are gathered across processes, and every process returns the same values.
+
+        Args:
+            dataloaders: a dataloader, or a list with one per evaluation split (MNLI: matched, mismatched).
+            progress: called after each batch.
+
+        Returns:
+            Metric name → value: the main split's metrics by name (``accuracy``, ``f1``, ...); other splits'
+            with their prefix (MNLI mismatched: ``mismatched/accuracy``).
+        """
+        loaders = list(dataloaders) if isinstance(dataloaders, (list, tuple)) else [dataloaders]
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self._evaluate(loaders, progress or (lambda: None))
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def _evaluate(self, loaders: list[Any], progress: Callable[[], None]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {name: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                for name, value in batch.items()}
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
@@ -142,8 +178,10 @@ class TaskModule(L.LightningModule):
             if configure is not None:
                 configure(config)
             # dtype=float32: checkpoints stored in float16 (paraphrase-MiniLM-L3-v2) train and evaluate in float32
-            model = auto_class.from_pretrained(location, config=config, dtype=torch.float32,
-                                               trust_remote_code=self.trust_remote_code)
+            model, info = auto_class.from_pretrained(location, config=config, dtype=torch.float32,
+                                                     trust_remote_code=self.trust_remote_code,
+                                                     output_loading_info=True)
+            self.newly_initialized = sorted(info.get("missing_keys", []))
         # from_pretrained returns eval mode; Lightning keeps module modes as it finds them, so dropout would stay
         # off during fit
         return model.train()

@@ -63,6 +63,7 @@ class SequenceClassificationModule(TaskModule):
                          save_final_model=save_final_model)
         self.save_hyperparameters()
         self.spec = spec
+        self.main_metric = spec.main_metric
         self.model = self._load_model(classifier_dropout)
         self.val_metrics = torch.nn.ModuleDict({split_prefix(split).strip("/"): glue_metrics(spec)
                                                 for split in spec.eval_files})
@@ -119,6 +120,26 @@ class SequenceClassificationModule(TaskModule):
                 is_main = key == "val" and name == self.spec.main_metric
                 self.log(f"{key}/{name}", value, prog_bar=is_main)
             metrics.reset()
+
+    def _evaluate(self, loaders: list, progress) -> dict[str, float]:
+        splits = list(self.spec.eval_files)
+        if len(loaders) != len(splits):
+            raise ValueError(f"{type(self).__name__}.evaluate: {self.spec.name} has {len(splits)} evaluation "
+                             f"split(s) ({', '.join(splits)}), got {len(loaders)} dataloader(s)")
+        results: dict[str, float] = {}
+        for split, loader in zip(splits, loaders):
+            key = split_prefix(split).strip("/")
+            metrics = self.val_metrics[key]
+            metrics.reset()
+            for batch in loader:
+                batch = self._to_device(batch)
+                labels = batch.pop("labels")
+                metrics.update(self._predictions(self.model(**batch).logits), labels)
+                progress()
+            prefix = "" if key == "val" else "mismatched/"
+            results.update({f"{prefix}{name}": float(value) for name, value in metrics.compute().items()})
+            metrics.reset()
+        return results
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         batch = {name: value for name, value in batch.items() if name != "labels"}

@@ -141,6 +141,24 @@ class QuestionAnsweringModule(TaskModule):
     def on_test_epoch_end(self) -> None:
         self._log_scores(self.test_metric, "test")
 
+    main_metric = "f1"
+
+    def _evaluate(self, loaders: list, progress) -> dict[str, float]:
+        if len(loaders) != 1:
+            raise ValueError(f"{type(self).__name__}.evaluate: expected one evaluation dataloader, got {len(loaders)}")
+        metric = self.val_metric
+        if metric is None:
+            raise RuntimeError(f"{type(self).__name__}: no metric; call attach_data(datamodule) before evaluating")
+        metric.reset()
+        for batch in loaders[0]:
+            batch = self._to_device(batch)
+            output = self.model(**self._inputs(batch))
+            metric.update(output.start_logits, output.end_logits, batch["feature_index"])
+            progress()
+        scores = {name: float(value) for name, value in metric.compute().items()}
+        metric.reset()
+        return scores
+
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """``start_logits`` / ``end_logits`` ``[batch, seq]`` and ``feature_index`` ``[batch]``."""
         output = self.model(**self._inputs(batch))
