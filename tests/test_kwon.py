@@ -18,6 +18,7 @@ from lit_prune.methods.kwon import (
     LeastSquaresAccumulator,
     apply_scales,
     collect_sublayer,
+    kwon_prune,
     mask_gradients,
     rearrange_layer,
     rearrange_masks,
@@ -430,3 +431,47 @@ def test_tuning_errors():
         collect_sublayer(model, masks, tiny_inputs(), 0, "mlp")
     with pytest.raises(ValueError, match=r"layer=2: expected an index in \[0, 2\)"):
         collect_sublayer(model, masks, tiny_inputs(), 2, "ffn")
+
+
+# ================================================================================================ the pipeline
+def labelled_batches(n: int = 4) -> list[dict[str, torch.Tensor]]:
+    return [{**tiny_inputs(batch=4, seq=10, seed=i), "labels": torch.tensor([0, 1, 1, 0])} for i in range(n)]
+
+
+@pytest.mark.parametrize("flops", [0.7, 0.4])
+def test_pipeline_meets_the_budget_and_each_stage_does_its_job(tiny_model_type, flops):
+    model = tiny_model(tiny_model_type)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    budget = FlopsBudget.for_model(model, 8.5, flops)
+    result = kwon_prune(model, labelled_batches(), budget)
+    assert budget.fits(result.searched) and budget.fits(result.rearranged) and budget.fits(result.masks.binary())
+    assert result.objective["rearranged"] <= result.objective["searched"]
+    # rearrangement keeps the per-layer counts
+    assert torch.equal(result.rearranged.head.sum(1), result.searched.head.sum(1))
+    assert torch.equal(result.rearranged.ffn.sum(1), result.searched.ffn.sum(1))
+    tuned = [step for step in result.tuning if step.status == "tuned"]
+    assert tuned and all(step.error_after <= step.error_before for step in tuned)
+    assert result.fisher.num_batches == 4
+    for name, value in model.state_dict().items():  # Kwon never edits weights: the scales live in the masks
+        assert torch.equal(value, before[name])
+
+
+def test_pipeline_stages_switch_off():
+    model = tiny_model("bert")
+    budget = FlopsBudget.for_model(model, 8.5, 0.5)
+    result = kwon_prune(model, labelled_batches(), budget, rearrange=False, tune=False)
+    assert result.rearranged is None and result.tuning == [] and result.masks is result.searched
+    assert set(result.objective) == {"searched"}
+
+
+def test_pipeline_fisher_rows_follow_the_batch_positions():
+    """A process's batches land in their rows of the whole sample's table (what the DDP sum relies on)."""
+    model = tiny_model("bert")
+    budget = FlopsBudget.for_model(model, 8.5, 0.5)
+    data = labelled_batches()
+    whole = kwon_prune(model, data, budget, tune=False)
+    odd = kwon_prune(model, data[1::2], budget, batch_ids=[1, 3], num_batches=4, tune=False)
+    torch.testing.assert_close(odd.fisher.head_grads[1::2], whole.fisher.head_grads[1::2])
+    assert not odd.fisher.head_grads[0::2].any()
+    with pytest.raises(ValueError, match="batch_ids must give each of the 2 batches a position in"):
+        kwon_prune(model, data[:2], budget, batch_ids=[0, 9], num_batches=4)

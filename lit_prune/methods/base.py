@@ -16,7 +16,8 @@ same masks and weights. Progress goes to Lightning's progress bar (process 0), n
 
 Every run ends the same way (:meth:`RetrainingFreePruning.prune`): the model is compacted in place (units
 physically removed), evaluated, timed against the dense copy, and written as ``<output_dir>/pruned_model/`` (a
-Hugging Face folder) with ``<output_dir>/pruning_report.json`` (see :mod:`lit_prune.report`).
+Hugging Face folder) with ``<output_dir>/pruning_report.json`` (see :mod:`lit_prune.report`) and the binary masks
+in ``<output_dir>/pruning_masks.safetensors``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from lit_prune.tasks.base import hardware_summary
 log = logging.getLogger(__name__)
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
+MASKS_FILE = "pruning_masks.safetensors"
 
 
 def find_encoder_model(pl_module: nn.Module, attribute: str | None = None) -> nn.Module:
@@ -156,6 +158,8 @@ class RetrainingFreePruning(Callback):
             (0 skips it).
         latency_repeats: timed passes of each model.
         model_attribute: the LightningModule attribute that holds the Hugging Face model (``None``: the only one).
+        seq_len: the ``s`` of the FLOPs accounting; ``None`` asks the data module (its
+            ``average_sequence_length()``: the evaluation split's average tokenised length).
     """
 
     method = "retraining_free"
@@ -174,6 +178,7 @@ class RetrainingFreePruning(Callback):
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
         model_attribute: str | None = None,
+        seq_len: float | None = None,
     ) -> None:
         super().__init__()
         self.problems: list[str] = []
@@ -200,7 +205,11 @@ class RetrainingFreePruning(Callback):
         self.evaluate = evaluate
         self.latency_batch_size = latency_batch_size
         self.latency_repeats = latency_repeats
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
+                                    or not seq_len > 0):
+            self.problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
         self.model_attribute = model_attribute
+        self.seq_len = seq_len
         self.report: dict[str, Any] | None = None
         self.masks: PruningMasks | None = None
 
@@ -256,6 +265,10 @@ class RetrainingFreePruning(Callback):
         if datamodule is None:
             problems.append("no data module: pass datamodule= to trainer.fit (the calibration sample is drawn from "
                             "its training split)")
+        elif self.seq_len is None and not callable(getattr(datamodule, "average_sequence_length", None)):
+            problems.append(f"seq_len=None, but the data module {type(datamodule).__name__} has no "
+                            "average_sequence_length(): set seq_len to the task's average tokenised length (the s "
+                            "of the FLOPs accounting)")
         if self.evaluate and not callable(getattr(pl_module, "evaluate", None)):
             problems.append(f"evaluate=True, but {type(pl_module).__name__} has no evaluate(dataloaders) method; "
                             "set evaluate=False or add one (see lit_prune.tasks.TaskModule.evaluate)")
@@ -386,11 +399,9 @@ class RetrainingFreePruning(Callback):
         datamodule = trainer.datamodule
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
-        seq_len = datamodule.average_sequence_length() if callable(
-            getattr(datamodule, "average_sequence_length", None)) else None
+        seq_len = self.seq_len
         if seq_len is None:
-            raise ValueError(f"{type(self).__name__}: the data module {type(datamodule).__name__} has no "
-                             "average_sequence_length(): the FLOPs budget needs the task's average tokenised length")
+            seq_len = datamodule.average_sequence_length()
         budget = FlopsBudget.for_model(model, seq_len, self.flops_kept)
         with self._phase(seconds, "calibration_data"):
             batches, batch_ids, num_batches, calibration = self.calibration_batches(trainer, model)
@@ -450,6 +461,7 @@ class RetrainingFreePruning(Callback):
             tokenizer = getattr(datamodule, "tokenizer", None)
             save_pruned(model, folder / PRUNED_MODEL_DIR, tokenizer=tokenizer)
             report["pruned_model"] = str(folder / PRUNED_MODEL_DIR)
+        self.masks.save(folder / MASKS_FILE)
         write_report(folder / REPORT_FILE, report)
         main = report["metrics"]["main"]
         dense, pruned = report["metrics"]["dense"], report["metrics"]["pruned"]

@@ -925,7 +925,7 @@ class KwonCallback(RetrainingFreePruning):
         tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
             searched at ``flops_kept ** 0.5``) or ``"dense"``.
         damping: the tuning solver's damping (the code's LSMR ``damp``).
-        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute: see
+        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len: see
             :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
     Example::
@@ -954,11 +954,13 @@ class KwonCallback(RetrainingFreePruning):
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
         model_attribute: str | None = None,
+        seq_len: float | None = None,
     ) -> None:
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=None, replacement=replacement,
                          calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
                          save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
-                         latency_repeats=latency_repeats, model_attribute=model_attribute)
+                         latency_repeats=latency_repeats, model_attribute=model_attribute,
+                         seq_len=seq_len)
         if tuning_reference not in ("intermediate", "dense"):
             self.problems.append(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
