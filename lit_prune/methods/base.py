@@ -160,6 +160,9 @@ class RetrainingFreePruning(Callback):
         model_attribute: the LightningModule attribute that holds the Hugging Face model (``None``: the only one).
         seq_len: the ``s`` of the FLOPs accounting; ``None`` asks the data module (its
             ``average_sequence_length()``: the evaluation split's average tokenised length).
+        time_reference_pass: also time one forward and backward pass (task loss, weight gradients, as in training)
+            over the same calibration batches, and report the pruning time as a multiple of it
+            (``seconds.reference_pass``, ``seconds.prune_over_pass``): a machine-independent cost.
     """
 
     method = "retraining_free"
@@ -179,6 +182,7 @@ class RetrainingFreePruning(Callback):
         latency_repeats: int = 10,
         model_attribute: str | None = None,
         seq_len: float | None = None,
+        time_reference_pass: bool = False,
     ) -> None:
         super().__init__()
         self.problems: list[str] = []
@@ -210,6 +214,7 @@ class RetrainingFreePruning(Callback):
             self.problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
         self.model_attribute = model_attribute
         self.seq_len = seq_len
+        self.time_reference_pass = time_reference_pass
         self.report: dict[str, Any] | None = None
         self.masks: PruningMasks | None = None
 
@@ -362,6 +367,19 @@ class RetrainingFreePruning(Callback):
             progress.close()
 
     @staticmethod
+    def _reference_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
+        """One forward and backward pass over ``batches`` as training does it (the loss, weight gradients)."""
+        device = next(model.parameters()).device
+        with torch.enable_grad():
+            for batch in batches:
+                outputs = model(**{k: v.to(device) for k, v in batch.items()})
+                loss = outputs.loss
+                if loss is None:  # no labels: any scalar of the outputs costs the same backward
+                    loss = sum(value.float().sum() for value in outputs.values() if isinstance(value, torch.Tensor))
+                loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    @staticmethod
     def _show_progress(trainer: L.Trainer) -> bool:
         return trainer.is_global_zero and trainer.progress_bar_callback is not None
 
@@ -408,6 +426,9 @@ class RetrainingFreePruning(Callback):
         dense = copy.deepcopy(model).eval()
         with self._phase(seconds, "evaluate_dense"):
             dense_metrics = self._evaluate(trainer, pl_module, "dense")
+        if self.time_reference_pass:
+            with self._phase(seconds, "reference_pass"):
+                self._reference_pass(dense, batches)
         progress = _Progress(self._show_progress(trainer))
         try:
             with self._phase(seconds, "prune"):
@@ -427,6 +448,8 @@ class RetrainingFreePruning(Callback):
             with self._phase(seconds, "latency"):
                 latency = self._latency(trainer, dense, model)
         seconds["total"] = round(time.perf_counter() - started, 3)
+        if self.time_reference_pass:
+            seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
         report = {
             "method": self.method,
             "model": str(getattr(pl_module, "name_or_path", getattr(model.config, "_name_or_path", ""))),

@@ -630,7 +630,8 @@ class KPruneCallback(RetrainingFreePruning):
         lam_pred, lam_rep: weights of predictive and representational knowledge (the paper: 1 and 2.5e-4).
         weight_tuning: refit each pruned sublayer's output projection (off: ablation).
         damping: relative damping of the least squares (see :meth:`ProjectionSystem.solve`).
-        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len: see
+        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len,
+            time_reference_pass: see
             :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
     Example::
@@ -662,12 +663,13 @@ class KPruneCallback(RetrainingFreePruning):
         latency_repeats: int = 10,
         model_attribute: str | None = None,
         seq_len: float | None = None,
+        time_reference_pass: bool = False,
     ) -> None:
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=num_tokens, replacement=False,
                          calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
                          save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
                          latency_repeats=latency_repeats, model_attribute=model_attribute,
-                         seq_len=seq_len)
+                         seq_len=seq_len, time_reference_pass=time_reference_pass)
         for name, value, strict in (("temperature", temperature, True), ("mu", mu, True),
                                     ("lam_pred", lam_pred, False), ("lam_rep", lam_rep, False),
                                     ("damping", damping, True)):

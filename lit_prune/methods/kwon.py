@@ -66,9 +66,11 @@ Departures from the paper and the reference code (each deliberate):
 * Tuning schedule: like the code, the attention of layer 0 is not tuned (``skip_first_attention``), the last
   FFN may be fitted on the first token only for classification (``cls_only_last_ffn``; the code's
   ``cls_only``), and tuning stops at the first failed sublayer, keeping the scales found so far.
-* Tuning data flow: the code caches every layer's inputs for teacher and student (memory grows with the
-  calibration set); here each sublayer re-runs the calibration batches through the model, stopping the forward
-  pass at the sublayer's LayerNorm, so memory stays at one batch.
+* Tuning data flow: like the code, :func:`tune_masks` keeps each calibration batch's hidden states at the input of
+  the current layer, for the student and the reference (memory: 2 × samples × padded length × d floats), so each
+  sublayer's pass runs one layer, not the model up to it. The forward pass starts there by replacing the
+  embeddings' output and running the encoder's later layers only (:func:`collect_sublayer`'s ``*_start``), and
+  stops at the sublayer's LayerNorm.
 
 Driving these from a calibration loop (e.g. a Lightning callback; every statistic is a plain tensor):
 
@@ -85,9 +87,10 @@ Driving these from a calibration loop (e.g. a Lightning callback; every statisti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -624,9 +627,62 @@ def _kept_units(masks: PruningMasks, layer: int, sublayer: Sublayer) -> torch.Te
     return torch.nonzero(kept).flatten()
 
 
+@contextlib.contextmanager
+def _start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Iterator[None]:
+    """Inside the block, ``model``'s forward pass starts at encoder layer ``layer`` with input ``hidden``.
+
+    The embeddings' output is replaced by ``hidden`` and the encoder's layer list is cut to the layers from
+    ``layer`` on (BERT, RoBERTa and DistilBERT encoders run their layer lists in order, each layer taking and
+    returning the hidden states; the attention mask is built from the inputs as before). ``hidden=None`` changes
+    nothing (start from the embeddings).
+    """
+    if hidden is None:
+        yield
+        return
+    adapter = get_adapter(model)
+    path = adapter.spec.layers
+    parent_path, _, name = path.rpartition(".")
+    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+    layers = getattr(parent, name)
+    handle = model.base_model.embeddings.register_forward_hook(lambda module, args, output: hidden)
+    setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, layers)
+        handle.remove()
+
+
+def _layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
+                  start: torch.Tensor | None) -> torch.Tensor:
+    """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``."""
+    captured: list[torch.Tensor] = []
+
+    def on_layer(module: nn.Module, args: tuple, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = get_adapter(model).layers[layer].register_forward_hook(on_layer)
+    try:
+        with contextlib.ExitStack() as stack:
+            if masks is not None:
+                stack.enter_context(apply_masks(model, masks))
+            stack.enter_context(_start_at(model, layer, start))
+            model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    assert captured, "the forward pass never reached the layer"
+    return captured[0].detach()
+
+
 def _run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
-                 sublayer: Sublayer) -> dict[str, torch.Tensor]:
-    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's LayerNorm; capture its tensors."""
+                 sublayer: Sublayer, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's LayerNorm; capture its tensors.
+
+    ``start``: the hidden states entering ``layer`` (``None``: run from the embeddings).
+    """
     projection, norm = _sublayer_modules(model, layer, sublayer)
     captured: dict[str, torch.Tensor] = {}
 
@@ -639,11 +695,11 @@ def _run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[s
 
     handles = [projection.register_forward_hook(on_projection), norm.register_forward_pre_hook(on_norm)]
     try:
-        if masks is None:
+        with contextlib.ExitStack() as stack:
+            if masks is not None:
+                stack.enter_context(apply_masks(model, masks))
+            stack.enter_context(_start_at(model, layer, start))
             model(**inputs)
-        else:
-            with apply_masks(model, masks):
-                model(**inputs)
     except _StopForward:
         pass
     finally:
@@ -656,7 +712,8 @@ def _run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[s
 @torch.no_grad()
 def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, torch.Tensor], layer: int,
                      sublayer: Sublayer, reference: PruningMasks | Literal["dense"] = "dense",
-                     first_token_only: bool = False) -> SublayerBatch:
+                     first_token_only: bool = False, student_start: torch.Tensor | None = None,
+                     teacher_start: torch.Tensor | None = None) -> SublayerBatch:
     """One batch of the least-squares system of ``sublayer`` of ``layer`` (two forward passes, cut short).
 
     The student runs under ``masks`` (earlier sublayers already tuned, this one still binary for the kept units);
@@ -670,6 +727,8 @@ def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, 
         reference: ``"dense"`` (the unmasked model) or the reference masks (the code: the binary mask searched at
             :func:`teacher_budget`).
         first_token_only: fit the first token only (the code's ``cls_only`` for the last FFN of classifiers).
+        student_start, teacher_start: the hidden states entering ``layer`` for the student and the reference (as
+            :func:`tune_masks` keeps them); ``None`` runs the model from its embeddings.
 
     Returns:
         The kept units' inputs and weights and the target (see :class:`SublayerBatch`).
@@ -691,8 +750,8 @@ def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, 
         raise ValueError(f"layer={layer!r}: expected an index in [0, {adapter.num_layers})")
     device = _model_device(model)
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in LABEL_KEYS}
-    student = _run_to_norm(model, masks, inputs, layer, sublayer)
-    teacher = _run_to_norm(model, teacher_masks, inputs, layer, sublayer)
+    student = _run_to_norm(model, masks, inputs, layer, sublayer, student_start)
+    teacher = _run_to_norm(model, teacher_masks, inputs, layer, sublayer, teacher_start)
     projection, _ = _sublayer_modules(model, layer, sublayer)
     bias = projection.bias if projection.bias is not None else torch.zeros(projection.out_features, device=device)
     # b = reference (projection + residual) − student residual − bias = ref_pre_norm − pre_norm + (projection − bias)
@@ -776,8 +835,20 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
                       what=type(model).__name__)
     device = _model_device(model)
     tuned = masks.clone().to(device)
+    teacher_masks = None if isinstance(reference, str) else reference
     steps: list[TuningStep] = []
+    # the hidden states entering the current layer, per batch, for the student and the reference
+    student_cache: list[torch.Tensor | None] = [None] * len(batches)
+    teacher_cache: list[torch.Tensor | None] = [None] * len(batches)
     for layer in range(adapter.num_layers):
+        if layer > 0:  # advance both trajectories through the layer tuned last
+            for i, batch in enumerate(batches):
+                inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)
+                          and k not in LABEL_KEYS}
+                student_cache[i] = _layer_output(model, tuned, inputs, layer - 1, student_cache[i])
+                teacher_cache[i] = _layer_output(model, teacher_masks, inputs, layer - 1, teacher_cache[i])
+                if progress is not None:
+                    progress(f"Kwon tuning layer {layer - 1} outputs", i + 1, len(batches))
         for sublayer in ("attention", "ffn"):
             units = _kept_units(tuned, layer, sublayer)
             if sublayer == "attention" and layer == 0 and skip_first_attention:
@@ -790,7 +861,8 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
             acc = LeastSquaresAccumulator.zeros(units.numel(), device=device)
             description = f"Kwon tuning layer {layer} {'MHA' if sublayer == 'attention' else 'FFN'}"
             for i, batch in enumerate(batches):
-                data = collect_sublayer(model, tuned, batch, layer, sublayer, reference, first_token_only)
+                data = collect_sublayer(model, tuned, batch, layer, sublayer, reference, first_token_only,
+                                        student_start=student_cache[i], teacher_start=teacher_cache[i])
                 acc.add_factored(data.unit_inputs, data.unit_weights, data.target, data.token_mask)
                 if progress is not None:
                     progress(description, i + 1, len(batches))
@@ -925,7 +997,8 @@ class KwonCallback(RetrainingFreePruning):
         tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
             searched at ``flops_kept ** 0.5``) or ``"dense"``.
         damping: the tuning solver's damping (the code's LSMR ``damp``).
-        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len: see
+        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len,
+            time_reference_pass: see
             :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
     Example::
@@ -955,12 +1028,13 @@ class KwonCallback(RetrainingFreePruning):
         latency_repeats: int = 10,
         model_attribute: str | None = None,
         seq_len: float | None = None,
+        time_reference_pass: bool = False,
     ) -> None:
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=None, replacement=replacement,
                          calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
                          save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
                          latency_repeats=latency_repeats, model_attribute=model_attribute,
-                         seq_len=seq_len)
+                         seq_len=seq_len, time_reference_pass=time_reference_pass)
         if tuning_reference not in ("intermediate", "dense"):
             self.problems.append(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
