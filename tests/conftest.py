@@ -18,6 +18,8 @@ DEFAULT_ASSETS = REPO.parent / "shared" / "assets"
 
 if not os.environ.get("LIT_PRUNE_ASSETS") and DEFAULT_ASSETS.is_dir():
     os.environ["LIT_PRUNE_ASSETS"] = str(DEFAULT_ASSETS)
+if os.environ.get("LIT_PRUNE_ASSETS"):  # absolute, so tests that change directory still find it
+    os.environ["LIT_PRUNE_ASSETS"] = str(Path(os.environ["LIT_PRUNE_ASSETS"]).resolve())
 
 # Keep tests on this machine's two cores predictable, and never reach for a hub.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

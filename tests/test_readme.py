@@ -13,7 +13,7 @@ from conftest import REPO, tiny_model
 def python_blocks(section: str) -> list[str]:
     text = (REPO / "README.md").read_text()
     start = text.index(section)
-    end = text.find("\n## ", start + 1)
+    end = text.find("\n##", start + 1)  # the next heading (## or ###)
     return re.findall(r"```python\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
 
 
@@ -27,3 +27,20 @@ def test_core_example_runs(tmp_path, monkeypatch, minilm_l3):
     small = namespace["small"]
     torch.testing.assert_close(small(**batch).logits, namespace["masked_logits"], atol=1e-5, rtol=1e-5)
     assert (tmp_path / "pruned_model" / "modeling_lit_pruned.py").is_file()
+
+
+def test_own_project_example_runs(tmp_path, monkeypatch, minilm_l3):
+    """The README's "In your own Lightning project" example, with the real paraphrase-MiniLM-L3-v2."""
+    monkeypatch.chdir(tmp_path)
+    namespace = {"name_or_path": str(minilm_l3)}
+    example = python_blocks("### In your own Lightning project")[0]
+    exec(compile(example, "README.md", "exec"), namespace)
+    report = namespace["pruning"].report
+    assert report["flops"]["kept"] <= 0.5 and report["latency"]["speedup"] > 1
+    assert namespace["trainer"].global_step == 8  # it trained (2 epochs x 4 batches), then pruned
+    assert namespace["model"].encoder.config.lit_prune_structure is not None
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned_run" / "pruned_model",
+                                                                   trust_remote_code=True)
+    assert sum(p.numel() for p in reloaded.parameters()) == report["params"]["pruned"]["total"]

@@ -344,7 +344,8 @@ class RetrainingFreePruning(Callback):
         info["batch_size"] = self.calibration_batch_size
         return mine, ids, num_batches, info
 
-    def _evaluation_loaders(self, trainer: L.Trainer) -> list[DataLoader]:
+    @staticmethod
+    def _evaluation_loaders(trainer: L.Trainer) -> list[DataLoader]:
         loaders = trainer.datamodule.val_dataloader()
         loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
         return [shard_loader(loader, trainer.global_rank, trainer.world_size) for loader in loaders]
@@ -383,13 +384,22 @@ class RetrainingFreePruning(Callback):
     def _show_progress(trainer: L.Trainer) -> bool:
         return trainer.is_global_zero and trainer.progress_bar_callback is not None
 
-    def _latency(self, trainer: L.Trainer, dense: nn.Module, pruned: nn.Module) -> dict[str, Any] | None:
+    def _latency(self, trainer: L.Trainer, dense: nn.Module, pruned: nn.Module,
+                 calibration: list[dict[str, torch.Tensor]]) -> dict[str, Any] | None:
+        """Dense vs pruned latency on the first evaluation examples (the first calibration batch when the data
+        module has no validation data), measured interleaved."""
         if self.latency_batch_size == 0:
             return None
-        loader = trainer.datamodule.val_dataloader()
-        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-        count = min(self.latency_batch_size, len(loader.dataset))
-        batch = loader.collate_fn([loader.dataset[i] for i in range(count)])
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if is_overridden("val_dataloader", trainer.datamodule, parent=L.LightningDataModule):
+            loader = trainer.datamodule.val_dataloader()
+            loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+            count = min(self.latency_batch_size, len(loader.dataset))
+            batch, source = loader.collate_fn([loader.dataset[i] for i in range(count)]), "evaluation split"
+        else:
+            batch = {k: v[:self.latency_batch_size] for k, v in calibration[0].items()}
+            source = "first calibration batch"
         keys = forward_keys(pruned)
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in LABEL_KEYS
                   and (keys is None or k in keys)}
@@ -397,7 +407,7 @@ class RetrainingFreePruning(Callback):
         return {"dense_ms": result["dense"]["median_ms"], "pruned_ms": result["pruned"]["median_ms"],
                 "speedup": result["speedup"], "speedup_paired": result["speedup_paired"],
                 "batch_size": int(inputs["input_ids"].shape[0]), "seq_len": int(inputs["input_ids"].shape[1]),
-                "threads": result["threads"], "repeats": self.latency_repeats}
+                "threads": result["threads"], "repeats": self.latency_repeats, "inputs": source}
 
     @contextmanager
     def _phase(self, seconds: dict[str, float], name: str) -> Iterator[None]:
@@ -446,7 +456,7 @@ class RetrainingFreePruning(Callback):
         latency = None
         if trainer.is_global_zero:
             with self._phase(seconds, "latency"):
-                latency = self._latency(trainer, dense, model)
+                latency = self._latency(trainer, dense, model, batches)
         seconds["total"] = round(time.perf_counter() - started, 3)
         if self.time_reference_pass:
             seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
