@@ -27,6 +27,8 @@ def test_there_are_recipes():
     names = {path.relative_to(REPO / "configs").as_posix() for path in CONFIGS}
     assert {"quickstart.yaml", "finetune/sst2.yaml", "finetune/mrpc.yaml", "finetune/stsb.yaml",
             "finetune/cola.yaml", "finetune/squad_v1.yaml", "finetune/squad_v2.yaml"} <= names
+    for method in ("kwon", "kprune"):
+        assert {f"{method}/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "cola", "squad_v1", "squad_v2")} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())

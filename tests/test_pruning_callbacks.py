@@ -126,6 +126,16 @@ def test_a_model_not_fine_tuned_for_the_task_is_refused(minilm_l3, tmp_path):
     assert not (tmp_path / "pruning_report.json").exists()
 
 
+def test_an_already_pruned_model_is_refused(teacher, tmp_path):
+    first = KwonCallback(flops_kept=0.7, num_samples=32, evaluate=False, latency_batch_size=0,
+                         output_dir=str(tmp_path / "first"))
+    run_in_process(first, teacher)
+    again = KwonCallback(flops_kept=0.5, output_dir=str(tmp_path / "again"))
+    with pytest.raises(ValueError, match=r"is already pruned \(its config has a lit_prune_structure\)"):
+        run_in_process(again, tmp_path / "first" / "pruned_model")
+    assert not (tmp_path / "again").exists()
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"flops_kept": 0}, r"flops_kept=0 is outside the allowed range \(0, 1\]"),
     ({"flops_kept": 1.2}, r"flops_kept=1.2 is outside the allowed range"),

@@ -254,14 +254,18 @@ class RetrainingFreePruning(Callback):
         if stage != "fit":
             return
         problems = list(self.problems)
+        name = getattr(pl_module, "name_or_path", "the model")
         try:
-            find_encoder_model(pl_module, self.model_attribute)
+            model = find_encoder_model(pl_module, self.model_attribute)
+            if get_adapter(model).is_compacted:
+                problems.append(f"model.name_or_path={name!r} is already pruned (its config has a "
+                                "lit_prune_structure); prune the dense fine-tuned model, with a smaller flops_kept")
         except ValueError as error:
             problems.append(str(error))
         missing = getattr(pl_module, "newly_initialized", None)
         if missing:
-            name = getattr(pl_module, "name_or_path", "the model")
-            problems.append(f"model.name_or_path={name!r} is not fine-tuned for task {getattr(pl_module, 'task', None)!r}: "
+            task = getattr(pl_module, "task", None)
+            problems.append(f"model.name_or_path={name!r} is not fine-tuned for task {task!r}: "
                             f"its checkpoint lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
                             "(initialised at random). Retraining-free pruning starts from a fine-tuned model: run "
                             "the task's recipe in configs/finetune/ first and point model.name_or_path at its "
