@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -545,8 +546,6 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
     Returns:
         :class:`KPruneResult`: the binary masks (compact the model with them) and the per-sublayer steps.
     """
-    import time
-
     adapter = get_adapter(model)
     adapter.require_dense("run KPrune")
     if not batches:
