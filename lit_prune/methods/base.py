@@ -305,6 +305,37 @@ class RetrainingFreePruning(Callback):
 
         return reduce
 
+    @staticmethod
+    def _agree_across_ranks(trainer: L.Trainer, model: nn.Module, masks: PruningMasks) -> dict[str, Any] | None:
+        """Check that every process found the same masks, and give every process process 0's weights.
+
+        Every statistic is summed over the processes, so each one solves the same problems and the masks agree
+        exactly; a disagreement is a bug and stops the run. Refitted weights may differ in the last bits (each
+        process's float32 forward passes round on their own, and an ill-conditioned least-squares system can amplify
+        that), so process 0's weights are broadcast and the largest difference each process had is recorded.
+        """
+        if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        flat = torch.cat([tensor.detach().reshape(-1).double() for tensor in masks.to_dict().values()])
+        gathered = [torch.empty_like(flat) for _ in range(trainer.world_size)]
+        torch.distributed.all_gather(gathered, flat)
+        differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+        if differing:
+            raise RuntimeError(f"lit_prune: the pruning masks of process(es) {differing} differ from process 0's "
+                               "although every statistic was summed over the processes. This is a bug in lit_prune; "
+                               "please report it with the pruning settings.")
+        largest = torch.zeros((), dtype=torch.float64, device=flat.device)
+        with torch.no_grad():
+            for tensor in model.state_dict(keep_vars=False).values():
+                if not tensor.is_floating_point() or tensor.numel() == 0:
+                    continue
+                reference = tensor.clone()
+                torch.distributed.broadcast(reference, src=0)
+                largest = torch.maximum(largest, (tensor - reference).abs().max().double())
+                tensor.copy_(reference)
+        torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+        return {"masks_identical": True, "weights_from": 0, "weights_max_difference": float(largest)}
+
     def calibration_batches(self, trainer: L.Trainer, model: nn.Module) -> tuple[list[dict], list[int], int, dict]:
         """This process's calibration batches, their positions in the whole sample, its batch count, its summary."""
         datamodule = trainer.datamodule
@@ -452,6 +483,7 @@ class RetrainingFreePruning(Callback):
             progress.close()
         with self._phase(seconds, "compact"):
             compact(model, masks)
+        ranks = self._agree_across_ranks(trainer, model, masks)
         for module, training in modes:
             module.training = training
         with self._phase(seconds, "evaluate_pruned"):
@@ -484,6 +516,8 @@ class RetrainingFreePruning(Callback):
             "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
             **details,
         }
+        if ranks is not None:
+            report["ranks"] = ranks
         self.report = report
         if trainer.is_global_zero:
             self._write(trainer, datamodule, model, report)
