@@ -45,7 +45,7 @@ from lit_prune.core.io import save_pruned
 from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
 from lit_prune.report import PRUNED_MODEL_DIR, REPORT_FILE, write_report
-from lit_prune.tasks.base import hardware_summary
+from lit_prune.hardware import hardware_summary
 
 log = logging.getLogger(__name__)
 

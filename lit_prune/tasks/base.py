@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,20 +19,12 @@ from lit_prune.assets import resolve_model
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_directory, atomic_write_text
 from lit_prune.core.io import is_pruned_folder, load_pruned, read_pruned_config, save_pruned
+from lit_prune.hardware import hardware_summary
 
 log = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "final_model"
 FIT_SUMMARY = "fit_summary.json"
-
-
-def hardware_summary(device: torch.device) -> dict[str, Any]:
-    """Where numbers were measured, so results from different machines are never mixed up."""
-    summary: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-    if device.type == "cuda":
-        summary["gpu"] = torch.cuda.get_device_name(device)
-    return summary
 
 
 def check_model_type(location: str, mapping_names: dict[str, str], kind: str, setting: str, value: str,

@@ -1,0 +1,1 @@
+"""lit_prune's benchmarks: ``python -m benchmarks.run`` (the runner) and ``python -m benchmarks.latency``."""

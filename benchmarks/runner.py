@@ -1,0 +1,657 @@
+"""The benchmark runner: teachers, then every method at every budget, then tables and plots from the reports.
+
+Usage, from the repository root::
+
+    LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.run                      # benchmarks/configs/retraining_free.yaml
+    python -m benchmarks.run --config benchmarks/configs/<name>.yaml [--dry-run] [--collect-only]
+
+A benchmark config (YAML, see :data:`CONFIG_KEYS`) names the tasks, methods, budgets, base model, seeds and
+accelerator. The runner
+
+1. makes sure every task has a teacher: a fine-tune of ``model`` by ``configs/finetune/<task>.yaml``, cached under
+   ``teachers/<task>/<model>-seed<s>-<key>/`` where the key hashes the recipe file, the model and the seed. A teacher
+   that the recipe's own command already left (``runs/finetune/<task>/``) is adopted, visibly, when its
+   ``fit_summary.json`` names the same model, task and seed and its saved config equals the recipe's (see
+   :func:`config_differences`); otherwise the runner fine-tunes one.
+2. runs ``python train.py fit --config configs/<method>/<task>.yaml`` for each method, budget and seed with the
+   teacher, the budget, the seed and the calibration size set on the command line, into
+   ``runs/<method>/<task>/<budget>/seed<s>/``. A run whose ``pruning_report.json`` exists is not repeated, after a
+   check that the report records the settings asked for (:func:`report_mismatches`), so an interrupted benchmark
+   resumes and a finished one re-collects in seconds.
+3. optionally times each method's pruning of the paper-sized calibration sample against one forward and backward
+   pass over it (``timing``).
+4. reads back only the reports and writes ``results/<name>.json``, the PNG plots and this benchmark's section of
+   ``BENCHMARKS.md`` (:mod:`benchmarks.tables`).
+
+Methods add themselves by :func:`register_method` (a :class:`MethodSpec`); a config can also list variants of a
+registered method (ablations) with their own settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_prune.core.atomic import atomic_write_text
+from lit_prune.report import REPORT_FILE, read_report
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "benchmarks" / "configs" / "retraining_free.yaml"
+TEACHER_FILE = "teacher.json"
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+
+
+# --------------------------------------------------------------------------------------------------- methods
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """How the runner drives one pruning method.
+
+    Attributes:
+        name: the registry key, used in configs.
+        label: the name in tables and plots.
+        config: the recipe path, with ``{task}`` for the task.
+        budget: the callback init arg that holds the budget (``flops_kept`` or ``params_kept``).
+        calibration: init args that set the calibration size to ``n`` examples (``None``: the recipe's own).
+        timing_bound: the pruning-cost bound of the method, from a report (``None``: no bound), and its text.
+        arg_prefix: where the method's init args live on the command line.
+    """
+
+    name: str
+    label: str
+    config: str
+    budget: str = "flops_kept"
+    calibration: Callable[[int], dict[str, Any]] | None = None
+    timing_bound: Callable[[dict[str, Any]], tuple[float, str]] | None = None
+    arg_prefix: str = "--trainer.callbacks.init_args."
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make a method available to benchmark configs under ``spec.name``."""
+    METHODS[spec.name] = spec
+    return spec
+
+
+def _sublayers(report: dict[str, Any]) -> int:
+    return 2 * len(report["structure"])
+
+
+register_method(MethodSpec(
+    name="kwon", label="Kwon et al.", config="configs/kwon/{task}.yaml",
+    calibration=lambda n: {"num_samples": n},
+    timing_bound=lambda report: (4.0, "<= 4")))
+register_method(MethodSpec(
+    name="kprune", label="KPrune", config="configs/kprune/{task}.yaml",
+    calibration=lambda n: {"num_samples": n, "num_tokens": None},
+    timing_bound=lambda report: (2.0 * _sublayers(report) + 2,
+                                 f"<= 2 x {_sublayers(report)} + 2 = {2 * _sublayers(report) + 2}")))
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodRun:
+    """A method as one benchmark runs it: a registered spec, possibly with settings of its own (an ablation)."""
+
+    name: str
+    spec: MethodSpec
+    label: str
+    settings: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------- config
+
+CONFIG_KEYS = {
+    "name": "the benchmark's name: results/<name>.json, plots and its BENCHMARKS.md section",
+    "title": "the section title in BENCHMARKS.md",
+    "description": "a paragraph under the title",
+    "model": "the pretrained model the teachers are fine-tuned from (assets name, folder or hub id)",
+    "tasks": "task names with a recipe configs/finetune/<task>.yaml",
+    "methods": "registered method names, or {name, method, label, settings} for a variant",
+    "budgets": "budget values in (0, 1] (each method's budget setting, e.g. flops_kept)",
+    "seeds": "pruning seeds (the calibration sample's draw); results are averaged over them",
+    "teacher_seed": "the fine-tuning seed of the teachers",
+    "accelerator": f"one of {ACCELERATORS}",
+    "devices": "devices per run",
+    "calibration": "calibration size per task family: {glue: examples, squad: windows}; null keeps the recipes'",
+    "latency_repeats": "timed passes of each model for the latency comparison",
+    "timing": "{task, samples, budget}: each method's pruning time against one forward+backward pass; null: skip",
+    "runs": "where pruning runs go (relative to the repository)",
+    "teachers": "where runner-trained teachers go",
+    "results": "where the JSON and PNG results go",
+    "markdown": "the markdown file that gets this benchmark's section",
+}
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """A validated benchmark config (see :data:`CONFIG_KEYS`)."""
+
+    name: str
+    model: str
+    tasks: list[str]
+    methods: list[MethodRun]
+    budgets: list[float]
+    title: str = ""
+    description: str = ""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    teacher_seed: int = 42
+    accelerator: str = "cpu"
+    devices: int = 1
+    calibration: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    latency_repeats: int = 10
+    timing: dict[str, Any] | None = None
+    runs: Path = REPO / "runs" / "bench"
+    teachers: Path = REPO / "runs" / "teachers"
+    results: Path = REPO / "benchmarks" / "results"
+    markdown: Path = REPO / "BENCHMARKS.md"
+    source: str = ""
+
+
+class BenchConfigError(ValueError):
+    """A benchmark config names something that does not exist or is out of range."""
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key}" if source else key
+
+
+def _method_runs(value: Any, source: str) -> list[MethodRun]:
+    if not isinstance(value, list) or not value:
+        raise BenchConfigError(f"{_where(source, 'methods')}={value!r}: expected a non-empty list")
+    runs: list[MethodRun] = []
+    for entry in value:
+        if isinstance(entry, str):
+            entry = {"name": entry, "method": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise BenchConfigError(f"{_where(source, 'methods')}: {entry!r} is neither a method name nor a mapping "
+                                   "with name, method, label, settings")
+        unknown = set(entry) - {"name", "method", "label", "settings"}
+        if unknown:
+            raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has unknown keys {sorted(unknown)}; "
+                                   "allowed: name, method, label, settings")
+        method = entry.get("method", entry["name"])
+        if method not in METHODS:
+            raise BenchConfigError(f"{_where(source, 'methods')}: method {method!r} is not registered; registered: "
+                                   f"{sorted(METHODS)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(entry["name"])):
+            raise BenchConfigError(f"{_where(source, 'methods')}: name {entry['name']!r} must be a folder name "
+                                   "(letters, digits, '_', '-', '.')")
+        spec = METHODS[method]
+        settings = entry.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise BenchConfigError(f"{_where(source, 'methods')}: settings of {entry['name']!r} must be a mapping")
+        runs.append(MethodRun(str(entry["name"]), spec, str(entry.get("label", spec.label)), dict(settings)))
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise BenchConfigError(f"{_where(source, 'methods')}: names repeat: {names}")
+    return runs
+
+
+def _budget(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
+        raise BenchConfigError(f"{_where(source, key)}={value!r}: a budget is a fraction in (0, 1]")
+    return float(value)
+
+
+def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
+    """Validate a config mapping.
+
+    Raises:
+        BenchConfigError: an unknown key, a task or method without a recipe, a budget out of (0, 1], ...
+    """
+    if not isinstance(raw, dict):
+        raise BenchConfigError(f"{source or 'benchmark config'}: expected a mapping of {sorted(CONFIG_KEYS)}")
+    unknown = sorted(set(raw) - set(CONFIG_KEYS))
+    if unknown:
+        raise BenchConfigError(f"{_where(source, ', '.join(unknown))}: unknown key(s); allowed: "
+                               + "; ".join(f"{k} ({v})" for k, v in CONFIG_KEYS.items()))
+    for key in ("name", "model", "tasks", "methods", "budgets"):
+        if key not in raw:
+            raise BenchConfigError(f"{_where(source, key)}: missing ({CONFIG_KEYS[key]})")
+    name = str(raw["name"])
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise BenchConfigError(f"{_where(source, 'name')}={name!r}: letters, digits, '_', '-', '.' only")
+    tasks = raw["tasks"]
+    if not isinstance(tasks, list) or not tasks:
+        raise BenchConfigError(f"{_where(source, 'tasks')}={tasks!r}: expected a non-empty list")
+    recipes = sorted(p.stem for p in (REPO / "configs" / "finetune").glob("*.yaml"))
+    for task in tasks:
+        if task not in recipes:
+            raise BenchConfigError(f"{_where(source, 'tasks')}: {task!r} has no teacher recipe "
+                                   f"configs/finetune/{task}.yaml; tasks with one: {recipes}")
+    methods = _method_runs(raw["methods"], source)
+    for method in methods:
+        for task in tasks:
+            if not (REPO / method.spec.config.format(task=task)).is_file():
+                raise BenchConfigError(f"{_where(source, 'methods')}: {method.name} has no recipe for {task} "
+                                       f"({method.spec.config.format(task=task)})")
+    budgets = raw["budgets"]
+    if not isinstance(budgets, list) or not budgets:
+        raise BenchConfigError(f"{_where(source, 'budgets')}={budgets!r}: expected a non-empty list")
+    budgets = [_budget(b, "budgets", source) for b in budgets]
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise BenchConfigError(f"{_where(source, 'seeds')}={seeds!r}: expected a non-empty list of integers")
+    accelerator = str(raw.get("accelerator", "cpu"))
+    if accelerator not in ACCELERATORS:
+        raise BenchConfigError(f"{_where(source, 'accelerator')}={accelerator!r}: allowed {ACCELERATORS}")
+    devices = raw.get("devices", 1)
+    if not isinstance(devices, int) or devices < 1:
+        raise BenchConfigError(f"{_where(source, 'devices')}={devices!r}: a positive integer")
+    calibration = raw.get("calibration") or {}
+    if not isinstance(calibration, dict) or set(calibration) - {"glue", "squad"} or not all(
+            v is None or (isinstance(v, int) and v > 0) for v in calibration.values()):
+        raise BenchConfigError(f"{_where(source, 'calibration')}={calibration!r}: expected {{glue: n, squad: n}} "
+                               "with positive integers or null")
+    latency_repeats = raw.get("latency_repeats", 10)
+    if not isinstance(latency_repeats, int) or latency_repeats < 1:
+        raise BenchConfigError(f"{_where(source, 'latency_repeats')}={latency_repeats!r}: a positive integer")
+    timing = raw.get("timing")
+    if timing is not None:
+        if not isinstance(timing, dict) or set(timing) != {"task", "samples", "budget"}:
+            raise BenchConfigError(f"{_where(source, 'timing')}={timing!r}: expected {{task, samples, budget}} or null")
+        if timing["task"] not in recipes:
+            raise BenchConfigError(f"{_where(source, 'timing.task')}={timing['task']!r}: no recipe; tasks: {recipes}")
+        if not isinstance(timing["samples"], int) or timing["samples"] < 1:
+            raise BenchConfigError(f"{_where(source, 'timing.samples')}={timing['samples']!r}: a positive integer")
+        timing = {**timing, "budget": _budget(timing["budget"], "timing.budget", source)}
+    paths = {key: REPO / str(raw[key]) for key in ("runs", "teachers", "results", "markdown") if key in raw}
+    return BenchConfig(name=name, model=str(raw["model"]), tasks=list(tasks), methods=methods, budgets=budgets,
+                       title=str(raw.get("title", name)), description=str(raw.get("description", "")).strip(),
+                       seeds=list(seeds), teacher_seed=int(raw.get("teacher_seed", 42)), accelerator=accelerator,
+                       devices=devices, calibration=dict(calibration), latency_repeats=latency_repeats,
+                       timing=timing, source=source, **paths)
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read and validate a benchmark config file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        BenchConfigError: see :func:`parse_config`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark config {path} does not exist; configs: "
+                                f"{sorted(str(p.relative_to(REPO)) for p in (REPO / 'benchmarks' / 'configs').glob('*.yaml'))}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise BenchConfigError(f"{path}: not valid YAML ({error})") from None
+    return parse_config(raw, source=_relative(path))
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def is_squad(task: str) -> bool:
+    return task.startswith("squad")
+
+
+def calibration_size(config: BenchConfig, task: str) -> int | None:
+    return config.calibration.get("squad" if is_squad(task) else "glue")
+
+
+def cli_value(value: Any) -> str:
+    """A value as LightningCLI reads it from the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+Runner = Callable[[list[str], Path], None]
+
+
+def run_command(command: list[str], log_file: Path) -> None:
+    """Run ``command`` from the repository root, its output into ``log_file``.
+
+    Raises:
+        RuntimeError: it failed; the message holds the end of its output.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as handle:
+        result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = log_file.read_text()[-4000:]
+        raise RuntimeError(f"{' '.join(command[1:4])} ... failed (exit {result.returncode}); log {log_file}:\n{tail}")
+
+
+# --------------------------------------------------------------------------------------------------- teachers
+
+
+def recipe_path(task: str) -> Path:
+    return REPO / "configs" / "finetune" / f"{task}.yaml"
+
+
+def teacher_key(recipe: Path, model: str, seed: int) -> str:
+    """The cache key of a teacher: the recipe file's bytes, the base model and the fine-tuning seed."""
+    digest = hashlib.sha256(recipe.read_bytes() + b"\0" + model.encode() + b"\0" + str(seed).encode())
+    return digest.hexdigest()[:12]
+
+
+def teacher_dir(config: BenchConfig, task: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(config.model).name or config.model)
+    return config.teachers / task / f"{slug}-seed{config.teacher_seed}-{teacher_key(recipe_path(task), config.model, config.teacher_seed)}"
+
+
+# Settings that say where output goes or how it is shown, not what is trained.
+IGNORED_SETTINGS = ("trainer.default_root_dir", "trainer.logger", "trainer.enable_progress_bar",
+                    "trainer.enable_model_summary", "trainer.accelerator", "trainer.devices", "ckpt_path")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def config_differences(recipe: dict[str, Any], saved: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Compare a recipe's resolved config with the config a finished fine-tune saved.
+
+    Returns:
+        ``(differences, unrecorded)``: settings whose values differ (or that only the saved run has), and settings
+        the saved config predates whose current value is a default (``None`` or ``False``), which do not change
+        the training. Output and display settings (:data:`IGNORED_SETTINGS`) are left out.
+    """
+    ours, theirs = _flatten(recipe), _flatten(saved)
+    ignored = lambda key: any(key == p or key.startswith(p + ".") for p in IGNORED_SETTINGS)  # noqa: E731
+    differences, unrecorded = [], []
+    for key in sorted(set(ours) | set(theirs)):
+        if ignored(key):
+            continue
+        if key not in theirs:
+            (unrecorded if ours[key] in (None, False) else differences).append(
+                f"{key}: {ours[key]!r} (not in the saved config)")
+        elif key not in ours:
+            differences.append(f"{key}: only the saved run has it ({theirs[key]!r})")
+        elif ours[key] != theirs[key]:
+            differences.append(f"{key}: recipe {ours[key]!r}, saved run {theirs[key]!r}")
+    return differences, unrecorded
+
+
+def _finetune_overrides(config: BenchConfig, output: Path | None) -> list[str]:
+    args = ["--model.init_args.name_or_path", config.model, "--seed_everything", str(config.teacher_seed)]
+    if output is not None:
+        args += ["--trainer.default_root_dir", str(output), "--trainer.logger.init_args.save_dir", str(output),
+                 "--trainer.accelerator", config.accelerator, "--trainer.devices", str(config.devices),
+                 "--trainer.enable_progress_bar", "false"]
+    return args
+
+
+def resolved_recipe(config: BenchConfig, task: str) -> dict[str, Any]:
+    """The recipe with the benchmark's model and seed, as LightningCLI resolves it (``--print_config``)."""
+    command = [sys.executable, str(REPO / "train.py"), "fit", "--config", str(recipe_path(task)),
+               *_finetune_overrides(config, None), "--print_config"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"resolving {recipe_path(task)} failed:\n{result.stderr[-3000:]}")
+    return yaml.safe_load(result.stdout)
+
+
+def _saved_config(folder: Path) -> Path | None:
+    versions = sorted(folder.glob("logs/version_*/config.yaml"), key=lambda p: int(p.parent.name.split("_")[1]))
+    return versions[-1] if versions else None
+
+
+def adoptable_teacher(config: BenchConfig, task: str) -> tuple[Path | None, str]:
+    """The teacher the recipe's own command left, if it is the one this benchmark asks for.
+
+    Its newest saved config (``logs/version_*/config.yaml``, older than ``final_model/``) must equal the recipe
+    resolved with the benchmark's model and seed: the model, task, seed and every training setting.
+
+    Returns:
+        ``(folder, why)``: the folder holding ``final_model/`` (or ``None``) and a sentence saying why.
+    """
+    raw = yaml.safe_load(recipe_path(task).read_text()) or {}
+    folder = REPO / str((raw.get("trainer") or {}).get("default_root_dir", f"runs/finetune/{task}"))
+    saved, final = _saved_config(folder), folder / "final_model" / "config.json"
+    if not final.is_file() or saved is None:
+        return None, f"{_relative(folder)} holds no finished fine-tune"
+    if saved.stat().st_mtime > final.stat().st_mtime:
+        return None, f"{_relative(saved)} is newer than {_relative(final)}: its run did not finish"
+    differences, unrecorded = config_differences(resolved_recipe(config, task), yaml.safe_load(saved.read_text()))
+    if differences:
+        return None, f"{_relative(saved)} differs from the recipe: " + "; ".join(differences)
+    note = f" (settings it predates, at their defaults: {'; '.join(unrecorded)})" if unrecorded else ""
+    return folder, f"{_relative(saved)} equals the recipe{note}"
+
+
+def ensure_teacher(config: BenchConfig, task: str, runner: Runner = run_command, dry_run: bool = False) -> Path:
+    """The teacher's ``final_model`` folder for ``task``: cached, adopted, or fine-tuned now."""
+    cache = teacher_dir(config, task)
+    record_file = cache / TEACHER_FILE
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        final = REPO / record["final_model"]
+        if (final / "config.json").is_file():
+            return final
+        _log(f"teacher {task}: {_relative(record_file)} points to a missing {record['final_model']}; fine-tuning again")
+    folder, why = adoptable_teacher(config, task)
+    record = {"task": task, "model": config.model, "seed": config.teacher_seed,
+              "recipe": _relative(recipe_path(task)), "key": teacher_key(recipe_path(task), config.model,
+                                                                         config.teacher_seed)}
+    if folder is not None:
+        _log(f"teacher {task}: adopting {_relative(folder / 'final_model')}: {why}")
+        summary_file = folder / "fit_summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        record.update(final_model=_relative(folder / "final_model"), adopted_from=_relative(folder),
+                      why=why, metrics=summary.get("metrics"), seconds=summary.get("seconds"))
+    else:
+        _log(f"teacher {task}: fine-tuning {config.model} by {_relative(recipe_path(task))} into {_relative(cache)} "
+             f"({why})")
+        if dry_run:
+            return cache / "final_model"
+        started = time.perf_counter()
+        command = [sys.executable, str(REPO / "train.py"), "fit", "--config", str(recipe_path(task)),
+                   *_finetune_overrides(config, cache)]
+        runner(command, cache / "finetune.log")
+        summary = json.loads((cache / "fit_summary.json").read_text())
+        record.update(final_model=_relative(cache / "final_model"), metrics=summary.get("metrics"),
+                      seconds=summary.get("seconds"))
+        _log(f"teacher {task}: done in {time.perf_counter() - started:.0f} s")
+    if not dry_run:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
+    return REPO / record["final_model"]
+
+
+# --------------------------------------------------------------------------------------------------- pruning runs
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneJob:
+    """One pruning run of the benchmark."""
+
+    method: MethodRun
+    task: str
+    budget: float
+    seed: int
+    folder: Path
+    settings: dict[str, Any]  # every callback init arg set on the command line
+    timing: bool = False
+
+    def command(self, config: BenchConfig, teacher: Path) -> list[str]:
+        spec = self.method.spec
+        args = [sys.executable, str(REPO / "train.py"), "fit", "--config", spec.config.format(task=self.task),
+                "--model.init_args.name_or_path", _relative(teacher), "--trainer.default_root_dir", str(self.folder),
+                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                "--trainer.accelerator", config.accelerator, "--trainer.devices", str(config.devices)]
+        for key, value in self.settings.items():
+            args += [spec.arg_prefix + key, cli_value(value)]
+        return args
+
+
+def plan(config: BenchConfig) -> list[PruneJob]:
+    """Every pruning run of the benchmark, in order: per task, per method, per budget, per seed; then timing."""
+    jobs = []
+    for task in config.tasks:
+        size = calibration_size(config, task)
+        for method in config.methods:
+            for budget in config.budgets:
+                for seed in config.seeds:
+                    settings: dict[str, Any] = {method.spec.budget: budget, "seed": seed,
+                                                "latency_repeats": config.latency_repeats}
+                    if size is not None and method.spec.calibration is not None:
+                        settings.update(method.spec.calibration(size))
+                    settings.update(method.settings)
+                    folder = config.runs / method.name / task / f"{budget:g}" / f"seed{seed}"
+                    jobs.append(PruneJob(method, task, budget, seed, folder, settings))
+    if config.timing:
+        task, budget, seed = config.timing["task"], config.timing["budget"], config.seeds[0]
+        for method in config.methods:
+            settings = {method.spec.budget: budget, "seed": seed, "time_reference_pass": True, "evaluate": False,
+                        "latency_batch_size": 0}
+            if method.spec.calibration is not None:
+                settings.update(method.spec.calibration(config.timing["samples"]))
+            settings.update(method.settings)
+            folder = config.runs / "timing" / method.name / task / f"{budget:g}" / f"n{config.timing['samples']}-seed{seed}"
+            jobs.append(PruneJob(method, task, budget, seed, folder, settings, timing=True))
+    return jobs
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path, accelerator: str) -> list[str]:
+    """What an existing report records differently from what ``job`` asks for (empty: it is this run).
+
+    Checked: the task, the teacher, every setting the method records in ``settings``, the timing pass and the
+    device kind. Settings a method does not record (latency repeats, ...) cannot be checked.
+    """
+    problems = []
+    if report.get("task") != job.task:
+        problems.append(f"task {report.get('task')!r}, asked {job.task!r}")
+    model = Path(str(report.get("model")))
+    if (model if model.is_absolute() else REPO / model).resolve() != teacher.resolve():
+        problems.append(f"model {report.get('model')!r}, asked the teacher {_relative(teacher)!r}")
+    recorded = report.get("settings") or {}
+    for key, value in job.settings.items():
+        if key in recorded and not _same(recorded[key], value):
+            problems.append(f"{key}={recorded[key]!r}, asked {value!r}")
+    if job.timing and "reference_pass" not in (report.get("seconds") or {}):
+        problems.append("no timed reference pass, asked time_reference_pass=True")
+    device = str((report.get("hardware") or {}).get("device", "")).split(":")[0]
+    wanted = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}.get(accelerator)
+    if wanted and device != wanted:
+        problems.append(f"ran on {device!r}, asked accelerator {accelerator!r}")
+    return problems
+
+
+def run_job(config: BenchConfig, job: PruneJob, teacher: Path, runner: Runner = run_command,
+            dry_run: bool = False) -> dict[str, Any] | None:
+    """Run one job unless its report exists (then check and return it).
+
+    Raises:
+        RuntimeError: an existing report records other settings (delete the folder or point ``runs`` elsewhere).
+    """
+    what = f"{job.method.name} {job.task} {job.method.spec.budget}={job.budget:g} seed={job.seed}" + (
+        " (timing)" if job.timing else "")
+    report_file = job.folder / REPORT_FILE
+    if report_file.is_file():
+        report = read_report(report_file)
+        problems = report_mismatches(report, job, teacher, config.accelerator)
+        if problems:
+            raise RuntimeError(f"{_relative(report_file)} is not the run {what}: " + "; ".join(problems)
+                               + ". Delete that folder to rerun it, or set `runs` to another folder.")
+        return report
+    _log(f"{what}: running into {_relative(job.folder)}")
+    if dry_run:
+        return None
+    started = time.perf_counter()
+    runner(job.command(config, teacher), job.folder / "train.log")
+    report = read_report(report_file)
+    _log(f"{what}: done in {time.perf_counter() - started:.0f} s")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def run_benchmark(config: BenchConfig, runner: Runner = run_command, dry_run: bool = False,
+                  collect_only: bool = False) -> dict[str, Any] | None:
+    """Teachers, runs, then results (``None`` on a dry run). Returns the collected results."""
+    from benchmarks import tables
+
+    started = time.perf_counter()
+    jobs = plan(config)
+    if not collect_only:
+        teachers = {task: ensure_teacher(config, task, runner, dry_run) for task in dict.fromkeys(j.task for j in jobs)}
+        done = sum((job.folder / REPORT_FILE).is_file() for job in jobs)
+        _log(f"{config.name}: {len(jobs)} pruning runs, {done} already done")
+        for job in jobs:
+            run_job(config, job, teachers[job.task], runner, dry_run)
+    if dry_run:
+        return None
+    missing = [_relative(job.folder) for job in jobs if not (job.folder / REPORT_FILE).is_file()]
+    if missing:
+        raise RuntimeError(f"no report yet in {len(missing)} run folder(s), e.g. {missing[:3]}; run without "
+                           "--collect-only first")
+    results = tables.collect(config, [(job, read_report(job.folder / REPORT_FILE)) for job in jobs])
+    tables.write_results(config, results)
+    _log(f"{config.name}: results in {_relative(config.results)} and {_relative(config.markdown)} "
+         f"({time.perf_counter() - started:.0f} s)")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="benchmark config (YAML)")
+    parser.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild the tables and plots")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, BenchConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not os.environ.get("LIT_PRUNE_ASSETS"):
+        print("note: LIT_PRUNE_ASSETS is not set; models and data resolve to the hub", file=sys.stderr)
+    try:
+        run_benchmark(config, dry_run=args.dry_run, collect_only=args.collect_only)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["BenchConfig", "BenchConfigError", "METHODS", "MethodRun", "MethodSpec", "PruneJob", "config_differences",
+           "ensure_teacher", "load_config", "main", "parse_config", "plan", "register_method", "report_mismatches",
+           "run_benchmark", "run_job", "teacher_key"]

@@ -1,0 +1,310 @@
+"""The benchmark runner (config checks, plan, teacher cache, skip-if-done) and its tables and plots, from synthetic
+reports: nothing here prunes or fine-tunes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import runner, tables
+from lit_prune.report import REPORT_FILE, read_report, write_report
+
+HARDWARE = {"device": "cpu", "cpu_model": "Test CPU @ 1.00GHz", "cpu": "x86_64", "cpu_count": 2, "threads": 2,
+            "torch": "2.13.0+cpu", "gpu": None}
+TEACHER = {"sst2": 0.886, "stsb": 0.860}
+MAIN = {"sst2": "accuracy", "stsb": "pearson"}
+
+
+def synthetic_metric(task: str, method: str, budget: float, seed: int) -> float:
+    """A made-up score: KPrune loses half as much as Kwon, linearly in the FLOPs removed; seeds shift by 0.01."""
+    loss = (1 - budget) * (0.2 if method == "kwon" else 0.1)
+    return TEACHER[task] - loss + 0.01 * seed
+
+
+def synthetic_report(task: str, method: str, budget: float, seed: int, teacher: str, timing: bool = False,
+                     hardware: dict | None = None, num_samples: int = 16) -> dict:
+    seconds = {"prune": 10.0 if method == "kwon" else 30.0, "total": 60.0}
+    if timing:
+        seconds.update(reference_pass=5.0, prune_over_pass=seconds["prune"] / 5.0)
+    return {
+        "method": method, "model": teacher, "task": task, "seed": seed, "world_size": 1,
+        "flops": {"dense": 100.0, "pruned": 100.0 * budget, "kept": budget, "seq_len": 30.0, "target": budget},
+        "params": {"dense": {"total": 1000, "encoder_linear": 800}, "pruned": {"total": 600, "encoder_linear": 400}},
+        "metrics": {"dense": {MAIN[task]: TEACHER[task]}, "pruned": {MAIN[task]: synthetic_metric(task, method, budget, seed)},
+                    "main": MAIN[task]},
+        "seconds": seconds,
+        "latency": {"dense_ms": 100.0, "pruned_ms": 100.0 * budget * 1.25, "speedup": 1 / (budget * 1.25)},
+        "structure": [{"heads": [[32, 32]] * 6, "head_ids": list(range(6)), "ffn": 700}] * 6,
+        "hardware": hardware or HARDWARE,
+        "settings": {"flops_kept": budget, "seed": seed, "num_samples": num_samples},
+    }
+
+
+class FakeTrainer:
+    """Stands in for ``train.py fit``: writes the report that the command asks for, and counts the calls."""
+
+    def __init__(self, hardware: dict | None = None):
+        self.calls: list[list[str]] = []
+        self.hardware = hardware
+
+    def __call__(self, command: list[str], log_file: Path) -> None:
+        self.calls.append(command)
+        args = dict(zip(command[3::2], command[4::2]))
+        if "--trainer.default_root_dir" in args and "--trainer.callbacks.init_args.flops_kept" not in args:
+            out = Path(args["--trainer.default_root_dir"])  # a teacher fine-tune
+            (out / "final_model").mkdir(parents=True)
+            (out / "final_model" / "config.json").write_text("{}")
+            (out / "fit_summary.json").write_text(json.dumps({"metrics": {"val/accuracy": 0.9}, "seconds": 1.0}))
+            return
+        out = Path(args["--trainer.default_root_dir"])
+        task = Path(args["--config"]).stem
+        method = Path(args["--config"]).parent.name
+        report = synthetic_report(task, method, float(args["--trainer.callbacks.init_args.flops_kept"]),
+                                  int(args["--trainer.callbacks.init_args.seed"]), args["--model.init_args.name_or_path"],
+                                  timing=args.get("--trainer.callbacks.init_args.time_reference_pass") == "true",
+                                  hardware=self.hardware,
+                                  num_samples=int(args["--trainer.callbacks.init_args.num_samples"]))
+        out.mkdir(parents=True, exist_ok=True)
+        write_report(out / REPORT_FILE, report)
+
+
+def make_config(tmp_path: Path, **overrides) -> runner.BenchConfig:
+    raw = {"name": "synthetic", "title": "Synthetic", "model": "tiny-model", "tasks": ["sst2", "stsb"],
+           "methods": ["kwon", "kprune"], "budgets": [0.7, 0.4], "seeds": [0, 1], "accelerator": "cpu",
+           "calibration": {"glue": 16, "squad": 4}, "latency_repeats": 2,
+           "timing": {"task": "sst2", "samples": 32, "budget": 0.5},
+           "runs": str(tmp_path / "runs"), "teachers": str(tmp_path / "teachers"),
+           "results": str(tmp_path / "results"), "markdown": str(tmp_path / "BENCHMARKS.md")}
+    raw.update(overrides)
+    return runner.parse_config(raw, source="synthetic.yaml")
+
+
+@pytest.fixture
+def no_adoption(monkeypatch):
+    """Teachers are never adopted from the developer's own runs/finetune/ folders."""
+    monkeypatch.setattr(runner, "adoptable_teacher", lambda config, task: (None, "adoption disabled in tests"))
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+def test_the_default_config_parses_and_covers_the_retraining_free_tables():
+    config = runner.load_config(runner.DEFAULT_CONFIG)
+    assert set(config.tasks) == {"mrpc", "stsb", "sst2", "squad_v1"}
+    assert [m.name for m in config.methods] == ["kwon", "kprune"]
+    assert config.budgets == [0.7, 0.5, 0.4, 0.3]
+    assert config.timing == {"task": "sst2", "samples": 2048, "budget": 0.5}
+
+
+def test_every_benchmark_config_parses():
+    configs = sorted((runner.REPO / "benchmarks" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        runner.load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"budgets": [0.5, 1.5]}, "budgets=1.5: a budget is a fraction in (0, 1]"),
+    ({"tasks": ["sst2", "imdb"]}, "'imdb' has no teacher recipe configs/finetune/imdb.yaml"),
+    ({"methods": ["kwon", "magnitude"]}, "method 'magnitude' is not registered"),
+    ({"accelerator": "tpu"}, "accelerator='tpu': allowed"),
+    ({"seeds": []}, "seeds=[]: expected a non-empty list of integers"),
+    ({"calibration": {"glue": 0}}, "calibration={'glue': 0}"),
+    ({"timing": {"task": "sst2", "samples": 32}}, "timing="),
+    ({"budget": [0.5]}, "budget: unknown key(s); allowed: name"),
+    ({"methods": [{"name": "kwon no tune", "method": "kwon"}]}, "must be a folder name"),
+    ({"methods": ["kwon", {"name": "kwon"}]}, "names repeat"),
+])
+def test_bad_configs_name_the_setting_the_value_and_what_is_allowed(tmp_path, override, message):
+    with pytest.raises(runner.BenchConfigError) as error:
+        make_config(tmp_path, **override)
+    assert message in str(error.value)
+    assert "synthetic.yaml" in str(error.value)
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="retraining_free.yaml"):
+        runner.load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(runner.BenchConfigError, match="not valid YAML"):
+        runner.load_config(bad)
+    assert runner.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_plan_sets_budget_seed_calibration_and_variants(tmp_path):
+    config = make_config(tmp_path, tasks=["sst2", "squad_v1"], seeds=[3], methods=[
+        "kprune", {"name": "kwon_no_tuning", "method": "kwon", "label": "Kwon, no tuning", "settings": {"tune": False}}])
+    jobs = runner.plan(config)
+    assert len(jobs) == 2 * 2 * 2 + 2  # tasks x methods x budgets (x 1 seed) + one timing run per method
+    first = jobs[0]
+    assert (first.method.name, first.task, first.budget, first.seed) == ("kprune", "sst2", 0.7, 3)
+    assert first.folder == tmp_path / "runs" / "kprune" / "sst2" / "0.7" / "seed3"
+    assert first.settings == {"flops_kept": 0.7, "seed": 3, "latency_repeats": 2, "num_samples": 16,
+                              "num_tokens": None}
+    squad_kwon = [j for j in jobs if j.task == "squad_v1" and j.method.name == "kwon_no_tuning" and not j.timing][0]
+    assert squad_kwon.settings["num_samples"] == 4 and squad_kwon.settings["tune"] is False
+    command = squad_kwon.command(config, tmp_path / "teacher")
+    assert command[3:5] == ["--config", "configs/kwon/squad_v1.yaml"]
+    assert command[command.index("--trainer.callbacks.init_args.tune") + 1] == "false"
+    assert command[command.index("--trainer.accelerator") + 1] == "cpu"
+    timing = [j for j in jobs if j.timing]
+    assert [j.settings["num_samples"] for j in timing] == [32, 32]
+    assert all(j.settings["time_reference_pass"] is True and j.settings["evaluate"] is False for j in timing)
+
+
+# ------------------------------------------------------------------------------------------------- runner
+
+
+def test_the_runner_runs_everything_once_then_finds_everything_done(tmp_path, no_adoption):
+    config = make_config(tmp_path)
+    fake = FakeTrainer()
+    results = runner.run_benchmark(config, runner=fake)
+    finetunes = [c for c in fake.calls if "configs/finetune" in " ".join(c)]
+    assert len(finetunes) == 2  # one teacher per task
+    assert len(fake.calls) == 2 + 2 * 2 * 2 * 2 + 2
+    for task in ("sst2", "stsb"):
+        record = json.loads((runner.teacher_dir(config, task) / runner.TEACHER_FILE).read_text())
+        assert record["task"] == task and record["model"] == "tiny-model" and record["seed"] == 42
+    again = FakeTrainer()
+    assert runner.run_benchmark(config, runner=again) == results
+    assert again.calls == []  # teachers cached, every report found
+
+
+def test_an_interrupted_benchmark_resumes_where_it_stopped(tmp_path, no_adoption):
+    config = make_config(tmp_path)
+    runner.run_benchmark(config, runner=FakeTrainer())
+    jobs = runner.plan(config)
+    for job in jobs[3:6]:  # as if these had not finished
+        shutil.rmtree(job.folder)
+    fake = FakeTrainer()
+    runner.run_benchmark(config, runner=fake)
+    folders = [Path(c[c.index("--trainer.default_root_dir") + 1]) for c in fake.calls]
+    assert folders == [job.folder for job in jobs[3:6]]
+
+
+def test_a_report_with_other_settings_is_not_taken_for_the_run(tmp_path, no_adoption):
+    config = make_config(tmp_path)
+    runner.run_benchmark(config, runner=FakeTrainer())
+    job = runner.plan(config)[0]
+    report = read_report(job.folder)
+    report["settings"]["num_samples"] = 2048
+    write_report(job.folder / REPORT_FILE, report)
+    with pytest.raises(RuntimeError, match=r"num_samples=2048, asked 16.*Delete that folder"):
+        runner.run_benchmark(config, runner=FakeTrainer())
+
+
+def test_a_changed_recipe_gets_a_new_teacher(tmp_path, no_adoption, monkeypatch):
+    config = make_config(tmp_path, tasks=["sst2"])
+    before = runner.teacher_dir(config, "sst2")
+    recipe = tmp_path / "sst2.yaml"
+    recipe.write_text(runner.recipe_path("sst2").read_text() + "\n# changed\n")
+    monkeypatch.setattr(runner, "recipe_path", lambda task: recipe)
+    after = runner.teacher_dir(config, "sst2")
+    assert before != after and before.parent == after.parent
+    assert runner.teacher_dir(make_config(tmp_path, tasks=["sst2"], teacher_seed=7), "sst2") != after
+
+
+def test_adopting_the_recipes_own_teacher_needs_the_same_settings(tmp_path, monkeypatch):
+    config = make_config(tmp_path, tasks=["sst2"])
+    folder = tmp_path / "finetune" / "sst2"
+    recipe = tmp_path / "sst2.yaml"
+    recipe.write_text(f"trainer:\n  default_root_dir: {folder}\n")
+    monkeypatch.setattr(runner, "recipe_path", lambda task: recipe)
+    resolved = {"seed_everything": 42, "model": {"init_args": {"name_or_path": "tiny-model", "learning_rate": 1e-4}},
+                "trainer": {"default_root_dir": str(folder), "enable_progress_bar": None},
+                "data": {"init_args": {"task": "sst2", "group_by_length": False}}}
+    monkeypatch.setattr(runner, "resolved_recipe", lambda config, task: resolved)
+    assert runner.adoptable_teacher(config, "sst2")[0] is None  # nothing there yet
+    saved = json.loads(json.dumps(resolved))
+    del saved["data"]["init_args"]["group_by_length"]  # an older run, before that setting existed
+    saved["trainer"]["default_root_dir"] = "elsewhere"
+    (folder / "logs" / "version_0").mkdir(parents=True)
+    (folder / "logs" / "version_0" / "config.yaml").write_text(yaml.safe_dump(saved))
+    (folder / "final_model").mkdir()
+    (folder / "final_model" / "config.json").write_text("{}")
+    found, why = runner.adoptable_teacher(config, "sst2")
+    assert found == folder and "group_by_length" in why
+    fake = FakeTrainer()
+    assert runner.ensure_teacher(config, "sst2", runner=fake) == folder / "final_model"
+    assert fake.calls == []
+    record = json.loads((runner.teacher_dir(config, "sst2") / runner.TEACHER_FILE).read_text())
+    assert record["adopted_from"] == str(folder)
+    # another learning rate: not this recipe's teacher
+    saved["model"]["init_args"]["learning_rate"] = 5e-5
+    (folder / "logs" / "version_1").mkdir()
+    (folder / "logs" / "version_1" / "config.yaml").write_text(yaml.safe_dump(saved))
+    (folder / "final_model" / "config.json").write_text("{}")  # newer than both saved configs
+    found, why = runner.adoptable_teacher(config, "sst2")
+    assert found is None and "model.init_args.learning_rate: recipe 0.0001, saved run 5e-05" in why
+
+
+def test_config_differences():
+    ours = {"a": 1, "b": {"c": None, "d": 2.0}, "trainer": {"logger": {"save_dir": "x"}, "max_epochs": 3}}
+    theirs = {"a": 1, "b": {"d": 2.5}, "trainer": {"logger": {"save_dir": "y"}, "max_epochs": 3}, "e": 1}
+    differences, unrecorded = runner.config_differences(ours, theirs)
+    assert differences == ["b.d: recipe 2.0, saved run 2.5", "e: only the saved run has it (1)"]
+    assert unrecorded == ["b.c: None (not in the saved config)"]
+
+
+# ------------------------------------------------------------------------------------------------- tables
+
+
+def test_tables_hold_the_reports_numbers(tmp_path, no_adoption):
+    config = make_config(tmp_path)
+    results = runner.run_benchmark(config, runner=FakeTrainer())
+    cell = results["points"]["sst2"]["methods"]["kwon"]["0.4"]
+    expected = [synthetic_metric("sst2", "kwon", 0.4, s) for s in (0, 1)]
+    assert cell["metric"] == pytest.approx(sum(expected) / 2)
+    assert cell["seeds"] == 2 and cell["speedup"] == pytest.approx(2.0)
+    mean_kprune = (100 * (synthetic_metric("sst2", "kprune", 0.7, 0) + synthetic_metric("sst2", "kprune", 0.7, 1)) / 2
+                   + 100 * (synthetic_metric("stsb", "kprune", 0.7, 0) + synthetic_metric("stsb", "kprune", 0.7, 1)) / 2) / 2
+    assert results["means"]["kprune"]["0.7"] == pytest.approx(mean_kprune)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "<!-- benchmark: synthetic -->" in text and "<!-- end: synthetic -->" in text
+    assert "| sst2 (accuracy) | teacher | 88.6 | 88.6 |" in text
+    assert "| | Kwon et al. | 83.1 ± 0.7 | 77.1 ± 0.7 |" in text  # 88.6 - 6 + 0.5, 88.6 - 12 + 0.5; std of +-0.5
+    assert "KPrune − Kwon et al., mean over tasks (points): 0.7: +3.0, 0.4: +6.0" in text
+    assert "| sst2 | Kwon et al. | 1.14x (ideal 1.43x) | 2.00x (ideal 2.50x) |" in text
+    assert "| Kwon et al. | 10.0 | 5.0 | **2.00** | <= 4 |" in text
+    assert "| KPrune | 30.0 | 5.0 | **6.00** | <= 2 x 12 + 2 = 26 |" in text
+    assert "Test CPU @ 1.00GHz (2 cores), 2 threads" in text
+    assert "![synthetic metric](results/synthetic_metric.png)" in text
+    saved = json.loads((tmp_path / "results" / "synthetic.json").read_text())
+    assert saved["means"] == results["means"]
+
+
+def test_plots_open_with_the_expected_size(tmp_path, no_adoption):
+    image = pytest.importorskip("matplotlib.image")
+    config = make_config(tmp_path)
+    runner.run_benchmark(config, runner=FakeTrainer())
+    sizes = {"metric": (tables.METRIC_PANEL[0] * 2, tables.METRIC_PANEL[1]), "speedup": tables.SPEEDUP_SIZE,
+             "cost": tables.COST_SIZE}
+    for name, (width, height) in sizes.items():
+        pixels = image.imread(tmp_path / "results" / f"synthetic_{name}.png")
+        assert pixels.shape[:2] == (round(height * tables.DPI), round(width * tables.DPI)), name
+        assert pixels.std() > 0.01  # not blank
+
+
+def test_reports_from_two_machines_are_never_mixed(tmp_path, no_adoption):
+    config = make_config(tmp_path)
+    runner.run_benchmark(config, runner=FakeTrainer())
+    job = runner.plan(config)[5]
+    report = read_report(job.folder)
+    report["hardware"] = {**HARDWARE, "device": "cuda:0", "gpu": "NVIDIA H100"}
+    write_report(job.folder / REPORT_FILE, report)
+    with pytest.raises(ValueError, match=r"different machines.*GPU: NVIDIA H100 \(cuda:0\).*: 1 run"):
+        runner.run_benchmark(config, runner=FakeTrainer(), collect_only=True)
+
+
+def test_other_benchmarks_sections_are_kept():
+    document = tables.replace_section("", "a", "## A\nfirst\n")
+    document = tables.replace_section(document, "b", "## B\n")
+    document = tables.replace_section(document, "a", "## A\nsecond\n")
+    assert document.startswith("# lit_prune benchmarks")
+    assert "second" in document and "first" not in document and "## B" in document
+    assert document.index("## A") < document.index("## B")
