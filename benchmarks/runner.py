@@ -101,6 +101,9 @@ register_method(MethodSpec(
     calibration=lambda n: {"num_samples": n, "num_tokens": None},
     timing_bound=lambda report: (2.0 * _sublayers(report) + 2,
                                  f"<= 2 x {_sublayers(report)} + 2 = {2 * _sublayers(report) + 2}")))
+register_method(MethodSpec(
+    name="gpruner", label="G-Pruner", config="configs/gpruner/{task}.yaml",
+    calibration=lambda n: {"num_samples": n}))
 
 
 @dataclasses.dataclass(frozen=True)

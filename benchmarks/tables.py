@@ -162,12 +162,16 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
                      for c in (results["points"][task]["methods"][method][b] for b in budgets)]
             lines.append(f"| {task} | {_label(results, method)} | " + " | ".join(cells) + " |")
     lines += ["", "### Pruning time (seconds per run, mean over budgets)", ""]
-    lines.append("| method | " + " | ".join(tasks) + " |")
-    lines.append("|---|" + "---:|" * len(tasks))
+    first = methods[0]
+    lines.append("| method | " + " | ".join(tasks) + f" | total / {_label(results, first)}'s |")
+    lines.append("|---|" + "---:|" * (len(tasks) + 1))
+    totals = {m: sum(results["points"][t]["methods"][m][b]["prune_seconds"] for t in tasks for b in budgets)
+              for m in methods}
     for method in methods:
         cells = [f"{_mean([results['points'][t]['methods'][method][b]['prune_seconds'] for b in budgets]):.1f}"
                  for t in tasks]
-        lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + " |")
+        ratio = totals[method] / totals[first] if totals[first] > 0 else float("nan")
+        lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     timing = results.get("timing")
     if timing:
         lines += ["", f"Pruning cost at the papers' calibration size: {timing['samples']} examples of {timing['task']} "

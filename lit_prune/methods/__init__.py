@@ -1,7 +1,8 @@
 """Pruning methods: each module opens with its paper and ends with its Lightning class."""
 
 from lit_prune.methods.base import RetrainingFreePruning
+from lit_prune.methods.gpruner import GPrunerCallback
 from lit_prune.methods.kprune import KPruneCallback
 from lit_prune.methods.kwon import KwonCallback
 
-__all__ = ["KPruneCallback", "KwonCallback", "RetrainingFreePruning"]
+__all__ = ["GPrunerCallback", "KPruneCallback", "KwonCallback", "RetrainingFreePruning"]

@@ -106,6 +106,8 @@ from lit_prune.methods.base import RetrainingFreePruning
 Sublayer = Literal["attention", "ffn"]
 Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 Progress = Callable[[str, int, int], None]
+Solver = Callable[["LeastSquaresAccumulator"], "tuple[torch.Tensor | None, str | None]"]
+Refine = Callable[[PruningMasks, "FisherStatistics"], "tuple[PruningMasks, dict[str, Any]]"]
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 MAX_ABS_SCALE = 10.0
@@ -803,8 +805,8 @@ class TuningStep:
 def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[str, torch.Tensor]],
                reference: PruningMasks | Literal["dense"] = "dense", damping: float = 1.0,
                skip_first_attention: bool = True, cls_only_last_ffn: bool = False,
-               reduce: Reduce | None = None,
-               progress: Progress | None = None) -> tuple[PruningMasks, list[TuningStep]]:
+               reduce: Reduce | None = None, progress: Progress | None = None,
+               solver: Solver | None = None) -> tuple[PruningMasks, list[TuningStep]]:
     """Kwon's layer-by-layer mask tuning, in one call (the reference implementation; for tiny models and tests).
 
     For each sublayer in order (MHA₀, FFN₀, MHA₁, ...): one pass over ``batches`` with :func:`collect_sublayer`
@@ -823,6 +825,8 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
         reduce: sums a dict of tensors over processes (a DDP all-reduce), applied to each sublayer's system before
             it is solved; ``None`` in a single process.
         progress: called as ``progress(description, done, total)`` after each batch.
+        solver: solves a sublayer's system, ``solver(acc) -> (scales or None, reason)``; default
+            ``acc.solve(damping)`` (G-Pruner passes its conjugate gradient squared solver).
 
     Returns:
         ``(tuned_masks, steps)``: the tuned masks and one :class:`TuningStep` per sublayer visited.
@@ -868,7 +872,7 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
                     progress(description, i + 1, len(batches))
             if reduce is not None:
                 acc = LeastSquaresAccumulator.from_dict(reduce(acc.to_dict()))
-            scales, reason = acc.solve(damping)
+            scales, reason = acc.solve(damping) if solver is None else solver(acc)
             before = acc.objective(torch.ones(units.numel()))
             if scales is None:
                 steps.append(TuningStep(layer, sublayer, "failed", reason, error_before=before))
@@ -890,6 +894,7 @@ class KwonResult:
         objective: the rearrangement objective (summed over layers) of the searched and the rearranged masks.
         tuning: one :class:`TuningStep` per sublayer visited (empty when tuning was off).
         fisher: the Fisher statistics of all the calibration batches (every process's).
+        refined: the refine step's details (``None`` without one).
     """
 
     masks: PruningMasks
@@ -898,6 +903,7 @@ class KwonResult:
     objective: dict[str, float]
     tuning: list[TuningStep]
     fisher: FisherStatistics
+    refined: dict[str, Any] | None = None
 
 
 def _total_objective(masks: PruningMasks, stats: FisherStatistics) -> float:
@@ -913,7 +919,8 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
                batch_ids: Sequence[int] | None = None, num_batches: int | None = None, rearrange: bool = True,
                tune: bool = True, tuning_reference: Literal["intermediate", "dense"] = "intermediate",
                damping: float = 1.0, cls_only_last_ffn: bool = False, reduce: Reduce | None = None,
-               progress: Progress | None = None) -> KwonResult:
+               progress: Progress | None = None, refine: Refine | None = None,
+               solver: Solver | None = None) -> KwonResult:
     """Kwon et al.'s whole pipeline on ``model`` (its weights are not changed): Fisher → search → rearrangement →
     tuning. Every stage after the search can be switched off for ablations.
 
@@ -932,6 +939,10 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
         cls_only_last_ffn: fit the last FFN on the first token only (the code does for classification).
         reduce: sums a dict of tensors over processes; ``None`` in a single process.
         progress: called as ``progress(description, done, total)`` after each batch.
+        refine: replaces the binary masks after the search (and rearrangement) before tuning:
+            ``refine(masks, fisher) -> (masks, details)`` (G-Pruner's PPO search); its details go to
+            ``result.refined``.
+        solver: the tuning's least-squares solver (see :func:`tune_masks`).
 
     Returns:
         :class:`KwonResult`; compact the model with ``result.masks``.
@@ -964,6 +975,11 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
         rearranged = rearrange_masks(searched, stats)
         objective["rearranged"] = _total_objective(rearranged, stats)
         masks = rearranged
+    refined: dict[str, Any] | None = None
+    if refine is not None:
+        masks, refined = refine(masks, stats)
+        if not budget.fits(masks):
+            raise RuntimeError("Kwon: the refined masks exceed the FLOPs budget (a bug in the refine step)")
     steps: list[TuningStep] = []
     if tune:
         reference: PruningMasks | Literal["dense"] = "dense"
@@ -972,9 +988,10 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
         elif tuning_reference != "dense":
             raise ValueError(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
         masks, steps = tune_masks(model, masks.to(device), batches, reference=reference, damping=damping,
-                                  cls_only_last_ffn=cls_only_last_ffn, reduce=reduce, progress=progress)
+                                  cls_only_last_ffn=cls_only_last_ffn, reduce=reduce, progress=progress,
+                                  solver=solver)
     return KwonResult(masks=masks, searched=searched, rearranged=rearranged, objective=objective, tuning=steps,
-                      fisher=stats)
+                      fisher=stats, refined=refined)
 
 
 # ================================================================================================ Lightning
