@@ -44,8 +44,8 @@ from lit_prune.core.flops import FlopsBudget, check_flops_kept, count_parameters
 from lit_prune.core.io import save_pruned
 from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
-from lit_prune.report import PRUNED_MODEL_DIR, REPORT_FILE, write_report
 from lit_prune.hardware import hardware_summary
+from lit_prune.report import PRUNED_MODEL_DIR, REPORT_FILE, write_report
 
 log = logging.getLogger(__name__)
 
