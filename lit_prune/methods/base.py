@@ -45,12 +45,11 @@ from lit_prune.core.io import save_pruned
 from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
 from lit_prune.hardware import hardware_summary
-from lit_prune.report import PRUNED_MODEL_DIR, REPORT_FILE, write_report
+from lit_prune.report import MASKS_FILE, PRUNED_MODEL_DIR, REPORT_FILE, write_report
 
 log = logging.getLogger(__name__)
 
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
-MASKS_FILE = "pruning_masks.safetensors"
 
 
 def find_encoder_model(pl_module: nn.Module, attribute: str | None = None) -> nn.Module:
