@@ -1,0 +1,287 @@
+"""Distillation from a frozen fine-tuned teacher, for any method that trains while it prunes (GRAIN, SMP).
+
+The losses (GRAIN's reference code, airaria/GRAIN ``pruners_and_distiller``, which follows TextBrewer):
+
+* :func:`soft_cross_entropy`: −Σ softmax(t/T)·log softmax(s/T), averaged over the rows (T = 8 for GRAIN; no T²
+  factor, as in the reference). For regression (STS-B, one output) a soft cross-entropy has no meaning: the logits
+  are matched by mean squared error instead. For extractive QA the start and the end distributions over the
+  sequence each give one term (summed), with padding positions left out of both softmaxes.
+* :func:`hidden_mse`: mean squared error between a student hidden state, through a trainable projection
+  initialised to the identity, and the teacher's, over the non-padding tokens (:class:`HiddenStateMatcher`; one
+  projection per matched layer, the per-layer losses summed).
+
+The task modules :class:`DistilledSequenceClassificationModule` and :class:`DistilledQuestionAnsweringModule` are
+lit_prune's task modules (same data, metrics, evaluation and final-model saving) whose student is initialised from
+``name_or_path`` and trained on ``kd_weight``·prediction loss + ``hidden_weight``·hidden loss (+ an optional
+``hard_label_weight``·task loss). The teacher is frozen, kept in eval mode, and kept out of the optimiser and of
+checkpoints (it is rebuilt from ``teacher`` or ``name_or_path``). Each training step leaves the prediction loss
+(distillation + hard labels) in ``self.prediction_loss``: GRAIN's importance is its gradient only.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_prune.data.glue import GlueTaskName
+from lit_prune.data.squad import SquadTask
+from lit_prune.tasks.classification import SequenceClassificationModule
+from lit_prune.tasks.qa import QuestionAnsweringModule
+
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft cross-entropy of the student's tempered distribution against the teacher's.
+
+    Args:
+        student_logits: (..., C) logits; the softmax runs over the last dim.
+        teacher_logits: the same shape.
+        temperature: T; both logits are divided by it.
+        mask: optional (..., C) bool, False where a class is not a candidate (QA padding): left out of both softmaxes.
+
+    Returns:
+        The mean over all leading positions of −Σ_c p_T(c)·log p_S(c).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    student, teacher = student_logits / temperature, teacher_logits / temperature
+    if mask is not None:
+        floor = torch.finfo(student.dtype).min
+        student, teacher = student.masked_fill(~mask, floor), teacher.masked_fill(~mask, floor)
+    p_teacher = F.softmax(teacher, dim=-1)
+    log_student = F.log_softmax(student, dim=-1)
+    terms = p_teacher * log_student
+    if mask is not None:  # p_T is 0 there, but 0 · (−huge) must not become NaN
+        terms = terms.masked_fill(~mask, 0.0)
+    return -terms.sum(-1).mean()
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Mean squared error between (B, s, d) hidden states over the tokens ``attention_mask`` (B, s) keeps."""
+    if attention_mask is None:
+        return F.mse_loss(student, teacher)
+    weights = attention_mask.to(student.dtype).unsqueeze(-1)  # (B, s, 1)
+    count = weights.sum() * student.shape[-1]
+    return ((student - teacher) ** 2 * weights).sum() / count.clamp_min(1.0)
+
+
+class HiddenStateMatcher(nn.Module):
+    """Trainable projections (identity at start) from student to teacher hidden states, and their summed MSE.
+
+    Args:
+        student_size: the student's hidden size.
+        teacher_size: the teacher's hidden size (equal to the student's for the identity start).
+        layers: the hidden-state indices matched (0 is the embedding output; student layer i against teacher
+            layer i).
+    """
+
+    def __init__(self, student_size: int, teacher_size: int, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.projections = nn.ModuleList()
+        for _ in self.layers:
+            projection = nn.Linear(student_size, teacher_size)
+            nn.init.eye_(projection.weight)
+            nn.init.zeros_(projection.bias)
+            self.projections.append(projection)
+
+    def forward(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        total = student_states[0].new_zeros(())
+        for layer, projection in zip(self.layers, self.projections):
+            total = total + hidden_mse(projection(student_states[layer]), teacher_states[layer], attention_mask)
+        return total
+
+
+# ------------------------------------------------------------------------------------------------ task modules
+class _Distillation:
+    """What both distilled task modules add to their task module (a mixin; the task module comes second)."""
+
+    model: nn.Module
+
+    def _setup_distillation(self, task_class: type, teacher: str | None, temperature: float, kd_weight: float,
+                            hidden_weight: float, hidden_layers: list[int] | None, hard_label_weight: float) -> None:
+        problems = []
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            problems.append(f"temperature={temperature!r}: expected a number > 0")
+        for name, value in (("kd_weight", kd_weight), ("hidden_weight", hidden_weight),
+                            ("hard_label_weight", hard_label_weight)):
+            if not (isinstance(value, (int, float)) and value >= 0):
+                problems.append(f"{name}={value!r}: expected a number >= 0")
+        if kd_weight == 0 and hard_label_weight == 0:
+            problems.append("kd_weight=0 and hard_label_weight=0: the prediction loss would be empty")
+        num_states = self.model.config.num_hidden_layers + 1
+        layers = list(range(num_states)) if hidden_layers is None else list(hidden_layers)
+        bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < num_states)]
+        if bad:
+            problems.append(f"hidden_layers={hidden_layers!r}: {bad} outside 0..{num_states - 1} (0 is the "
+                            f"embedding output, {num_states - 1} the last layer)")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.temperature, self.kd_weight, self.hidden_weight = float(temperature), float(kd_weight), float(hidden_weight)
+        self.hard_label_weight = float(hard_label_weight)
+        if teacher is None:  # the student starts as the teacher: a frozen copy of the same checkpoint
+            teacher_model = copy.deepcopy(self.model)
+        else:
+            teacher_model = task_class(name_or_path=teacher, task=self.task, save_final_model=False).model
+        teacher_model.eval().requires_grad_(False)
+        # not a registered submodule: out of the optimiser, of checkpoints and of DDP's parameter sync
+        object.__setattr__(self, "_teacher", teacher_model)
+        size = self.model.config.hidden_size
+        teacher_size = teacher_model.config.hidden_size
+        if hidden_weight > 0 and size != teacher_size:
+            raise ValueError(f"{type(self).__name__}: student hidden size {size} and teacher hidden size "
+                             f"{teacher_size} differ; identity-initialised projections need them equal")
+        self.hidden_matcher = HiddenStateMatcher(size, teacher_size, layers if hidden_weight > 0 else [])
+        self.prediction_loss: torch.Tensor | None = None
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher (on the student's device once ``fit`` starts)."""
+        return self._teacher
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._teacher.to(self.device).eval()
+
+    def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs = self._model_inputs(batch)
+        hard = self.hard_label_weight > 0
+        needs_hidden = self.hidden_weight > 0
+        student_inputs = {**inputs, **{k: v for k, v in batch.items() if k in LABEL_KEYS}} if hard else inputs
+        student = self.model(**student_inputs, output_hidden_states=needs_hidden)
+        with torch.no_grad():
+            teacher = self._teacher(**inputs, output_hidden_states=needs_hidden)
+        kd = self._prediction_terms(student, teacher, batch)
+        prediction = self.kd_weight * kd
+        if hard:
+            prediction = prediction + self.hard_label_weight * student.loss
+        size = batch["input_ids"].shape[0]
+        loss = prediction
+        if needs_hidden:
+            hidden = self.hidden_matcher(student.hidden_states, teacher.hidden_states, batch.get("attention_mask"))
+            loss = loss + self.hidden_weight * hidden
+            self.log("train/hidden_loss", hidden, batch_size=size)
+        self.prediction_loss = prediction
+        self.log("train/kd_loss", kd, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+
+class DistilledSequenceClassificationModule(_Distillation, SequenceClassificationModule):
+    """A GLUE task module trained by distillation from a frozen fine-tuned teacher.
+
+    Args:
+        name_or_path: the student's starting point (for GRAIN: the fine-tuned teacher itself).
+        task: the GLUE task (train.py sets it from ``data.task``).
+        teacher: the teacher model; ``None``: a frozen copy of ``name_or_path``.
+        temperature: T of the soft cross-entropy (GRAIN: 8).
+        kd_weight: weight of the distillation loss on the predictions.
+        hidden_weight: weight of the hidden-state MSE (0 switches it off).
+        hidden_layers: hidden-state indices matched (0: embeddings); ``None``: all of them.
+        hard_label_weight: weight of the task loss on the labels (GRAIN: 0).
+        learning_rate: peak AdamW learning rate (GRAIN: 3e-5).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the steps spent warming up (GRAIN: 0.1).
+        classifier_dropout: dropout before the classification head; ``None`` keeps the model's.
+        trust_remote_code: let transformers run modelling code stored with the model.
+        save_final_model: at the end of ``fit``, save the student to ``<trainer.default_root_dir>/final_model/``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: GlueTaskName = "sst2",
+        teacher: str | None = None,
+        temperature: float = 8.0,
+        kd_weight: float = 1.0,
+        hidden_weight: float = 1.0,
+        hidden_layers: list[int] | None = None,
+        hard_label_weight: float = 0.0,
+        learning_rate: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        classifier_dropout: float | None = None,
+        trust_remote_code: bool = False,
+        save_final_model: bool = True,
+    ) -> None:
+        super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
+                         warmup_ratio=warmup_ratio, classifier_dropout=classifier_dropout,
+                         trust_remote_code=trust_remote_code, save_final_model=save_final_model)
+        self._setup_distillation(SequenceClassificationModule, teacher, temperature, kd_weight, hidden_weight,
+                                 hidden_layers, hard_label_weight)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in batch.items() if name not in LABEL_KEYS}
+
+    def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.spec.is_regression:
+            return F.mse_loss(student.logits, teacher.logits)
+        return soft_cross_entropy(student.logits, teacher.logits, self.temperature)
+
+
+class DistilledQuestionAnsweringModule(_Distillation, QuestionAnsweringModule):
+    """A SQuAD task module trained by distillation from a frozen fine-tuned teacher.
+
+    Args:
+        name_or_path: the student's starting point (for GRAIN: the fine-tuned teacher itself).
+        task: ``"squad_v1"`` or ``"squad_v2"``; ``None`` takes the data module's.
+        teacher: the teacher model; ``None``: a frozen copy of ``name_or_path``.
+        temperature: T of the soft cross-entropy over start and end positions (GRAIN: 8).
+        kd_weight: weight of the distillation loss on the predictions.
+        hidden_weight: weight of the hidden-state MSE (0 switches it off).
+        hidden_layers: hidden-state indices matched (0: embeddings); ``None``: all of them.
+        hard_label_weight: weight of the task loss on the answer positions (GRAIN: 0).
+        learning_rate: peak AdamW learning rate (GRAIN: 3e-5).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the steps spent warming up (GRAIN: 0.1).
+        trust_remote_code: let transformers run modelling code stored with the model.
+        save_final_model: at the end of ``fit``, save the student to ``<trainer.default_root_dir>/final_model/``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: SquadTask | None = None,
+        teacher: str | None = None,
+        temperature: float = 8.0,
+        kd_weight: float = 1.0,
+        hidden_weight: float = 1.0,
+        hidden_layers: list[int] | None = None,
+        hard_label_weight: float = 0.0,
+        learning_rate: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        trust_remote_code: bool = False,
+        save_final_model: bool = True,
+    ) -> None:
+        super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
+                         warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
+                         save_final_model=save_final_model)
+        self._setup_distillation(QuestionAnsweringModule, teacher, temperature, kd_weight, hidden_weight,
+                                 hidden_layers, hard_label_weight)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in self._inputs(batch).items() if name not in LABEL_KEYS}
+
+    def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["attention_mask"].bool() if "attention_mask" in batch else None
+        return sum(soft_cross_entropy(getattr(student, name), getattr(teacher, name), self.temperature, mask)
+                   for name in ("start_logits", "end_logits"))
+
+
+__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule", "HiddenStateMatcher",
+           "hidden_mse", "soft_cross_entropy"]
