@@ -180,7 +180,7 @@ def test_model_attribute_errors():
             self.a = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
             self.b = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
 
-    from lit_prune.methods.base import find_encoder_model
+    from lit_prune.methods.common import find_encoder_model
 
     module = TwoModels()
     with pytest.raises(ValueError, match=r"must hold exactly one Hugging Face model.*found: a, b"):

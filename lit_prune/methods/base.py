@@ -23,12 +23,9 @@ in ``<output_dir>/pruning_masks.safetensors``.
 from __future__ import annotations
 
 import copy
-import inspect
-import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,104 +33,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
-from lit_prune.core.flops import FlopsBudget, check_flops_kept, count_parameters, model_dense_flops, model_flops
-from lit_prune.core.io import save_pruned
-from lit_prune.core.latency import compare
+from lit_prune.core.flops import FlopsBudget, check_flops_kept
 from lit_prune.core.masks import PruningMasks
-from lit_prune.hardware import hardware_summary
-from lit_prune.report import MASKS_FILE, PRUNED_MODEL_DIR, REPORT_FILE, write_report
-
-log = logging.getLogger(__name__)
-
-LABEL_KEYS = ("labels", "start_positions", "end_positions")
-
-
-def find_encoder_model(pl_module: nn.Module, attribute: str | None = None) -> nn.Module:
-    """The Hugging Face encoder task model held by ``pl_module``.
-
-    Args:
-        pl_module: the LightningModule.
-        attribute: the attribute that holds it (a dotted path); ``None`` looks for the one child module that is a
-            ``transformers.PreTrainedModel``.
-
-    Raises:
-        ValueError: no such attribute, no or several candidate models, or an unsupported architecture.
-    """
-    from transformers import PreTrainedModel
-
-    if attribute is not None:
-        try:
-            model = pl_module.get_submodule(attribute)
-        except AttributeError:
-            raise ValueError(f"model_attribute={attribute!r}: {type(pl_module).__name__} has no submodule "
-                             f"{attribute!r}") from None
-    else:
-        candidates = [(name, child) for name, child in pl_module.named_children()
-                      if isinstance(child, PreTrainedModel)]
-        if len(candidates) != 1:
-            found = ", ".join(name for name, _ in candidates) or "none"
-            raise ValueError(f"model_attribute=None: {type(pl_module).__name__} must hold exactly one Hugging Face "
-                             f"model as a direct attribute (found: {found}); name the one to prune with "
-                             "model_attribute")
-        model = candidates[0][1]
-    get_adapter(model)  # raises UnsupportedArchitectureError naming the supported types
-    return model
-
-
-def forward_keys(model: nn.Module) -> set[str] | None:
-    """The keyword arguments ``model.forward`` takes (``None``: it takes any)."""
-    parameters = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return None
-    return set(parameters)
-
-
-def model_batch(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of ``batch`` the model takes, labels included (drops e.g. ``feature_index``)."""
-    keys = forward_keys(model)
-    return {name: value for name, value in batch.items()
-            if isinstance(value, torch.Tensor) and (keys is None or name in keys)}
-
-
-def shard_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
-    """Every ``world_size``-th example of ``loader``'s dataset from ``rank`` on, same batch size and collate."""
-    if world_size == 1:
-        return loader
-    dataset = loader.dataset
-    return DataLoader(Subset(dataset, list(range(rank, len(dataset), world_size))), batch_size=loader.batch_size,
-                      collate_fn=loader.collate_fn, num_workers=loader.num_workers, shuffle=False)
-
-
-class _Progress:
-    """A progress bar on process 0 that restarts whenever the description changes (one per pass)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.description = None
-
-    def __call__(self, description: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if description != self.description:
-            self.close()
-            from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-
-            self.bar = Tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, smoothing=0)
-            self.description = description
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = None
-        self.description = None
-
+from lit_prune.methods.common import (LABEL_KEYS, Progress, agree_across_ranks, evaluate_module, find_encoder_model,
+                                      latency_comparison, log_report, model_batch, phase, shared_report,
+                                      show_progress, write_outputs)
 
 class RetrainingFreePruning(Callback):
     """Base class of the retraining-free pruning callbacks (see the module docstring for when and how they run).
@@ -304,37 +212,6 @@ class RetrainingFreePruning(Callback):
 
         return reduce
 
-    @staticmethod
-    def _agree_across_ranks(trainer: L.Trainer, model: nn.Module, masks: PruningMasks) -> dict[str, Any] | None:
-        """Check that every process found the same masks, and give every process process 0's weights.
-
-        Every statistic is summed over the processes, so each one solves the same problems and the masks agree
-        exactly; a disagreement is a bug and stops the run. Refitted weights may differ in the last bits (each
-        process's float32 forward passes round on their own, and an ill-conditioned least-squares system can amplify
-        that), so process 0's weights are broadcast and the largest difference each process had is recorded.
-        """
-        if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return None
-        flat = torch.cat([tensor.detach().reshape(-1).double() for tensor in masks.to_dict().values()])
-        gathered = [torch.empty_like(flat) for _ in range(trainer.world_size)]
-        torch.distributed.all_gather(gathered, flat)
-        differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
-        if differing:
-            raise RuntimeError(f"lit_prune: the pruning masks of process(es) {differing} differ from process 0's "
-                               "although every statistic was summed over the processes. This is a bug in lit_prune; "
-                               "please report it with the pruning settings.")
-        largest = torch.zeros((), dtype=torch.float64, device=flat.device)
-        with torch.no_grad():
-            for tensor in model.state_dict(keep_vars=False).values():
-                if not tensor.is_floating_point() or tensor.numel() == 0:
-                    continue
-                reference = tensor.clone()
-                torch.distributed.broadcast(reference, src=0)
-                largest = torch.maximum(largest, (tensor - reference).abs().max().double())
-                tensor.copy_(reference)
-        torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
-        return {"masks_identical": True, "weights_from": 0, "weights_max_difference": float(largest)}
-
     def calibration_batches(self, trainer: L.Trainer, model: nn.Module) -> tuple[list[dict], list[int], int, dict]:
         """This process's calibration batches, their positions in the whole sample, its batch count, its summary."""
         datamodule = trainer.datamodule
@@ -378,28 +255,8 @@ class RetrainingFreePruning(Callback):
         info["batch_size"] = self.calibration_batch_size
         return mine, ids, num_batches, info
 
-    @staticmethod
-    def _evaluation_loaders(trainer: L.Trainer) -> list[DataLoader]:
-        loaders = trainer.datamodule.val_dataloader()
-        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        return [shard_loader(loader, trainer.global_rank, trainer.world_size) for loader in loaders]
-
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, which: str) -> dict[str, float] | None:
-        if not self.evaluate:
-            return None
-        loaders = self._evaluation_loaders(trainer)
-        total = sum(len(loader) for loader in loaders)
-        progress = _Progress(self._show_progress(trainer))
-        done = [0]
-
-        def step() -> None:
-            done[0] += 1
-            progress(f"evaluate {which}", done[0], total)
-
-        try:
-            return pl_module.evaluate(loaders if len(loaders) > 1 else loaders[0], progress=step)
-        finally:
-            progress.close()
+        return evaluate_module(trainer, pl_module, which) if self.evaluate else None
 
     @staticmethod
     def _reference_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
@@ -413,41 +270,6 @@ class RetrainingFreePruning(Callback):
                     loss = sum(value.float().sum() for value in outputs.values() if isinstance(value, torch.Tensor))
                 loss.backward()
         model.zero_grad(set_to_none=True)
-
-    @staticmethod
-    def _show_progress(trainer: L.Trainer) -> bool:
-        return trainer.is_global_zero and trainer.progress_bar_callback is not None
-
-    def _latency(self, trainer: L.Trainer, dense: nn.Module, pruned: nn.Module,
-                 calibration: list[dict[str, torch.Tensor]]) -> dict[str, Any] | None:
-        """Dense vs pruned latency on the first evaluation examples (the first calibration batch when the data
-        module has no validation data), measured interleaved."""
-        if self.latency_batch_size == 0:
-            return None
-        from lightning.pytorch.utilities.model_helpers import is_overridden
-
-        if is_overridden("val_dataloader", trainer.datamodule, parent=L.LightningDataModule):
-            loader = trainer.datamodule.val_dataloader()
-            loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-            count = min(self.latency_batch_size, len(loader.dataset))
-            batch, source = loader.collate_fn([loader.dataset[i] for i in range(count)]), "evaluation split"
-        else:
-            batch = {k: v[:self.latency_batch_size] for k, v in calibration[0].items()}
-            source = "first calibration batch"
-        keys = forward_keys(pruned)
-        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in LABEL_KEYS
-                  and (keys is None or k in keys)}
-        result = compare(dense, pruned, inputs, warmup=3, repeats=self.latency_repeats)
-        return {"dense_ms": result["dense"]["median_ms"], "pruned_ms": result["pruned"]["median_ms"],
-                "speedup": result["speedup"], "speedup_paired": result["speedup_paired"],
-                "batch_size": int(inputs["input_ids"].shape[0]), "seq_len": int(inputs["input_ids"].shape[1]),
-                "threads": result["threads"], "repeats": self.latency_repeats, "inputs": source}
-
-    @contextmanager
-    def _phase(self, seconds: dict[str, float], name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        seconds[name] = round(time.perf_counter() - started, 3)
 
     def output_folder(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)
@@ -465,52 +287,40 @@ class RetrainingFreePruning(Callback):
         if seq_len is None:
             seq_len = datamodule.average_sequence_length()
         budget = FlopsBudget.for_model(model, seq_len, self.flops_kept)
-        with self._phase(seconds, "calibration_data"):
+        with phase(seconds, "calibration_data"):
             batches, batch_ids, num_batches, calibration = self.calibration_batches(trainer, model)
         dense = copy.deepcopy(model).eval()
-        with self._phase(seconds, "evaluate_dense"):
+        with phase(seconds, "evaluate_dense"):
             dense_metrics = self._evaluate(trainer, pl_module, "dense")
         if self.time_reference_pass:
-            with self._phase(seconds, "reference_pass"):
+            with phase(seconds, "reference_pass"):
                 self._reference_pass(dense, batches)
-        progress = _Progress(self._show_progress(trainer))
+        progress = Progress(show_progress(trainer))
         try:
-            with self._phase(seconds, "prune"):
+            with phase(seconds, "prune"):
                 masks, details = self.run_method(model, dense, batches, batch_ids, num_batches, budget,
                                                  self._reduce(trainer), progress)
         finally:
             progress.close()
-        with self._phase(seconds, "compact"):
+        with phase(seconds, "compact"):
             compact(model, masks)
-        ranks = self._agree_across_ranks(trainer, model, masks)
+        ranks = agree_across_ranks(trainer, model, masks)
         for module, training in modes:
             module.training = training
-        with self._phase(seconds, "evaluate_pruned"):
+        with phase(seconds, "evaluate_pruned"):
             pruned_metrics = self._evaluate(trainer, pl_module, "pruned")
         self.masks = masks.binary().to("cpu")
         latency = None
         if trainer.is_global_zero:
-            with self._phase(seconds, "latency"):
-                latency = self._latency(trainer, dense, model, batches)
+            with phase(seconds, "latency"):
+                latency = latency_comparison(trainer, dense, model, self.latency_batch_size, self.latency_repeats,
+                                             fallback=batches[0] if batches else None)
         seconds["total"] = round(time.perf_counter() - started, 3)
         if self.time_reference_pass:
             seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
         report = {
-            "method": self.method,
-            "model": str(getattr(pl_module, "name_or_path", getattr(model.config, "_name_or_path", ""))),
-            "task": getattr(pl_module, "task", getattr(datamodule, "task", None)),
-            "seed": self.seed,
-            "world_size": trainer.world_size,
-            "flops": {"dense": model_dense_flops(model, seq_len), "pruned": model_flops(model, seq_len),
-                      "kept": model_flops(model, seq_len) / model_dense_flops(model, seq_len), "seq_len": seq_len,
-                      "target": self.flops_kept},
-            "params": {"dense": count_parameters(dense), "pruned": count_parameters(model)},
-            "metrics": {"dense": dense_metrics, "pruned": pruned_metrics,
-                        "main": getattr(pl_module, "main_metric", None)},
-            "seconds": seconds,
-            "latency": latency,
-            "structure": self.masks.structure(),
-            "hardware": hardware_summary(pl_module.device),
+            **shared_report(self.method, pl_module, trainer, model, dense, self.seed, seq_len, self.flops_kept,
+                            {"dense": dense_metrics, "pruned": pruned_metrics}, seconds, latency, self.masks),
             "calibration": calibration,
             "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
             **details,
@@ -519,45 +329,11 @@ class RetrainingFreePruning(Callback):
             report["ranks"] = ranks
         self.report = report
         if trainer.is_global_zero:
-            self._write(trainer, datamodule, model, report)
+            write_outputs(self.output_folder(trainer), model, self.masks, report,
+                          getattr(datamodule, "tokenizer", None), self.save_model)
         trainer.strategy.barrier("lit_prune-pruned")
-        self._log(trainer, report)
+        log_report(trainer, report)
         return report
-
-    def _write(self, trainer: L.Trainer, datamodule: Any, model: nn.Module, report: dict[str, Any]) -> None:
-        folder = self.output_folder(trainer)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.save_model:
-            tokenizer = getattr(datamodule, "tokenizer", None)
-            save_pruned(model, folder / PRUNED_MODEL_DIR, tokenizer=tokenizer)
-            report["pruned_model"] = str(folder / PRUNED_MODEL_DIR)
-        self.masks.save(folder / MASKS_FILE)
-        write_report(folder / REPORT_FILE, report)
-        main = report["metrics"]["main"]
-        dense, pruned = report["metrics"]["dense"], report["metrics"]["pruned"]
-        summary = f"lit_prune: {self.method} kept {report['flops']['kept']:.3f} of the FLOPs"
-        if main and dense and pruned:
-            summary += f"; {main} {dense.get(main, float('nan')):.4f} → {pruned.get(main, float('nan')):.4f}"
-        if report["latency"]:
-            summary += f"; {report['latency']['speedup']:.2f}× faster"
-        summary += f"; {report['seconds']['prune']:.1f} s pruning. Report: {folder / REPORT_FILE}"
-        print(summary)
-        log.info(summary)
-
-    def _log(self, trainer: L.Trainer, report: dict[str, Any]) -> None:
-        if not trainer.loggers:
-            return
-        metrics: dict[str, float] = {"prune/flops_kept": report["flops"]["kept"]}
-        for which in ("dense", "pruned"):
-            for name, value in (report["metrics"][which] or {}).items():
-                metrics[f"prune/{which}/{name}"] = value
-        for phase, value in report["seconds"].items():
-            metrics[f"prune/seconds/{phase}"] = value
-        if report["latency"]:
-            metrics["prune/speedup"] = report["latency"]["speedup"]
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            logger.save()
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -568,4 +344,4 @@ class RetrainingFreePruning(Callback):
         self.masks = PruningMasks.from_dict(masks) if masks is not None else None
 
 
-__all__ = ["RetrainingFreePruning", "find_encoder_model", "forward_keys", "model_batch", "shard_loader"]
+__all__ = ["RetrainingFreePruning"]

@@ -68,13 +68,12 @@ from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.base import RetrainingFreePruning
+from lit_prune.methods.common import LABEL_KEYS
 
 Sublayer = Literal["attention", "ffn"]
 PredictionKind = Literal["classification", "regression", "question_answering"]
 Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 Progress = Callable[[str, int, int], None]
-
-LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
 # ================================================================================================ helpers

@@ -102,6 +102,7 @@ from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.base import RetrainingFreePruning
+from lit_prune.methods.common import LABEL_KEYS
 
 Sublayer = Literal["attention", "ffn"]
 Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -109,7 +110,6 @@ Progress = Callable[[str, int, int], None]
 Solver = Callable[["LeastSquaresAccumulator"], "tuple[torch.Tensor | None, str | None]"]
 Refine = Callable[[PruningMasks, "FisherStatistics"], "tuple[PruningMasks, dict[str, Any]]"]
 
-LABEL_KEYS = ("labels", "start_positions", "end_positions")
 MAX_ABS_SCALE = 10.0
 
 
