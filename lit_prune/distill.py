@@ -30,10 +30,9 @@ from torch import nn
 
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
+from lit_prune.methods.common import LABEL_KEYS
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
-
-LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
 # ------------------------------------------------------------------------------------------------ losses

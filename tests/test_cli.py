@@ -29,6 +29,8 @@ def test_there_are_recipes():
             "finetune/cola.yaml", "finetune/squad_v1.yaml", "finetune/squad_v2.yaml"} <= names
     for method in ("kwon", "kprune"):
         assert {f"{method}/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "cola", "squad_v1", "squad_v2")} <= names
+    assert {f"gpruner/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "squad_v1", "squad_v2")} <= names
+    assert {f"grain/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "squad_v1")} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())

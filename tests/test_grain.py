@@ -171,3 +171,187 @@ def test_density_checks(model):
     with pytest.raises(ValueError, match="below"):
         select_units({n: torch.zeros_like(getattr(layout.masks(), n)) for n in ("qk", "vo", "ffn")}, layout.masks(),
                      layout, floor / 2)
+
+
+# ------------------------------------------------------------------------------------------------ the callback
+import json  # noqa: E402
+
+import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from lit_prune.data.glue import GlueDataModule  # noqa: E402
+from lit_prune.distill import DistilledSequenceClassificationModule  # noqa: E402
+from lit_prune.methods.grain import GrainCallback  # noqa: E402
+from lit_prune.report import REPORT_KEYS, read_report  # noqa: E402
+from test_glue import write_rte  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def student_folder(tmp_path_factory, minilm_l3):
+    """A tiny BERT (no dropout, so runs are reproducible step by step) with the real MiniLM tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from conftest import tiny_config
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
+    folder = tmp_path_factory.mktemp("grain_student")
+    torch.manual_seed(0)
+    config = tiny_config("bert", vocab_size=tokenizer.vocab_size, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0, num_labels=2, finetuning_task="rte")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _fit(folder, data_dir, root, callback, max_epochs=2, ckpt_path=None, checkpoint=None, hidden_weight=1.0,
+         extra=()):
+    L.seed_everything(0, verbose=False)
+    module = DistilledSequenceClassificationModule(str(folder), task="rte", learning_rate=5e-3,
+                                                   hidden_weight=hidden_weight, warmup_ratio=0.0)
+    data = GlueDataModule(task="rte", data_dir=str(data_dir), tokenizer=str(folder), batch_size=4,
+                          group_by_length=True)  # a seeded order per epoch: the same after a resume
+    callbacks = [callback] + ([checkpoint] if checkpoint else []) + list(extra)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=checkpoint is not None,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                        max_epochs=max_epochs, callbacks=callbacks, deterministic=True)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_end_to_end_prunes_compacts_and_reports(student_folder, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    data_dir = write_rte(tmp_path / "RTE", n=40)  # 10 steps per epoch, 20 in all: pruning from step 4 to 8
+    callback = GrainCallback(params_kept=0.3, latency_batch_size=4, latency_repeats=2)
+    module, trainer = _fit(student_folder, data_dir, tmp_path / "run", callback)
+    report = read_report(tmp_path / "run")
+    assert set(REPORT_KEYS) <= set(report) and report["method"] == "grain"
+    assert report["params"]["target"] == 0.3 and report["params"]["kept"] <= 0.3
+    assert report["schedule"]["total_steps"] == 20
+    assert (report["schedule"]["start_step"], report["schedule"]["end_step"]) == (4, 8)
+    steps = [entry["step"] for entry in report["schedule"]["history"]]
+    assert steps[0] == 5 and steps[-1] == 8  # first cut after step 4, the target at step 8
+    assert report["importance_from"] == "prediction_loss" and report["warnings"] == []
+    assert set(report["metrics"]["dense"]) == {"accuracy"} and set(report["metrics"]["pruned"]) == {"accuracy"}
+    assert report["flops"]["kept"] < 1 and report["latency"]["batch_size"] == 4
+    # the structure: heads of different sizes, as the masks say, and a folder plain transformers loads
+    masks = PruningMasks.load(tmp_path / "run" / "pruning_masks.safetensors")
+    assert report["structure"] == masks.structure()
+    assert masks_parameters(masks)["encoder_linear"] == report["params"]["pruned"]["encoder_linear"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "pruned_model",
+                                                                  trust_remote_code=True).eval()
+    module.model.eval()
+    inputs = {"input_ids": torch.randint(5, 1000, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    torch.testing.assert_close(reloaded(**inputs).logits, module.model(**inputs).logits)
+    assert (tmp_path / "run" / "final_model" / "config.json").is_file()  # the task module's save: compacted too
+    assert json.loads((tmp_path / "run" / "final_model" / "config.json").read_text())["lit_prune_structure"]
+
+
+def test_importance_comes_from_the_prediction_loss_only(student_folder, tmp_path):
+    """Gradient separation: the hidden-state loss changes the weights, never the importance. After one step (the
+    importance read before any update) the scores are the same whatever the hidden-state weight."""
+    data_dir = write_rte(tmp_path / "RTE", n=4)  # one step per epoch
+    scores = []
+    for weight in (0.0, 50.0):
+        callback = GrainCallback(params_kept=0.5, evaluate=False, latency_batch_size=0, save_model=False)
+        _fit(student_folder, data_dir, tmp_path / f"w{weight}", callback, max_epochs=1, hidden_weight=weight)
+        scores.append(callback.importance.scores)
+    for name in ("qk", "vo", "ffn"):
+        torch.testing.assert_close(scores[0][name], scores[1][name], rtol=1e-5, atol=1e-12)
+        assert scores[0][name].abs().sum() > 0
+
+
+def test_resume_from_a_mid_schedule_checkpoint_gives_the_same_masks(student_folder, tmp_path):
+    data_dir = write_rte(tmp_path / "RTE", n=40)  # 10 steps per epoch; 3 epochs: pruning from step 6 to 12
+    whole = GrainCallback(params_kept=0.2, evaluate=False, latency_batch_size=0, save_model=False)
+    _fit(student_folder, data_dir, tmp_path / "whole", whole, max_epochs=3)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    first = GrainCallback(params_kept=0.2, evaluate=False, latency_batch_size=0, save_model=False)
+    _fit(student_folder, data_dir, tmp_path / "first", first, max_epochs=3, checkpoint=checkpoint)
+    mid = tmp_path / "ckpt" / "epoch=0-step=10.ckpt"  # step 10: inside the schedule (6..12)
+    state = torch.load(mid, weights_only=True)
+    saved = next(value for key, value in state["callbacks"].items() if key.startswith("GrainCallback"))
+    assert saved["last_step"] == 10 and 0.2 < saved["density"] < 1.0
+    resumed = GrainCallback(params_kept=0.2, evaluate=False, latency_batch_size=0, save_model=False)
+    _fit(student_folder, data_dir, tmp_path / "resumed", resumed, max_epochs=3, ckpt_path=mid)
+    assert resumed.masks == whole.masks
+    assert resumed.report["schedule"]["history"] == whole.report["schedule"]["history"]
+    assert resumed.report["params"]["pruned"] == whole.report["params"]["pruned"]
+    # other pruning settings cannot resume that checkpoint
+    other = GrainCallback(params_kept=0.1, evaluate=False, latency_batch_size=0, save_model=False)
+    with pytest.raises(ValueError, match="params_kept: 0.2 -> 0.1"):
+        _fit(student_folder, data_dir, tmp_path / "other", other, max_epochs=3, ckpt_path=mid)
+
+
+def test_heads_ffn_ablation_removes_whole_heads(student_folder, tmp_path):
+    data_dir = write_rte(tmp_path / "RTE", n=40)
+    callback = GrainCallback(params_kept=0.4, units="heads_ffn", evaluate=False, latency_batch_size=0)
+    _fit(student_folder, data_dir, tmp_path / "run", callback)
+    masks = PruningMasks.load(tmp_path / "run" / "pruning_masks.safetensors")
+    for layer in masks.structure():
+        assert all(q == v == 8 for q, v in layer["heads"])  # kept heads are whole
+    assert callback.report["params"]["kept"] <= 0.4
+
+
+class _StopAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_training_that_stops_early_reaches_the_target_at_the_end(student_folder, tmp_path):
+    data_dir = write_rte(tmp_path / "RTE", n=40)  # 20 steps planned, pruning from step 4 to 8; stopped at 6
+    callback = GrainCallback(params_kept=0.3, evaluate=False, latency_batch_size=0, save_model=False)
+    _fit(student_folder, data_dir, tmp_path / "run", callback, extra=[_StopAt(6)])
+    report = callback.report
+    assert report["params"]["kept"] <= 0.3
+    assert len(report["warnings"]) == 1 and "training stopped at step 6 of 20" in report["warnings"][0]
+    assert report["schedule"]["history"][-1]["density"] == 0.3
+
+
+def test_bad_settings_are_reported_together():
+    with pytest.raises(ValueError) as error:
+        GrainCallback(params_kept=0, units="heads", start=0.5, end=0.2, ema_beta=1.0, alpha=0, prune_every=0)
+    message = str(error.value)
+    for part in ("params_kept=0", "units='heads'", "start=0.5, end=0.2", "ema_beta=1.0", "alpha=0",
+                 "prune_every=0"):
+        assert part in message
+
+
+def test_a_model_that_trains_nothing_is_refused(student_folder, tmp_path):
+    module = DistilledSequenceClassificationModule(str(student_folder), task="rte")
+    data = GlueDataModule(task="rte", data_dir=str(write_rte(tmp_path / "RTE")), tokenizer=str(student_folder))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[GrainCallback()], default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="GRAIN prunes during training"):
+        trainer.fit(module, datamodule=data)
+
+
+def test_recipe_under_ddp_prunes_the_same_units_on_both_processes(minilm_l3, tmp_path):
+    """configs/grain/sst2.yaml from the command line, two processes: the masks agree (the run checks it and says so
+    in the report), and the pruned folder loads with plain transformers."""
+    from transformers import AutoModelForSequenceClassification
+
+    from test_cli import run_train
+
+    out = tmp_path / "ddp"
+    result = run_train("fit", "--config", "configs/grain/sst2.yaml", "--model.name_or_path", str(minilm_l3),
+                       "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+                       "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+                       "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
+                       "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                       "--data.max_train_samples", "96", "--data.max_seq_length", "64", "--data.batch_size", "8",
+                       "--trainer.callbacks.init_args.params_kept", "0.3",
+                       "--trainer.callbacks.init_args.evaluate", "false",
+                       "--trainer.callbacks.init_args.latency_batch_size", "0", timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = read_report(out)
+    assert report["world_size"] == 2 and report["ranks"]["masks_identical"] is True
+    assert report["schedule"]["total_steps"] == 12  # 96 examples, 2 processes × batch 8, 2 epochs
+    assert report["params"]["kept"] <= 0.3 and report["importance_from"] == "prediction_loss"
+    model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]

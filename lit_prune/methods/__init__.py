@@ -2,7 +2,8 @@
 
 from lit_prune.methods.base import RetrainingFreePruning
 from lit_prune.methods.gpruner import GPrunerCallback
+from lit_prune.methods.grain import GrainCallback
 from lit_prune.methods.kprune import KPruneCallback
 from lit_prune.methods.kwon import KwonCallback
 
-__all__ = ["GPrunerCallback", "KPruneCallback", "KwonCallback", "RetrainingFreePruning"]
+__all__ = ["GPrunerCallback", "GrainCallback", "KPruneCallback", "KwonCallback", "RetrainingFreePruning"]

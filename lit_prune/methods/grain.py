@@ -38,15 +38,28 @@ Everything here is plain PyTorch (no Lightning): :class:`GrainLayout`, :func:`de
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lit_prune.core.arch import get_adapter
+from lit_prune.core.compact import compact
+from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
+from lit_prune.methods.common import (agree_across_ranks, evaluate_module, find_encoder_model, latency_comparison,
+                                      log_report, phase, shared_report, write_outputs)
+
+log = logging.getLogger(__name__)
 
 Units = Literal["intra", "heads_ffn"]
 UNITS = ("intra", "heads_ffn")
@@ -270,5 +283,320 @@ def check_density(value: Any, layout: GrainLayout | None = None, setting: str = 
     return float(value)
 
 
-__all__ = ["UNITS", "UNIT_FIELDS", "GrainImportance", "GrainLayout", "Units", "check_density", "density_schedule",
-           "select_units"]
+# ------------------------------------------------------------------------------------------------ the callback
+class GrainCallback(Callback):
+    """GRAIN as a Lightning callback: prunes the LightningModule's Hugging Face encoder while it trains.
+
+    Add it to a ``fit`` that trains the model, best by distillation from the fine-tuned teacher
+    (:class:`lit_prune.distill.DistilledSequenceClassificationModule` or ``...QuestionAnsweringModule``). Each
+    training step folds the gradient of the module's ``prediction_loss`` (set by its ``training_step``; the
+    distilled task modules set it to the distillation loss) with respect to the unit masks into the importance EMA,
+    then, after the optimiser step, removes units down to the schedule's density. A module without
+    ``prediction_loss`` has its importance taken from the whole training loss (said in the report). At the end of
+    training the model is compacted (heads of different sizes), evaluated, timed against its dense copy and written
+    as ``pruned_model/`` with ``pruning_report.json`` and ``pruning_masks.safetensors``, like every lit_prune method.
+
+    Masks, importance and the schedule position are the callback's state: a ``fit`` resumed from a checkpoint goes
+    on with them. Under DDP the mask gradients are averaged over processes before they enter the importance, so
+    every process removes the same units; the run checks at the end that all processes agree.
+
+    Args:
+        params_kept: the fraction of the encoder's attention and FFN Linear parameters (weights and biases) to keep
+            at the end, in (0, 1] (GRAIN's "density": 0.2, 0.1, 0.05).
+        units: ``"intra"`` (query units, value units, FFN neurons: GRAIN) or ``"heads_ffn"`` (whole heads and FFN
+            neurons: the paper's ablation).
+        start: fraction of the training steps after which pruning starts (GRAIN: 0.2).
+        end: fraction of the training steps at which the target density is reached (GRAIN: 0.4).
+        ema_beta: β of the importance EMA (GRAIN: 0.998).
+        alpha: α of the structure regulariser tanh(head value density / α) (GRAIN: 0.3); ``None`` switches it off.
+        prune_every: prune every this many optimiser steps (GRAIN: 1).
+        output_dir: where ``pruned_model/`` and ``pruning_report.json`` go (default: the Trainer's
+            ``default_root_dir``).
+        save_model: write the pruned model folder.
+        evaluate: evaluate the model before training (``metrics.dense``: the teacher, when the student starts from
+            it) and after pruning (needs the LightningModule's ``evaluate(dataloaders)``).
+        latency_batch_size: evaluation examples in the batch timed for the latency comparison (0 skips it).
+        latency_repeats: timed passes of each model.
+        model_attribute: the LightningModule attribute that holds the Hugging Face model (``None``: the only one).
+        seq_len: the ``s`` of the FLOPs accounting; ``None`` asks the data module's ``average_sequence_length()``.
+        seed: recorded in the report (the run's randomness comes from ``seed_everything``).
+    """
+
+    method = "grain"
+
+    def __init__(
+        self,
+        params_kept: float = 0.2,
+        units: Units = "intra",
+        start: float = 0.2,
+        end: float = 0.4,
+        ema_beta: float = 0.998,
+        alpha: float | None = 0.3,
+        prune_every: int = 1,
+        output_dir: str | None = None,
+        save_model: bool = True,
+        evaluate: bool = True,
+        latency_batch_size: int = 32,
+        latency_repeats: int = 10,
+        model_attribute: str | None = None,
+        seq_len: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        problems = []
+        try:
+            check_density(params_kept)
+        except ValueError as error:
+            problems.append(str(error))
+        if units not in UNITS:
+            problems.append(f"units={units!r}: expected one of {list(UNITS)}")
+        if not (isinstance(start, (int, float)) and isinstance(end, (int, float)) and 0 <= start < end <= 1):
+            problems.append(f"start={start!r}, end={end!r}: expected fractions of training with 0 <= start < end <= 1")
+        if not (isinstance(ema_beta, (int, float)) and 0 <= ema_beta < 1):
+            problems.append(f"ema_beta={ema_beta!r}: expected a number in [0, 1)")
+        if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
+            problems.append(f"alpha={alpha!r}: expected a number > 0, or None to switch the regulariser off")
+        for name, value, low in (("prune_every", prune_every, 1), ("latency_batch_size", latency_batch_size, 0),
+                                 ("latency_repeats", latency_repeats, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                problems.append(f"{name}={value!r}: expected an integer >= {low}")
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
+                                    or not seq_len > 0):
+            problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.params_kept, self.units, self.start, self.end = float(params_kept), units, start, end
+        self.ema_beta, self.alpha, self.prune_every = ema_beta, alpha, prune_every
+        self.output_dir, self.save_model, self.evaluate = output_dir, save_model, evaluate
+        self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
+        self.model_attribute, self.seq_len, self.seed = model_attribute, seq_len, seed
+        self.masks: PruningMasks | None = None
+        self.importance: GrainImportance | None = None
+        self.layout: GrainLayout | None = None
+        self.density = 1.0  # the schedule density last applied
+        self.last_step = -1  # the optimiser step last pruned at
+        self.history: list[dict[str, Any]] = []
+        self.importance_source: str | None = None
+        self.report: dict[str, Any] | None = None
+        self.dense_metrics: dict[str, float] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._hooks: contextlib.ExitStack | None = None
+
+    # ------------------------------------------------------------------------------------------------ settings
+    def settings(self) -> dict[str, Any]:
+        return {"params_kept": self.params_kept, "units": self.units, "start": self.start, "end": self.end,
+                "ema_beta": self.ema_beta, "alpha": self.alpha, "prune_every": self.prune_every, "seed": self.seed}
+
+    def _fields(self) -> tuple[str, ...]:
+        return UNIT_FIELDS[self.units]
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        problems = []
+        model = None
+        try:
+            model = find_encoder_model(pl_module, self.model_attribute)
+            if get_adapter(model).is_compacted:
+                problems.append(f"model.name_or_path={getattr(pl_module, 'name_or_path', '?')!r} is already pruned "
+                                "(its config has a lit_prune_structure); GRAIN prunes a dense model")
+        except ValueError as error:
+            problems.append(str(error))
+        if model is not None and not problems:
+            self.layout = GrainLayout.from_model(model)
+            try:
+                check_density(self.params_kept, self.layout)
+            except ValueError as error:
+                problems.append(str(error))
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            problems.append("no data module: pass datamodule= to trainer.fit")
+        elif self.seq_len is None and not callable(getattr(datamodule, "average_sequence_length", None)):
+            problems.append(f"seq_len=None, but the data module {type(datamodule).__name__} has no "
+                            "average_sequence_length(): set seq_len to the task's average tokenised length")
+        if self.evaluate and not callable(getattr(pl_module, "evaluate", None)):
+            problems.append(f"evaluate=True, but {type(pl_module).__name__} has no evaluate(dataloaders) method; "
+                            "set evaluate=False or add one (see lit_prune.tasks.TaskModule.evaluate)")
+        if trainer.max_epochs == 0 or trainer.max_steps == 0:
+            problems.append("the Trainer trains nothing (max_epochs or max_steps is 0): GRAIN prunes during training")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = find_encoder_model(pl_module, self.model_attribute)
+        device = next(model.parameters()).device
+        self.layout = GrainLayout.from_model(model)
+        self.masks = self.layout.masks(device).requires_grad_(True, fields=self._fields())
+        self.importance = GrainImportance(self.layout, self.units, self.ema_beta, self.alpha, device=device)
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise ValueError(f"{type(self).__name__}: the Trainer cannot tell how many steps it will train "
+                             f"(estimated_stepping_batches={total}); set trainer.max_steps")
+        self.total_steps = int(total)
+        self._started = time.perf_counter()
+        self._seconds: dict[str, float] = {}
+        if self.evaluate and self.last_step < 0:
+            with phase(self._seconds, "evaluate_dense"):
+                self.dense_metrics = evaluate_module(trainer, pl_module, "dense")
+        self._hooks = contextlib.ExitStack()
+        self._hooks.enter_context(apply_masks(model, self.masks))
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        """Fold the prediction loss's mask gradients into the importance (gradient separation)."""
+        prediction = getattr(pl_module, "prediction_loss", None)
+        source = "prediction_loss" if isinstance(prediction, torch.Tensor) and prediction.requires_grad else "loss"
+        if self.importance_source is None:
+            self.importance_source = source
+            if source == "loss":
+                log.warning("GRAIN: %s sets no prediction_loss; importance comes from the whole training loss",
+                            type(pl_module).__name__)
+        target = prediction if source == "prediction_loss" else loss
+        tensors = [getattr(self.masks, name) for name in self._fields()]
+        grads = torch.autograd.grad(target, tensors, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+        if trainer.world_size > 1:  # one all-reduce of every mask gradient, averaged like DDP averages gradients
+            flat = trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
+            grads = list(torch.split(flat, [g.numel() for g in grads]))
+            grads = [g.reshape(t.shape) for g, t in zip(grads, tensors)]
+        binary = self.masks.binary()
+        self.importance.update(dict(zip(self._fields(), grads)), binary)
+        if source == "prediction_loss":
+            pl_module.prediction_loss = None  # never reuse a step's graph
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for name in self._fields():  # the total loss's backward also reached the masks: not used
+            getattr(self.masks, name).grad = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step  # optimiser steps taken so far
+        if step == self.last_step:  # gradient accumulation: no new optimiser step
+            return
+        self.last_step = step
+        density = density_schedule(step, self.total_steps, self.params_kept, self.start, self.end)
+        if density < self.density and (step % self.prune_every == 0 or density == self.params_kept):
+            self._prune_to(density, step)
+        pl_module.log("grain/params_kept", self.layout.kept_parameters(self.masks) / self.layout.dense_parameters,
+                      on_step=True, on_epoch=False, batch_size=1)
+
+    def _prune_to(self, density: float, step: int) -> None:
+        new = select_units(self.importance.scores, self.masks, self.layout, density, self.units)
+        with torch.no_grad():
+            for name in ("head", "qk", "vo", "ffn"):
+                getattr(self.masks, name).copy_(getattr(new, name))
+        self.density = density
+        kept = self.layout.kept_parameters(self.masks) / self.layout.dense_parameters
+        if not self.history or step - self.history[-1]["step"] >= max(1, self.total_steps // 100) \
+                or density == self.params_kept:
+            binary = self.masks.binary()
+            self.history.append({"step": step, "density": density, "params_kept": kept,
+                                 "heads": int(binary.heads_alive().sum()), "ffn": int(binary.ffn.sum())})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.finish(trainer, pl_module)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._hooks is not None:  # a fit that stopped with an error: leave the model unhooked
+            self._hooks.close()
+            self._hooks = None
+
+    # ------------------------------------------------------------------------------------------------ the end
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Prune to the target (when training stopped before the schedule's end), compact the model in place,
+        evaluate and time it, write the pruned folder and the report; return the report."""
+        warnings_: list[str] = []
+        if self.density > self.params_kept:
+            warnings_.append(f"training stopped at step {self.last_step} of {self.total_steps}, before the schedule "
+                             f"reached params_kept={self.params_kept} (density {self.density:.4f}): the remaining "
+                             "units were removed at the end, without training after")
+            self._prune_to(self.params_kept, self.last_step)
+        self._hooks.close()
+        self._hooks = None
+        seconds = self._seconds
+        seconds["train"] = round(time.perf_counter() - self._started - seconds.get("evaluate_dense", 0.0), 3)
+        model = find_encoder_model(pl_module, self.model_attribute)
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        masks = self.masks.binary()  # comparisons: no autograd history
+        dense = copy.deepcopy(model).eval()
+        with phase(seconds, "compact"):
+            compact(model, masks)
+        ranks = agree_across_ranks(trainer, model, masks)
+        for module, training in modes:
+            module.training = training
+        pruned_metrics = None
+        if self.evaluate:
+            with phase(seconds, "evaluate_pruned"):
+                pruned_metrics = evaluate_module(trainer, pl_module, "pruned")
+        self.masks = masks.to("cpu")
+        latency = None
+        if trainer.is_global_zero:
+            with phase(seconds, "latency"):
+                latency = latency_comparison(trainer, dense, model, self.latency_batch_size, self.latency_repeats)
+        seconds["total"] = round(time.perf_counter() - self._started, 3)
+        datamodule = trainer.datamodule
+        seq_len = self.seq_len if self.seq_len is not None else datamodule.average_sequence_length()
+        report = shared_report(self.method, pl_module, trainer, model, dense, self.seed, seq_len, None,
+                               {"dense": self.dense_metrics, "pruned": pruned_metrics}, seconds, latency, self.masks)
+        report["params"]["kept"] = report["params"]["pruned"]["encoder_linear"] / report["params"]["dense"][
+            "encoder_linear"]
+        report["params"]["target"] = self.params_kept
+        report.update({"settings": self.settings(), "importance_from": self.importance_source,
+                       "schedule": {"total_steps": self.total_steps, "start_step": int(self.start * self.total_steps),
+                                    "end_step": int(self.end * self.total_steps), "history": self.history},
+                       "warnings": warnings_})
+        if ranks is not None:
+            report["ranks"] = ranks
+        self.report = report
+        if trainer.is_global_zero:
+            write_outputs(self.output_folder(trainer), model, self.masks, report,
+                          getattr(datamodule, "tokenizer", None), self.save_model)
+        trainer.strategy.barrier("lit_prune-grain")
+        log_report(trainer, report)
+        return report
+
+    def output_folder(self, trainer: L.Trainer) -> Path:
+        return Path(self.output_dir or trainer.default_root_dir)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        if self.masks is None:
+            return {}
+        return {"masks": {name: t.detach().cpu().clone() for name, t in self.masks.to_dict().items()},
+                "importance": self.importance.state_dict() if self.importance is not None else None,
+                "density": self.density, "last_step": self.last_step, "history": list(self.history),
+                "importance_source": self.importance_source, "dense_metrics": self.dense_metrics,
+                "settings": self.settings()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.masks is None:  # restored before fit starts: applied in on_fit_start
+            self._pending = state_dict
+        else:
+            self._restore(state_dict)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved = state.get("settings", {})
+        changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in self.settings().items()
+                   if k in ("params_kept", "units", "start", "end") and k in saved and saved[k] != v]
+        if changed:
+            raise ValueError(f"{type(self).__name__}: the checkpoint was written with other pruning settings "
+                             f"({'; '.join(changed)}); resume with the same settings")
+        with torch.no_grad():
+            for name, value in state["masks"].items():
+                getattr(self.masks, name).copy_(value.to(getattr(self.masks, name).device))
+        if state.get("importance") is not None:
+            self.importance.load_state_dict(state["importance"])
+        self.density, self.last_step = float(state["density"]), int(state["last_step"])
+        self.history = list(state.get("history", []))
+        self.importance_source = state.get("importance_source")
+        self.dense_metrics = state.get("dense_metrics")
+
+
+__all__ = ["UNITS", "UNIT_FIELDS", "GrainCallback", "GrainImportance", "GrainLayout", "Units", "check_density",
+           "density_schedule", "select_units"]
