@@ -104,6 +104,18 @@ register_method(MethodSpec(
 register_method(MethodSpec(
     name="gpruner", label="G-Pruner", config="configs/gpruner/{task}.yaml",
     calibration=lambda n: {"num_samples": n}))
+register_method(MethodSpec(
+    name="grain", label="GRAIN", config="configs/grain/{task}.yaml", budget="params_kept"))
+
+
+def achieved(report: dict[str, Any], setting: str) -> float:
+    """What a run achieved of a budget setting: ``flops_kept`` or ``params_kept`` (encoder Linear parameters)."""
+    if setting == "flops_kept":
+        return float(report["flops"]["kept"])
+    if setting == "params_kept":
+        params = report["params"]
+        return params["pruned"]["encoder_linear"] / params["dense"]["encoder_linear"]
+    raise ValueError(f"unknown budget setting {setting!r}; known: flops_kept, params_kept")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +126,7 @@ class MethodRun:
     spec: MethodSpec
     label: str
     settings: dict[str, Any]
+    match: str | None = None  # run at what this earlier method achieved at each budget (its FLOPs, say)
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -183,10 +196,10 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry!r} is neither a method name nor a mapping "
                                    "with name, method, label, settings")
-        unknown = set(entry) - {"name", "method", "label", "settings"}
+        unknown = set(entry) - {"name", "method", "label", "settings", "match"}
         if unknown:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has unknown keys {sorted(unknown)}; "
-                                   "allowed: name, method, label, settings")
+                                   "allowed: name, method, label, settings, match")
         method = entry.get("method", entry["name"])
         if method not in METHODS:
             raise BenchConfigError(f"{_where(source, 'methods')}: method {method!r} is not registered; registered: "
@@ -198,7 +211,12 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
         settings = entry.get("settings") or {}
         if not isinstance(settings, dict):
             raise BenchConfigError(f"{_where(source, 'methods')}: settings of {entry['name']!r} must be a mapping")
-        runs.append(MethodRun(str(entry["name"]), spec, str(entry.get("label", spec.label)), dict(settings)))
+        match = entry.get("match")
+        if match is not None and match not in [run.name for run in runs]:
+            raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has match={match!r}, which is not "
+                                   f"a method listed before it ({[run.name for run in runs]})")
+        runs.append(MethodRun(str(entry["name"]), spec, str(entry.get("label", spec.label)), dict(settings),
+                              None if match is None else str(match)))
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise BenchConfigError(f"{_where(source, 'methods')}: names repeat: {names}")
@@ -504,6 +522,7 @@ class PruneJob:
     folder: Path
     settings: dict[str, Any]  # every callback init arg set on the command line
     timing: bool = False
+    reference: Path | None = None  # a matched run: the folder of the run whose achieved budget this one takes
 
     def command(self, config: BenchConfig, teacher: Path) -> list[str]:
         spec = self.method.spec
@@ -530,10 +549,16 @@ def plan(config: BenchConfig) -> list[PruneJob]:
                         settings.update(method.spec.calibration(size))
                     settings.update(method.settings)
                     folder = config.runs / method.name / task / f"{budget:g}" / f"seed{seed}"
-                    jobs.append(PruneJob(method, task, budget, seed, folder, settings))
+                    reference = None
+                    if method.match is not None:  # the budget comes from the reference run's report, later
+                        del settings[method.spec.budget]
+                        reference = config.runs / method.match / task / f"{budget:g}" / f"seed{seed}"
+                    jobs.append(PruneJob(method, task, budget, seed, folder, settings, reference=reference))
     if config.timing:
         task, budget, seed = config.timing["task"], config.timing["budget"], config.seeds[0]
         for method in config.methods:
+            if method.match is not None:  # timed at its own budget by the runs it matches
+                continue
             settings = {method.spec.budget: budget, "seed": seed, "time_reference_pass": True, "evaluate": False,
                         "latency_batch_size": 0}
             if method.spec.calibration is not None:
@@ -575,6 +600,19 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path, acce
     return problems
 
 
+def resolve(job: PruneJob) -> PruneJob | None:
+    """A matched job with its budget set to what the reference run achieved (``None``: that run has no report
+    yet); any other job as it is."""
+    if job.reference is None:
+        return job
+    report_file = job.reference / REPORT_FILE
+    if not report_file.is_file():
+        return None
+    reference = read_report(report_file)
+    value = achieved(reference, job.method.spec.budget)
+    return dataclasses.replace(job, settings={job.method.spec.budget: round(value, 6), **job.settings})
+
+
 def run_job(config: BenchConfig, job: PruneJob, teacher: Path, runner: Runner = run_command,
             dry_run: bool = False) -> dict[str, Any] | None:
     """Run one job unless its report exists (then check and return it).
@@ -582,8 +620,21 @@ def run_job(config: BenchConfig, job: PruneJob, teacher: Path, runner: Runner = 
     Raises:
         RuntimeError: an existing report records other settings (delete the folder or point ``runs`` elsewhere).
     """
-    what = f"{job.method.name} {job.task} {job.method.spec.budget}={job.budget:g} seed={job.seed}" + (
-        " (timing)" if job.timing else "")
+    if job.reference is None:
+        what = f"{job.method.name} {job.task} {job.method.spec.budget}={job.budget:g} seed={job.seed}"
+    else:
+        what = f"{job.method.name} {job.task} matching {job.method.match} at {job.budget:g} seed={job.seed}"
+    what += " (timing)" if job.timing else ""
+    resolved = resolve(job)
+    if resolved is None:
+        if dry_run:
+            _log(f"{what}: runs at the {job.method.spec.budget} that {_relative(job.reference)} achieves, once it has run")
+            return None
+        raise RuntimeError(f"{what} matches {_relative(job.reference)}, which has no report; list "
+                           f"{job.method.match} before {job.method.name} in the config")
+    job = resolved
+    if job.reference is not None:
+        what += f" ({job.method.spec.budget}={job.settings[job.method.spec.budget]:g})"
     report_file = job.folder / REPORT_FILE
     if report_file.is_file():
         report = read_report(report_file)
@@ -656,5 +707,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["BenchConfig", "BenchConfigError", "METHODS", "MethodRun", "MethodSpec", "PruneJob", "config_differences",
-           "ensure_teacher", "load_config", "main", "parse_config", "plan", "register_method", "report_mismatches",
-           "run_benchmark", "run_job", "teacher_key"]
+           "achieved", "ensure_teacher", "load_config", "main", "parse_config", "plan", "register_method",
+           "report_mismatches", "resolve", "run_benchmark", "run_job", "teacher_key"]

@@ -90,8 +90,10 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
     results: dict[str, Any] = {
         "name": config.name, "title": config.title, "description": config.description, "model": config.model,
         "tasks": list(config.tasks), "budgets": [f"{b:g}" for b in config.budgets], "seeds": list(config.seeds),
-        "budget_setting": sorted({m.spec.budget for m in config.methods}),
-        "methods": {m.name: {"label": m.label, "method": m.spec.name, "settings": m.settings} for m in config.methods},
+        "budget_setting": sorted({m.spec.budget for m in config.methods if m.match is None}),
+        "matched": {m.name: m.match for m in config.methods if m.match is not None},
+        "methods": {m.name: {"label": m.label, "method": m.spec.name, "settings": m.settings, "budget": m.spec.budget}
+                    for m in config.methods},
         "calibration": dict(config.calibration), "hardware": next(iter(hardware.values()))[0],
         "points": points, "means": means,
         "teacher_mean": _mean([scale(t, points[t]["teacher"]) for t in config.tasks]),
@@ -125,6 +127,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     seeds = results["seeds"]
     lines += [f"Model: {results['model']}. Hardware: {hardware_label(results['hardware'])}. Seeds: "
               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else "") + ".", ""]
+    for method, reference in results.get("matched", {}).items():
+        lines += [f"{_label(results, method)} runs, in each column, at the "
+                  f"{results['methods'][method]['budget']} that {_label(results, reference)} reached there.", ""]
     lines += [f"### Task metric by `{setting}` (dev; SQuAD: held-out articles), x 100", ""]
     lines.append("| task (metric) | method | " + " | ".join(budgets) + " |")
     lines.append("|---|---|" + "---:|" * len(budgets))

@@ -54,7 +54,7 @@ class FakeTrainer:
     def __call__(self, command: list[str], log_file: Path) -> None:
         self.calls.append(command)
         args = dict(zip(command[3::2], command[4::2]))
-        if "--trainer.default_root_dir" in args and "--trainer.callbacks.init_args.flops_kept" not in args:
+        if "--trainer.default_root_dir" in args and "--trainer.callbacks.init_args.seed" not in args:
             out = Path(args["--trainer.default_root_dir"])  # a teacher fine-tune
             (out / "final_model").mkdir(parents=True)
             (out / "final_model" / "config.json").write_text("{}")
@@ -63,11 +63,20 @@ class FakeTrainer:
         out = Path(args["--trainer.default_root_dir"])
         task = Path(args["--config"]).stem
         method = Path(args["--config"]).parent.name
-        report = synthetic_report(task, method, float(args["--trainer.callbacks.init_args.flops_kept"]),
-                                  int(args["--trainer.callbacks.init_args.seed"]), args["--model.init_args.name_or_path"],
-                                  timing=args.get("--trainer.callbacks.init_args.time_reference_pass") == "true",
-                                  hardware=self.hardware,
-                                  num_samples=int(args["--trainer.callbacks.init_args.num_samples"]))
+        if method == "grain":  # budgeted by parameters; keeps a little more of the FLOPs than of the parameters
+            density = float(args["--trainer.callbacks.init_args.params_kept"])
+            report = synthetic_report(task, "kwon", density + 0.1, int(args["--trainer.callbacks.init_args.seed"]),
+                                      args["--model.init_args.name_or_path"], hardware=self.hardware)
+            report["method"] = "grain"
+            report["params"]["pruned"]["encoder_linear"] = int(density * 800)
+            report["settings"] = {"params_kept": density, "seed": report["seed"]}
+        else:
+            report = synthetic_report(task, method, float(args["--trainer.callbacks.init_args.flops_kept"]),
+                                      int(args["--trainer.callbacks.init_args.seed"]),
+                                      args["--model.init_args.name_or_path"],
+                                      timing=args.get("--trainer.callbacks.init_args.time_reference_pass") == "true",
+                                      hardware=self.hardware,
+                                      num_samples=int(args["--trainer.callbacks.init_args.num_samples"]))
         out.mkdir(parents=True, exist_ok=True)
         write_report(out / REPORT_FILE, report)
 
@@ -308,3 +317,33 @@ def test_other_benchmarks_sections_are_kept():
     assert document.startswith("# lit_prune benchmarks")
     assert "second" in document and "first" not in document and "## B" in document
     assert document.index("## A") < document.index("## B")
+
+
+def test_a_matched_method_runs_at_what_its_reference_achieved(tmp_path, no_adoption):
+    """KPrune at GRAIN's FLOPs: each KPrune run takes the flops_kept of the GRAIN run at the same density."""
+    config = make_config(tmp_path, tasks=["sst2"], budgets=[0.2, 0.1], seeds=[0], timing=None,
+                         methods=["grain", {"name": "kprune_at_grain", "method": "kprune", "match": "grain",
+                                            "label": "KPrune (GRAIN's FLOPs)"}])
+    jobs = runner.plan(config)
+    matched = [job for job in jobs if job.method.name == "kprune_at_grain"]
+    assert all("flops_kept" not in job.settings and job.reference.parts[-3:-1] == ("sst2", f"{job.budget:g}")
+               for job in matched)
+    fake = FakeTrainer()
+    results = runner.run_benchmark(config, runner=fake)
+    prune_calls = [dict(zip(c[3::2], c[4::2])) for c in fake.calls if "--trainer.callbacks.init_args.seed" in c]
+    kprune = [c for c in prune_calls if "kprune" in c["--config"]]
+    assert [float(c["--trainer.callbacks.init_args.flops_kept"]) for c in kprune] == pytest.approx([0.3, 0.2])
+    assert results["budget_setting"] == ["params_kept"] and results["matched"] == {"kprune_at_grain": "grain"}
+    cell = results["points"]["sst2"]["methods"]["kprune_at_grain"]["0.2"]
+    assert cell["flops_kept"] == pytest.approx(0.3)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "KPrune (GRAIN's FLOPs) runs, in each column, at the flops_kept that GRAIN reached there." in text
+    # a second run finds everything, matched runs included, done
+    again = FakeTrainer()
+    runner.run_benchmark(config, runner=again)
+    assert again.calls == []
+
+
+def test_match_must_name_an_earlier_method(tmp_path):
+    with pytest.raises(runner.BenchConfigError, match="match='grain', which is not a method listed before it"):
+        make_config(tmp_path, methods=[{"name": "k", "method": "kprune", "match": "grain"}, "grain"])
