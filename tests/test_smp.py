@@ -62,3 +62,116 @@ def test_cubic_schedule():
 def test_regularizer_is_the_mean_sigmoid():
     scores = [torch.zeros(2, 3), torch.full((4,), math.log(3.0))]  # σ = 0.5 and 0.75
     assert score_regularizer(scores).item() == pytest.approx(0.625)
+
+
+# ------------------------------------------------------------------------------------------------ export and module
+import copy  # noqa: E402
+
+import lightning as L  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from conftest import tiny_inputs, tiny_model  # noqa: E402
+from lit_prune.core.compact import compact  # noqa: E402
+from lit_prune.data.glue import GlueDataModule  # noqa: E402
+from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPSequenceClassificationModule, encoder_linears,  # noqa: E402
+                                   sparse_copy, structure_from_zeros)
+from lit_prune.report import REPORT_KEYS, read_report  # noqa: E402
+from test_glue import write_rte  # noqa: E402
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
+def test_emptied_rows_and_columns_are_removed_exactly(model_type):
+    model = tiny_model(model_type)
+    linears = encoder_linears(model)
+    with torch.no_grad():
+        for linear in linears.values():  # unstructured zeros everywhere
+            for layer in linear:
+                layer.weight.mul_((torch.rand_like(layer.weight) > 0.3).float())
+        linears["ffn_down"][0].weight[:, :10] = 0  # neurons without output: removed
+        linears["ffn_up"][0].weight[10:20] = 0  # neurons with a constant output: folded into the bias
+        linears["attn_out"][1].weight[:, 0:8] = 0  # head 0 of layer 1 loses every value dim: the head goes
+        linears["value"][1].weight[8:12] = 0  # value dims with a constant output: folded
+        linears["key"][0].weight[16:24] = 0  # head 2 of layer 0: no query/key dim left, uniform attention kept
+        linears["key"][1].weight[30:32] = 0
+    inputs = tiny_inputs()
+    expected = model(**inputs).logits
+    pruned = copy.deepcopy(model)
+    masks, folds = structure_from_zeros(pruned)
+    assert folds == {"ffn": 10, "vo": 4}
+    assert masks.ffn[0, :20].sum() == 0 and masks.head[1, 0] == 0
+    assert masks.qk[0, 2].sum() == 1 and masks.vo[0, 2].sum() == 8  # head kept with one (zero-key) dim
+    compact(pruned, masks)
+    torch.testing.assert_close(pruned(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sparse_copy(pruned)(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pretrained_folder(tmp_path_factory, minilm_l3):
+    from transformers import AutoModel, AutoTokenizer
+
+    from conftest import tiny_config
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
+    folder = tmp_path_factory.mktemp("smp_pretrained")
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert", vocab_size=tokenizer.vocab_size)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _fit(folder, tmp_path, **settings):
+    L.seed_everything(0, verbose=False)
+    module = SMPSequenceClassificationModule(str(folder), task="rte", latency_batch_size=4, latency_repeats=2,
+                                             **settings)
+    data = GlueDataModule(task="rte", data_dir=str(write_rte(tmp_path / "RTE", n=24)), tokenizer=str(folder),
+                          batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / "run",
+                        max_epochs=2)
+    return module, trainer, data
+
+
+@pytest.mark.parametrize("masking", ["local", "global"])
+def test_training_moves_scores_only_and_exports_a_smaller_model(pretrained_folder, tmp_path, masking):
+    from transformers import AutoModelForSequenceClassification
+
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.2, masking=masking)
+    frozen = {n: p.detach().clone() for n, p in module.model.named_parameters()
+              if "scores" not in n and not n.startswith("classifier")}
+    trainer.fit(module, datamodule=data)  # 12 steps; the export runs at the end of fit
+    report = read_report(tmp_path / "run")
+    assert set(REPORT_KEYS) <= set(report) and report["method"] == "smp"
+    assert report["params"]["kept"] == pytest.approx(0.2, abs=1e-3)  # exact counts (rounding per matrix)
+    assert report["settings"]["masking"] == masking
+    masks = load_file(tmp_path / "run" / WEIGHT_MASKS_FILE)
+    assert len(masks) == 6 * 2
+    if masking == "local":
+        assert all(abs(float(m.float().mean()) - 0.2) < 0.01 for m in masks.values())
+    else:
+        for kind in ("query", "ffn_up"):
+            per_type = [masks[f"layer.{i}.{kind}"].float() for i in range(2)]
+            assert sum(float(m.sum()) for m in per_type) == round(0.2 * sum(m.numel() for m in per_type))
+    # the frozen weights did not move (the export applied the masks to them, nothing else)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "pruned_model",
+                                                                  trust_remote_code=True).eval()
+    state = reloaded.state_dict()
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.output.LayerNorm.weight"):
+        assert torch.equal(state[name], frozen[name])
+    assert report["latency"]["csr"]["pruned_ms"] > 0
+    assert report["params"]["pruned"]["encoder_linear"] <= report["params"]["dense"]["encoder_linear"]
+
+
+def test_straight_through_training_changes_the_scores(pretrained_folder, tmp_path):
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.5)
+    before = [s.detach().clone() for s in module._scores()]
+    trainer.fit(module, datamodule=data)
+    assert any(not torch.equal(b, a) for b, a in zip(before, module._scores()))
+
+
+def test_bad_smp_settings(pretrained_folder):
+    with pytest.raises(ValueError) as error:
+        SMPSequenceClassificationModule(str(pretrained_folder), task="rte", params_kept=0, masking="row",
+                                        regularization=-1, head="teacher")
+    message = str(error.value)
+    for part in ("params_kept=0", "masking='row'", "regularization=-1", "both need teacher"):
+        assert part in message

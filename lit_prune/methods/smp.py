@@ -21,12 +21,36 @@ Pure functions first (:func:`local_counts`, :func:`global_counts`, :func:`topk_m
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from safetensors.torch import save as save_safetensors
+from torch.nn.utils import parametrize
+
+from lit_prune.core.arch import get_adapter
+from lit_prune.core.atomic import atomic_write_bytes
+from lit_prune.core.compact import compact
+from lit_prune.core.masks import PruningMasks
+from lit_prune.data.glue import GlueTaskName
+from lit_prune.data.squad import SquadTask
+from lit_prune.methods.common import (LABEL_KEYS, evaluate_module, latency_comparison, log_report, phase,
+                                      shared_report, write_outputs)
+from lit_prune.tasks.classification import SequenceClassificationModule
+from lit_prune.tasks.qa import QuestionAnsweringModule
 
 MATRIX_TYPES = ("query", "key", "value", "attn_out", "ffn_up", "ffn_down")
+Masking = Literal["global", "local"]
+Head = Literal["trainable", "teacher"]
+WEIGHT_MASKS_FILE = "weight_masks.safetensors"
 
 
 # ------------------------------------------------------------------------------------------------ counts
@@ -125,5 +149,448 @@ def score_regularizer(scores: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.sigmoid(s).mean() for s in scores]).mean()
 
 
-__all__ = ["MATRIX_TYPES", "cubic_keep", "global_counts", "local_count", "score_regularizer",
-           "straight_through_mask", "topk_mask"]
+# ------------------------------------------------------------------------------------------------ scores
+class ScoreMask(nn.Module):
+    """A parametrisation W → W ⊙ M(S) of one Linear weight: S are trainable scores (zeros at start), M keeps the
+    ``count`` highest scores (set before each forward pass by the module that owns the schedule)."""
+
+    def __init__(self, shape: torch.Size) -> None:
+        super().__init__()
+        self.scores = nn.Parameter(torch.zeros(shape))
+        self.count = int(torch.Size(shape).numel())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * straight_through_mask(self.scores, self.count).to(weight.dtype)
+
+    def mask(self) -> torch.Tensor:
+        """The current binary mask (no gradient)."""
+        return topk_mask(self.scores, self.count)
+
+
+def encoder_linears(model: nn.Module) -> dict[str, list[nn.Linear]]:
+    """The encoder's Linear layers by matrix type (:data:`MATRIX_TYPES`), in layer order."""
+    adapter = get_adapter(model)
+    layers = [adapter.layer(i) for i in range(adapter.num_layers)]
+    return {kind: [getattr(layer, kind) for layer in layers] for kind in MATRIX_TYPES}
+
+
+def install_scores(model: nn.Module) -> dict[str, list[ScoreMask]]:
+    """Freeze every weight of ``model`` and put a :class:`ScoreMask` on each encoder Linear weight."""
+    model.requires_grad_(False)
+    masks: dict[str, list[ScoreMask]] = {}
+    for kind, linears in encoder_linears(model).items():
+        masks[kind] = []
+        for linear in linears:
+            score_mask = ScoreMask(linear.weight.shape).to(linear.weight.device)
+            parametrize.register_parametrization(linear, "weight", score_mask)
+            masks[kind].append(linear.parametrizations.weight[0])
+    return masks
+
+
+def set_counts(score_masks: dict[str, list[ScoreMask]], keep: float, masking: Masking) -> dict[str, list[int]]:
+    """Set every matrix's kept count for the ratio ``keep``: SMP-L (``local``) or SMP-S (``global``)."""
+    counts: dict[str, list[int]] = {}
+    for kind, masks in score_masks.items():
+        numel = masks[0].scores.numel()
+        if masking == "local":
+            counts[kind] = [local_count(numel, keep) for _ in masks]
+        else:
+            with torch.no_grad():
+                relevance = [float(torch.sigmoid(m.scores).double().sum()) for m in masks]
+            counts[kind] = global_counts(relevance, numel, keep)
+        for mask, count in zip(masks, counts[kind]):
+            mask.count = count
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _activation(model: nn.Module):
+    from transformers.activations import ACT2FN
+
+    config = model.config
+    name = getattr(config, "hidden_act", None) or getattr(config, "activation", None)
+    return ACT2FN[name]
+
+
+def structure_from_zeros(model: nn.Module) -> tuple[PruningMasks, dict[str, int]]:
+    """The units of a weight-masked dense ``model`` that can go without changing its function, with the bias folds
+    that make it exact. Edits the biases of ``model`` in place (the folds); returns the masks and fold counts.
+
+    Rules (per layer): an FFN neuron goes when its W_down column is zero, or when its W_up row is zero (its constant
+    output act(b_up) · W_down column is added to b_down); a value dim goes when its W_O column is zero, or when its
+    W_V row is zero (b_V · W_O column added to b_O); a query/key dim goes when its W_K row is zero (its score term
+    is then the same for every key, which the softmax ignores). A head with no value dims left goes entirely; a head
+    that keeps value dims but no query/key dim keeps one (zero) query/key dim, so its attention stays uniform.
+    """
+    adapter = get_adapter(model)
+    d_h = adapter.head_dim
+    masks = PruningMasks.ones(adapter.num_layers, adapter.num_heads, d_h, adapter.ffn_dim)
+    folds = {"ffn": 0, "vo": 0}
+    act = _activation(model)
+    with torch.no_grad():
+        for index in range(adapter.num_layers):
+            m = adapter.layer(index)
+            up_zero = (m.ffn_up.weight == 0).all(1)
+            down_zero = (m.ffn_down.weight == 0).all(0)
+            fold = up_zero & ~down_zero
+            if fold.any():
+                constant = act(m.ffn_up.bias[fold])  # (n,)
+                m.ffn_down.bias += m.ffn_down.weight[:, fold] @ constant
+                folds["ffn"] += int(fold.sum())
+            masks.ffn[index] = (~(up_zero | down_zero)).float()
+            v_zero = (m.value.weight == 0).all(1)
+            o_zero = (m.attn_out.weight == 0).all(0)
+            fold = v_zero & ~o_zero
+            if fold.any():
+                m.attn_out.bias += m.attn_out.weight[:, fold] @ m.value.bias[fold]
+                folds["vo"] += int(fold.sum())
+            vo = (~(v_zero | o_zero)).float().view(adapter.num_heads, d_h)
+            qk = (~(m.key.weight == 0).all(1)).float().view(adapter.num_heads, d_h)
+            for head in range(adapter.num_heads):
+                if vo[head].sum() == 0:
+                    qk[head] = 0
+                elif qk[head].sum() == 0:
+                    qk[head, 0] = 1  # uniform attention: one query/key dim whose key row is zero
+            masks.qk[index], masks.vo[index] = qk, vo
+            masks.head[index] = (vo.sum(-1) > 0).float()
+    return masks, folds
+
+
+class CSRLinear(nn.Module):
+    """A Linear whose weight is a sparse CSR matrix (for timing a sparse export; not saved)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": known, and timed only
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.weight = linear.weight.detach().to_sparse_csr()
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # (B·s, in)
+        out = torch.sparse.mm(self.weight, flat.t()).t()  # (B·s, out)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def sparse_copy(model: nn.Module) -> nn.Module:
+    """A copy of a (compacted) model whose encoder Linear layers multiply by CSR weights.
+
+    Layers whose heads have unequal query and value sizes compute their query/key/value projections from padded
+    dense weights (see the pruned modelling code), so those three stay dense there; every other encoder Linear
+    becomes a :class:`CSRLinear`.
+    """
+    sparse = copy.deepcopy(model).eval()
+    adapter = get_adapter(sparse)
+    for index in range(adapter.num_layers):
+        layer = adapter.layers[index]
+        padded = any(getattr(getattr(module, "layout", None), "padded", False) for module in layer.modules())
+        for kind in MATRIX_TYPES:
+            if padded and kind in ("query", "key", "value"):
+                continue
+            path = getattr(adapter.spec, kind)
+            parent_path, _, name = path.rpartition(".")
+            parent = layer.get_submodule(parent_path) if parent_path else layer
+            linear = getattr(parent, name)
+            if linear.weight.numel():
+                setattr(parent, name, CSRLinear(linear))
+    return sparse
+
+
+# ------------------------------------------------------------------------------------------------ modules
+class _StaticModelPruning:
+    """What both SMP task modules add to their task module (a mixin; the task module comes second)."""
+
+    model: nn.Module
+
+    def _setup_smp(self, task_class: type, params_kept: float, masking: Masking, regularization: float,
+                   scores_learning_rate: float, head: Head, teacher: str | None, distill: bool, temperature: float,
+                   distill_alpha: float, latency_batch_size: int, latency_repeats: int) -> None:
+        problems = []
+        try:
+            _check_keep(params_kept, "params_kept")
+        except ValueError as error:
+            problems.append(str(error))
+        if masking not in ("global", "local"):
+            problems.append(f"masking={masking!r}: expected 'global' (SMP-S) or 'local' (SMP-L)")
+        if not (isinstance(regularization, (int, float)) and regularization >= 0):
+            problems.append(f"regularization={regularization!r}: expected a number >= 0 (0 switches it off)")
+        if not (isinstance(scores_learning_rate, (int, float)) and scores_learning_rate > 0):
+            problems.append(f"scores_learning_rate={scores_learning_rate!r}: expected a number > 0")
+        if head not in ("trainable", "teacher"):
+            problems.append(f"head={head!r}: expected 'trainable' or 'teacher' (the bundled checkpoints carry no MLM "
+                            "head, so the paper's frozen MLM-head classifier is not offered)")
+        if (head == "teacher" or distill) and teacher is None:
+            problems.append(f"head={head!r}, distill={distill}: both need teacher, a fine-tuned checkpoint of the "
+                            "task")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            problems.append(f"temperature={temperature!r}: expected a number > 0")
+        if not (isinstance(distill_alpha, (int, float)) and 0 <= distill_alpha <= 1):
+            problems.append(f"distill_alpha={distill_alpha!r}: expected a weight in [0, 1]")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.params_kept, self.masking, self.regularization = float(params_kept), masking, float(regularization)
+        self.scores_learning_rate, self.head, self.distill = float(scores_learning_rate), head, distill
+        self.temperature, self.distill_alpha = float(temperature), float(distill_alpha)
+        self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
+        teacher_model = None
+        if teacher is not None:
+            teacher_model = task_class(name_or_path=teacher, task=self.task, save_final_model=False).model
+            teacher_model.eval().requires_grad_(False)
+        if head == "teacher":  # the fine-tuned classifier (and pooler) on top of the pretrained encoder
+            encoder_keys = {name for name, _ in self.model.base_model.named_parameters()}
+            prefix = self.model.base_model_prefix
+            head_state = {k: v for k, v in teacher_model.state_dict().items()
+                          if not (k.startswith(prefix + ".") and k[len(prefix) + 1:] in encoder_keys)}
+            head_state.update({k: v for k, v in teacher_model.state_dict().items() if ".pooler." in k})
+            missing = [k for k in head_state if k not in self.model.state_dict()]
+            if missing:
+                raise ValueError(f"{type(self).__name__}: head='teacher', but the teacher's head weights {missing[:3]} "
+                                 "do not fit the student")
+            self.model.load_state_dict(head_state, strict=False)
+        self.score_masks = install_scores(self.model)
+        if head == "trainable":  # everything outside the encoder trains with the scores
+            for name, parameter in self.model.named_parameters():
+                if not name.startswith(self.model.base_model_prefix + ".") or ".pooler." in name:
+                    parameter.requires_grad_(True)
+        object.__setattr__(self, "_teacher", teacher_model if distill else None)
+        self.keep = 1.0
+        self.counts: dict[str, list[int]] = {}
+
+    # ---------------------------------------------------------------------------------------------- training
+    def _scores(self) -> list[torch.Tensor]:
+        return [m.scores for masks in self.score_masks.values() for m in masks]
+
+    def configure_optimizers(self) -> Any:
+        others = [p for n, p in self.named_parameters() if p.requires_grad and "parametrizations" not in n]
+        groups = [{"params": self._scores(), "lr": self.scores_learning_rate, "weight_decay": 0.0}]
+        if others:
+            groups.append({"params": others, "lr": self.learning_rate, "weight_decay": self.weight_decay})
+        optimizer = torch.optim.AdamW(groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup_ratio * total)
+
+        def linear(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self._teacher is not None:
+            self._teacher.to(self.device).eval()
+        self._smp_started = time.perf_counter()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        self.keep = cubic_keep(self.global_step, total, self.params_kept)
+        self.counts = set_counts(self.score_masks, self.keep, self.masking)
+
+    def _teacher_loss(self, student: Any, teacher: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs = self._model_inputs(batch)
+        labels = {k: v for k, v in batch.items() if k in LABEL_KEYS}
+        student = self.model(**inputs, **labels)
+        loss = student.loss
+        size = batch["input_ids"].shape[0]
+        if self._teacher is not None:
+            with torch.no_grad():
+                teacher = self._teacher(**inputs)
+            kd = self._teacher_loss(student, teacher)
+            self.log("train/kd_loss", kd, batch_size=size)
+            loss = self.distill_alpha * kd + (1 - self.distill_alpha) * loss
+        self.log("train/task_loss", loss, batch_size=size)
+        if self.regularization > 0:
+            regularizer = score_regularizer(self._scores())
+            loss = loss + self.regularization * (self.keep / self.params_kept) * regularizer
+            self.log("train/regularizer", regularizer, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("smp/keep", self.keep, batch_size=size)
+        for kind, counts in self.counts.items():
+            numel = self.score_masks[kind][0].scores.numel()
+            self.log(f"smp/kept/{kind}", sum(counts) / (numel * len(counts)), batch_size=size)
+        return loss
+
+    # ---------------------------------------------------------------------------------------------- export
+    def kept_fraction(self) -> float:
+        """The fraction of the encoder Linear weights the current masks keep."""
+        kept = sum(m.count for masks in self.score_masks.values() for m in masks)
+        return kept / sum(m.scores.numel() for masks in self.score_masks.values() for m in masks)
+
+    def binary_masks(self) -> dict[str, torch.Tensor]:
+        """``{"layer.<i>.<type>": mask}``: the binary weight masks, for the export."""
+        return {f"layer.{i}.{kind}": m.mask().cpu() for kind, masks in self.score_masks.items()
+                for i, m in enumerate(masks)}
+
+    def on_fit_end(self) -> None:
+        self.export_pruned(self.trainer)
+
+    def export_pruned(self, trainer: Any) -> dict[str, Any]:
+        """Fix the final masks into the weights, remove the rows and columns they empty (with exact bias folds),
+        evaluate, time (dense, compacted, and compacted with CSR weights) and write the pruned folder, the weight
+        masks and the report. Returns the report."""
+        seconds = {"prune": round(time.perf_counter() - getattr(self, "_smp_started", time.perf_counter()), 3)}
+        self.counts = set_counts(self.score_masks, self.params_kept, self.masking)
+        weight_masks = self.binary_masks()
+        model = self.model
+        modes = [(module, module.training) for module in model.modules()]
+        for linears in encoder_linears(model).values():
+            for linear in linears:
+                parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
+        model.eval()
+        dense = copy.deepcopy(model).eval()  # masked weights, dense shape
+        with phase(seconds, "compact"):
+            masks, folds = structure_from_zeros(model)
+            compact(model, masks)
+        for module, training in modes:
+            module.training = training
+        with phase(seconds, "evaluate_pruned"):
+            metrics = evaluate_module(trainer, self, "pruned")
+        latency = None
+        if trainer.is_global_zero and self.latency_batch_size:
+            with phase(seconds, "latency"):
+                latency = latency_comparison(trainer, dense, model, self.latency_batch_size, self.latency_repeats)
+                sparse = latency_comparison(trainer, dense, sparse_copy(model), self.latency_batch_size,
+                                            self.latency_repeats)
+                latency["csr"] = {"pruned_ms": sparse["pruned_ms"], "speedup": sparse["speedup"],
+                                  "speedup_paired": sparse["speedup_paired"]}
+        datamodule = trainer.datamodule
+        seq_len = datamodule.average_sequence_length()
+        report = shared_report("smp", self, trainer, model, dense, int(os.environ.get("PL_GLOBAL_SEED", 0)), seq_len, None,
+                               {"dense": None, "pruned": metrics}, seconds, latency, masks.binary())
+        total = sum(m.numel() for m in weight_masks.values())
+        report["params"]["kept"] = sum(float(m.sum()) for m in weight_masks.values()) / total
+        report["params"]["target"] = self.params_kept
+        report["params"]["kept_by_type"] = {kind: sum(float(weight_masks[f"layer.{i}.{kind}"].sum())
+                                                      for i in range(len(masks_)))
+                                            / sum(weight_masks[f"layer.{i}.{kind}"].numel() for i in range(len(masks_)))
+                                            for kind, masks_ in self.score_masks.items()}
+        report["structure_removed"] = {"bias_folds": folds}
+        report["settings"] = {"params_kept": self.params_kept, "masking": self.masking,
+                              "regularization": self.regularization, "head": self.head, "distill": self.distill}
+        self.report = report
+        if trainer.is_global_zero:
+            folder = Path(trainer.default_root_dir)
+            write_outputs(folder, model, masks.binary(), report, getattr(datamodule, "tokenizer", None), True)
+            atomic_write_bytes(folder / WEIGHT_MASKS_FILE,
+                               save_safetensors({k: v.to(torch.uint8).contiguous() for k, v in weight_masks.items()},
+                                                metadata={"format": "lit_prune.smp.weight_masks"}))
+        trainer.strategy.barrier("lit_prune-smp")
+        log_report(trainer, report)
+        return report
+
+
+class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificationModule):
+    """SMP on a GLUE task: frozen pretrained encoder, trained mask scores.
+
+    Args:
+        name_or_path: the pretrained (not fine-tuned) encoder whose weights stay frozen.
+        task: the GLUE task.
+        params_kept: the final fraction of the encoder Linear weights kept (the paper's "remaining weights").
+        masking: ``"global"`` (SMP-S) or ``"local"`` (SMP-L).
+        regularization: λ_R of the score regulariser (SMP: 400; 0 switches it off).
+        scores_learning_rate: Adam learning rate of the scores (SMP: 2e-2).
+        head: ``"trainable"`` (a new classifier trained with the scores) or ``"teacher"`` (the fine-tuned
+            ``teacher``'s classifier and pooler, frozen).
+        teacher: a fine-tuned checkpoint of the task (for ``head="teacher"`` and for ``distill``).
+        distill: add distillation from ``teacher`` (KL at ``temperature``, weight ``distill_alpha``; the task loss
+            gets 1 − ``distill_alpha``).
+        temperature: distillation temperature (SMP: 2).
+        distill_alpha: weight of the distillation loss (SMP: 0.5).
+        latency_batch_size: evaluation examples in the timed batch (0 skips timing).
+        latency_repeats: timed passes.
+        learning_rate: learning rate of a trainable head.
+        weight_decay: weight decay of a trainable head.
+        warmup_ratio: warm-up fraction of the linear learning-rate schedule (SMP: none).
+        trust_remote_code: let transformers run modelling code stored with the model.
+        save_final_model: kept for the task-module interface; SMP always writes ``pruned_model/``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: GlueTaskName = "sst2",
+        params_kept: float = 0.1,
+        masking: Masking = "global",
+        regularization: float = 400.0,
+        scores_learning_rate: float = 2e-2,
+        head: Head = "trainable",
+        teacher: str | None = None,
+        distill: bool = False,
+        temperature: float = 2.0,
+        distill_alpha: float = 0.5,
+        latency_batch_size: int = 32,
+        latency_repeats: int = 10,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        trust_remote_code: bool = False,
+        save_final_model: bool = False,
+    ) -> None:
+        super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
+                         warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
+                         save_final_model=save_final_model)
+        self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
+                        head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in batch.items() if name not in LABEL_KEYS}
+
+    def _teacher_loss(self, student: Any, teacher: Any) -> torch.Tensor:
+        if self.spec.is_regression:
+            return F.mse_loss(student.logits, teacher.logits)
+        t = self.temperature
+        return F.kl_div(F.log_softmax(student.logits / t, -1), F.softmax(teacher.logits / t, -1),
+                        reduction="batchmean") * t * t
+
+
+class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
+    """SMP on SQuAD: frozen pretrained encoder, trained mask scores. Arguments as
+    :class:`SMPSequenceClassificationModule` (``task``: ``"squad_v1"`` or ``"squad_v2"``)."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: SquadTask | None = None,
+        params_kept: float = 0.1,
+        masking: Masking = "global",
+        regularization: float = 400.0,
+        scores_learning_rate: float = 2e-2,
+        head: Head = "trainable",
+        teacher: str | None = None,
+        distill: bool = False,
+        temperature: float = 2.0,
+        distill_alpha: float = 0.5,
+        latency_batch_size: int = 32,
+        latency_repeats: int = 10,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        trust_remote_code: bool = False,
+        save_final_model: bool = False,
+    ) -> None:
+        super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
+                         warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
+                         save_final_model=save_final_model)
+        self._setup_smp(QuestionAnsweringModule, params_kept, masking, regularization, scores_learning_rate,
+                        head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in self._inputs(batch).items() if name not in LABEL_KEYS}
+
+    def _teacher_loss(self, student: Any, teacher: Any) -> torch.Tensor:
+        t = self.temperature
+        terms = [F.kl_div(F.log_softmax(getattr(student, n) / t, -1), F.softmax(getattr(teacher, n) / t, -1),
+                          reduction="batchmean") * t * t for n in ("start_logits", "end_logits")]
+        return (terms[0] + terms[1]) / 2
+
+
+__all__ = ["MATRIX_TYPES", "CSRLinear", "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule", "ScoreMask",
+           "cubic_keep", "encoder_linears", "global_counts", "install_scores", "local_count", "score_regularizer",
+           "set_counts", "sparse_copy", "straight_through_mask", "structure_from_zeros", "topk_mask"]
