@@ -30,7 +30,8 @@ def test_there_are_recipes():
     for method in ("kwon", "kprune"):
         assert {f"{method}/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "cola", "squad_v1", "squad_v2")} <= names
     assert {f"gpruner/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "squad_v1", "squad_v2")} <= names
-    assert {f"grain/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "squad_v1")} <= names
+    for method in ("grain", "smp"):
+        assert {f"{method}/{task}.yaml" for task in ("sst2", "mrpc", "stsb", "squad_v1")} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())

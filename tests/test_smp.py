@@ -175,3 +175,25 @@ def test_bad_smp_settings(pretrained_folder):
     message = str(error.value)
     for part in ("params_kept=0", "masking='row'", "regularization=-1", "both need teacher"):
         assert part in message
+
+
+def test_recipe_from_the_command_line(minilm_l3, tmp_path):
+    """configs/smp/mrpc.yaml on the real paraphrase-MiniLM-L3-v2, briefly: a report and a smaller folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    from test_cli import run_train
+
+    out = tmp_path / "smp"
+    result = run_train("fit", "--config", "configs/smp/mrpc.yaml", "--model.name_or_path", str(minilm_l3),
+                       "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+                       "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+                       "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+                       "--data.max_train_samples", "48", "--data.max_seq_length", "64",
+                       "--model.params_kept", "0.1", "--model.latency_batch_size", "8",
+                       "--model.latency_repeats", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = read_report(out)
+    assert report["task"] == "mrpc" and report["params"]["kept"] == pytest.approx(0.1, abs=1e-3)
+    assert set(report["metrics"]["pruned"]) == {"accuracy", "f1"}
+    model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
