@@ -68,6 +68,10 @@ class MethodSpec:
         calibration: init args that set the calibration size to ``n`` examples (``None``: the recipe's own).
         timing_bound: the pruning-cost bound of the method, from a report (``None``: no bound), and its text.
         arg_prefix: where the method's init args live on the command line.
+        starts_from: ``"teacher"`` (the method prunes the fine-tuned teacher) or ``"pretrained"`` (it prunes the
+            benchmark's pretrained ``model``, and gets the teacher through ``teacher_arg``).
+        teacher_arg: the init arg that receives the teacher folder when the model is the pretrained one.
+        seed_arg: the init arg of the run's seed; ``None``: the seed goes to ``--seed_everything``.
     """
 
     name: str
@@ -77,6 +81,9 @@ class MethodSpec:
     calibration: Callable[[int], dict[str, Any]] | None = None
     timing_bound: Callable[[dict[str, Any]], tuple[float, str]] | None = None
     arg_prefix: str = "--trainer.callbacks.init_args."
+    starts_from: str = "teacher"
+    teacher_arg: str | None = None
+    seed_arg: str | None = "seed"
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -106,6 +113,9 @@ register_method(MethodSpec(
     calibration=lambda n: {"num_samples": n}))
 register_method(MethodSpec(
     name="grain", label="GRAIN", config="configs/grain/{task}.yaml", budget="params_kept"))
+register_method(MethodSpec(
+    name="smp", label="SMP-S", config="configs/smp/{task}.yaml", budget="params_kept",
+    arg_prefix="--model.init_args.", starts_from="pretrained", teacher_arg="teacher", seed_arg=None))
 
 
 def achieved(report: dict[str, Any], setting: str) -> float:
@@ -526,12 +536,18 @@ class PruneJob:
 
     def command(self, config: BenchConfig, teacher: Path) -> list[str]:
         spec = self.method.spec
+        model = _relative(teacher) if spec.starts_from == "teacher" else config.model
         args = [sys.executable, str(REPO / "train.py"), "fit", "--config", spec.config.format(task=self.task),
-                "--model.init_args.name_or_path", _relative(teacher), "--trainer.default_root_dir", str(self.folder),
+                "--model.init_args.name_or_path", model, "--trainer.default_root_dir", str(self.folder),
                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                 "--trainer.accelerator", config.accelerator, "--trainer.devices", str(config.devices)]
+        if spec.starts_from == "pretrained" and spec.teacher_arg:
+            args += [spec.arg_prefix + spec.teacher_arg, _relative(teacher)]
         for key, value in self.settings.items():
-            args += [spec.arg_prefix + key, cli_value(value)]
+            if key == "seed" and spec.seed_arg is None:
+                args += ["--seed_everything", cli_value(value)]
+            else:
+                args += [spec.arg_prefix + (spec.seed_arg if key == "seed" else key), cli_value(value)]
         return args
 
 
@@ -584,9 +600,10 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path, acce
     problems = []
     if report.get("task") != job.task:
         problems.append(f"task {report.get('task')!r}, asked {job.task!r}")
-    model = Path(str(report.get("model")))
+    recorded_teacher = report.get("model") if job.method.spec.starts_from == "teacher" else report.get("teacher")
+    model = Path(str(recorded_teacher))
     if (model if model.is_absolute() else REPO / model).resolve() != teacher.resolve():
-        problems.append(f"model {report.get('model')!r}, asked the teacher {_relative(teacher)!r}")
+        problems.append(f"teacher {recorded_teacher!r}, asked {_relative(teacher)!r}")
     recorded = report.get("settings") or {}
     for key, value in job.settings.items():
         if key in recorded and not _same(recorded[key], value):

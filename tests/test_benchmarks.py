@@ -54,7 +54,7 @@ class FakeTrainer:
     def __call__(self, command: list[str], log_file: Path) -> None:
         self.calls.append(command)
         args = dict(zip(command[3::2], command[4::2]))
-        if "--trainer.default_root_dir" in args and "--trainer.callbacks.init_args.seed" not in args:
+        if "--trainer.callbacks.init_args.seed" not in args and "--model.init_args.params_kept" not in args:
             out = Path(args["--trainer.default_root_dir"])  # a teacher fine-tune
             (out / "final_model").mkdir(parents=True)
             (out / "final_model" / "config.json").write_text("{}")
@@ -63,7 +63,13 @@ class FakeTrainer:
         out = Path(args["--trainer.default_root_dir"])
         task = Path(args["--config"]).stem
         method = Path(args["--config"]).parent.name
-        if method == "grain":  # budgeted by parameters; keeps a little more of the FLOPs than of the parameters
+        if method == "smp":  # starts from the pretrained model, gets the teacher as a setting, seeded globally
+            density = float(args["--model.init_args.params_kept"])
+            report = synthetic_report(task, "kwon", 0.9, int(args["--seed_everything"]),
+                                      args["--model.init_args.name_or_path"], hardware=self.hardware)
+            report.update(method="smp", teacher=args["--model.init_args.teacher"],
+                          settings={"params_kept": density, "masking": "global"})
+        elif method == "grain":  # budgeted by parameters; keeps a little more of the FLOPs than of the parameters
             density = float(args["--trainer.callbacks.init_args.params_kept"])
             report = synthetic_report(task, "kwon", density + 0.1, int(args["--trainer.callbacks.init_args.seed"]),
                                       args["--model.init_args.name_or_path"], hardware=self.hardware)
@@ -347,3 +353,19 @@ def test_a_matched_method_runs_at_what_its_reference_achieved(tmp_path, no_adopt
 def test_match_must_name_an_earlier_method(tmp_path):
     with pytest.raises(runner.BenchConfigError, match="match='grain', which is not a method listed before it"):
         make_config(tmp_path, methods=[{"name": "k", "method": "kprune", "match": "grain"}, "grain"])
+
+
+def test_a_method_that_starts_from_the_pretrained_model(tmp_path, no_adoption):
+    """SMP prunes the benchmark's pretrained model, gets the teacher as a setting, and is seeded globally."""
+    config = make_config(tmp_path, tasks=["sst2"], budgets=[0.1], seeds=[3], timing=None, methods=["smp"])
+    fake = FakeTrainer()
+    runner.run_benchmark(config, runner=fake)
+    run = dict(zip(fake.calls[-1][3::2], fake.calls[-1][4::2]))
+    assert run["--config"] == "configs/smp/sst2.yaml"
+    assert run["--model.init_args.name_or_path"] == "tiny-model"
+    assert run["--model.init_args.teacher"].startswith(str(tmp_path / "teachers" / "sst2"))
+    assert run["--seed_everything"] == "3" and run["--model.init_args.params_kept"] == "0.1"
+    assert "--model.init_args.seed" not in run
+    again = FakeTrainer()
+    runner.run_benchmark(config, runner=again)
+    assert again.calls == []  # done, and its report names the same teacher

@@ -197,3 +197,27 @@ def test_recipe_from_the_command_line(minilm_l3, tmp_path):
     assert set(report["metrics"]["pruned"]) == {"accuracy", "f1"}
     model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
+
+
+def test_teacher_head_and_distillation(pretrained_folder, tmp_path):
+    """head='teacher' copies and freezes the teacher's classifier; distillation trains against the teacher; the
+    report scores the teacher as the dense reference."""
+    from transformers import AutoModelForSequenceClassification
+
+    teacher_dir = tmp_path / "teacher"
+    L.seed_everything(1, verbose=False)
+    teacher = AutoModelForSequenceClassification.from_pretrained(pretrained_folder, num_labels=2)
+    teacher.save_pretrained(teacher_dir)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(pretrained_folder).save_pretrained(teacher_dir)
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.3, head="teacher", distill=True,
+                                 teacher=str(teacher_dir))
+    classifier = teacher.classifier.weight.detach().clone()
+    assert torch.equal(module.model.classifier.weight, classifier)
+    assert not module.model.classifier.weight.requires_grad
+    trainer.fit(module, datamodule=data)
+    assert torch.equal(module.model.classifier.weight, classifier)  # frozen through training
+    report = read_report(tmp_path / "run")
+    assert report["teacher"] == str(teacher_dir) and set(report["metrics"]["dense"]) == {"accuracy"}
+    assert report["settings"]["distill"] is True and report["settings"]["head"] == "teacher"

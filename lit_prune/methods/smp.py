@@ -354,7 +354,10 @@ class _StaticModelPruning:
             for name, parameter in self.model.named_parameters():
                 if not name.startswith(self.model.base_model_prefix + ".") or ".pooler." in name:
                     parameter.requires_grad_(True)
+        # unregistered: out of the optimiser, checkpoints and DDP; also scored at the end as the dense reference
         object.__setattr__(self, "_teacher", teacher_model if distill else None)
+        object.__setattr__(self, "_teacher_model", teacher_model)
+        self.teacher_path = teacher
         self.keep = 1.0
         self.counts: dict[str, list[int]] = {}
 
@@ -452,6 +455,14 @@ class _StaticModelPruning:
             module.training = training
         with phase(seconds, "evaluate_pruned"):
             metrics = evaluate_module(trainer, self, "pruned")
+        dense_metrics = None
+        if self._teacher_model is not None:  # the fine-tuned dense model, on the same split, for comparison
+            pruned_model, self.model = self.model, self._teacher_model.to(self.device)
+            try:
+                with phase(seconds, "evaluate_dense"):
+                    dense_metrics = evaluate_module(trainer, self, "teacher")
+            finally:
+                self.model = pruned_model
         latency = None
         if trainer.is_global_zero and self.latency_batch_size:
             with phase(seconds, "latency"):
@@ -463,7 +474,8 @@ class _StaticModelPruning:
         datamodule = trainer.datamodule
         seq_len = datamodule.average_sequence_length()
         report = shared_report("smp", self, trainer, model, dense, int(os.environ.get("PL_GLOBAL_SEED", 0)), seq_len, None,
-                               {"dense": None, "pruned": metrics}, seconds, latency, masks.binary())
+                               {"dense": dense_metrics, "pruned": metrics}, seconds, latency, masks.binary())
+        report["teacher"] = self.teacher_path
         total = sum(m.numel() for m in weight_masks.values())
         report["params"]["kept"] = sum(float(m.sum()) for m in weight_masks.values()) / total
         report["params"]["target"] = self.params_kept
