@@ -158,6 +158,7 @@ def test_training_moves_scores_only_and_exports_a_smaller_model(pretrained_folde
     for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.output.LayerNorm.weight"):
         assert torch.equal(state[name], frozen[name])
     assert report["latency"]["csr"]["pruned_ms"] > 0
+    assert report["step_time"]["ratio"] > 0 and report["step_time"]["repeats"] == 5
     assert report["params"]["pruned"]["encoder_linear"] <= report["params"]["dense"]["encoder_linear"]
 
 

@@ -21,12 +21,13 @@ Pure functions first (:func:`local_counts`, :func:`global_counts`, :func:`topk_m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,7 +307,7 @@ class _StaticModelPruning:
 
     def _setup_smp(self, task_class: type, params_kept: float, masking: Masking, regularization: float,
                    scores_learning_rate: float, head: Head, teacher: str | None, distill: bool, temperature: float,
-                   distill_alpha: float, latency_batch_size: int, latency_repeats: int) -> None:
+                   distill_alpha: float, latency_batch_size: int, latency_repeats: int, time_steps: int) -> None:
         problems = []
         try:
             _check_keep(params_kept, "params_kept")
@@ -328,12 +329,16 @@ class _StaticModelPruning:
             problems.append(f"temperature={temperature!r}: expected a number > 0")
         if not (isinstance(distill_alpha, (int, float)) and 0 <= distill_alpha <= 1):
             problems.append(f"distill_alpha={distill_alpha!r}: expected a weight in [0, 1]")
+        if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 0:
+            problems.append(f"time_steps={time_steps!r}: expected an integer >= 0 (0 skips the step timing)")
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.params_kept, self.masking, self.regularization = float(params_kept), masking, float(regularization)
         self.scores_learning_rate, self.head, self.distill = float(scores_learning_rate), head, distill
         self.temperature, self.distill_alpha = float(temperature), float(distill_alpha)
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
+        self.time_steps = time_steps
+        self.step_time: dict[str, float] | None = None
         teacher_model = None
         if teacher is not None:
             teacher_model = task_class(name_or_path=teacher, task=self.task, save_final_model=False).model
@@ -388,7 +393,67 @@ class _StaticModelPruning:
             self._teacher.to(self.device).eval()
         self._smp_started = time.perf_counter()
 
+    @contextlib.contextmanager
+    def _plain_model(self) -> Iterator[nn.Module]:
+        """``self.model`` as plain fine-tuning would train it (no score masks, every weight trainable) inside the
+        block; the same score masks are put back afterwards."""
+        linears = [linear for group in encoder_linears(self.model).values() for linear in group]
+        grads = {name: p.requires_grad for name, p in self.model.named_parameters()}
+        for linear in linears:
+            parametrize.remove_parametrizations(linear, "weight", leave_parametrized=False)
+        self.model.requires_grad_(True)
+        try:
+            yield self.model
+        finally:
+            for linear, score_mask in zip(linears, [m for group in self.score_masks.values() for m in group]):
+                parametrize.register_parametrization(linear, "weight", score_mask)
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(grads.get(name, "scores" in name))
+
+    def step_times(self, batch: dict[str, torch.Tensor], repeats: int) -> dict[str, float]:
+        """Median wall time of one SMP training step (forward, backward to the scores) against one plain
+        fine-tuning step of the same model (forward, backward to every weight), in alternating blocks of one run,
+        on ``batch``. Optimiser updates are left out of both (a small part of either)."""
+        inputs = {k: v.to(self.device) for k, v in batch.items()
+                  if k in set(self._model_inputs(batch)) | set(LABEL_KEYS)}
+        self.set_counts_for(0)
+        mode = self.model.training
+        self.model.train()
+
+        def steps(count: int) -> list[float]:
+            out = []
+            with torch.enable_grad():
+                for _ in range(count):
+                    started = time.perf_counter()
+                    self.model(**inputs).loss.backward()
+                    out.append(time.perf_counter() - started)
+            self.model.zero_grad(set_to_none=True)
+            return out
+
+        times: dict[str, list[float]] = {"smp": [], "finetune": []}
+        first, second = (repeats + 1) // 2, repeats // 2
+        try:
+            for count in (first, second):  # two rounds of blocks, each block after one warm-up step
+                steps(1)
+                times["smp"] += steps(count)
+                with self._plain_model():
+                    steps(1)
+                    times["finetune"] += steps(count)
+        finally:
+            self.model.train(mode)
+        smp_ms, finetune_ms = (1000 * sorted(v)[len(v) // 2] for v in (times["smp"], times["finetune"]))
+        return {"smp_ms": smp_ms, "finetune_ms": finetune_ms, "ratio": smp_ms / finetune_ms, "repeats": repeats,
+                "batch_size": int(inputs["input_ids"].shape[0])}
+
+    def set_counts_for(self, step: int) -> None:
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        self.keep = cubic_keep(step, total, self.params_kept)
+        self.counts = set_counts(self.score_masks, self.keep, self.masking)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # single process only: a backward outside DDP's forward would wait for the other processes' gradients
+        if self.time_steps and self.step_time is None and self.trainer.world_size == 1:
+            self.step_time = self.step_times(batch, self.time_steps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         self.keep = cubic_keep(self.global_step, total, self.params_kept)
         self.counts = set_counts(self.score_masks, self.keep, self.masking)
@@ -476,6 +541,7 @@ class _StaticModelPruning:
         report = shared_report("smp", self, trainer, model, dense, int(os.environ.get("PL_GLOBAL_SEED", 0)), seq_len, None,
                                {"dense": dense_metrics, "pruned": metrics}, seconds, latency, masks.binary())
         report["teacher"] = self.teacher_path
+        report["step_time"] = self.step_time
         total = sum(m.numel() for m in weight_masks.values())
         report["params"]["kept"] = sum(float(m.sum()) for m in weight_masks.values()) / total
         report["params"]["target"] = self.params_kept
@@ -517,6 +583,8 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         distill_alpha: weight of the distillation loss (SMP: 0.5).
         latency_batch_size: evaluation examples in the timed batch (0 skips timing).
         latency_repeats: timed passes.
+        time_steps: before the first step, time this many SMP steps against as many plain fine-tuning steps of the
+            same model on the first batch (the report's ``step_time``; 0 skips it).
         learning_rate: learning rate of a trainable head.
         weight_decay: weight decay of a trainable head.
         warmup_ratio: warm-up fraction of the linear learning-rate schedule (SMP: none).
@@ -539,6 +607,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         distill_alpha: float = 0.5,
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
+        time_steps: int = 5,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
@@ -549,7 +618,8 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
                          warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
                          save_final_model=save_final_model)
         self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
-                        head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats)
+                        head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
+                        time_steps)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in batch.items() if name not in LABEL_KEYS}
@@ -581,6 +651,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         distill_alpha: float = 0.5,
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
+        time_steps: int = 5,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
@@ -591,7 +662,8 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
                          warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
                          save_final_model=save_final_model)
         self._setup_smp(QuestionAnsweringModule, params_kept, masking, regularization, scores_learning_rate,
-                        head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats)
+                        head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
+                        time_steps)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self._inputs(batch).items() if name not in LABEL_KEYS}
