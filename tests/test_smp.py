@@ -222,3 +222,20 @@ def test_teacher_head_and_distillation(pretrained_folder, tmp_path):
     report = read_report(tmp_path / "run")
     assert report["teacher"] == str(teacher_dir) and set(report["metrics"]["dense"]) == {"accuracy"}
     assert report["settings"]["distill"] is True and report["settings"]["head"] == "teacher"
+
+
+def test_ddp_processes_end_with_the_same_masks(minilm_l3, tmp_path):
+    from test_cli import run_train
+
+    out = tmp_path / "ddp"
+    result = run_train("fit", "--config", "configs/smp/sst2.yaml", "--model.name_or_path", str(minilm_l3),
+                       "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+                       "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+                       "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+                       "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                       "--data.max_train_samples", "64", "--data.max_seq_length", "64", "--data.batch_size", "8",
+                       "--model.params_kept", "0.2", "--model.latency_batch_size", "0", timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = read_report(out)
+    assert report["world_size"] == 2 and report["ranks"]["weight_masks_identical"] is True
+    assert report["step_time"] is None  # timed in a single process only

@@ -216,6 +216,33 @@ def agree_across_ranks(trainer: L.Trainer, model: nn.Module, masks: PruningMasks
     return {"masks_identical": True, "weights_from": 0, "weights_max_difference": float(largest)}
 
 
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 of the tensors' names, shapes, dtypes and bytes (in name order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_same_on_all_ranks(trainer: L.Trainer, tensors: Mapping[str, torch.Tensor], what: str) -> dict[str, Any] | None:
+    """Gather a digest of ``tensors`` from every process and stop the run if any differs from process 0's.
+    ``None`` in a single process."""
+    if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    mine = tensors_digest(tensors)
+    digests: list[str | None] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(digests, mine)
+    differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    if differing:
+        raise RuntimeError(f"lit_prune: the {what} of process(es) {differing} differ from process 0's; every process "
+                           "must end with the same ones. This is a bug in lit_prune; please report it.")
+    return {f"{what.replace(' ', '_')}_identical": True, "digest": mine}
+
+
 def shared_report(method: str, pl_module: L.LightningModule, trainer: L.Trainer, model: nn.Module, dense: nn.Module,
                   seed: int, seq_len: float, flops_target: float | None, metrics: dict[str, Any],
                   seconds: dict[str, float], latency: dict[str, Any] | None, masks: PruningMasks) -> dict[str, Any]:
@@ -279,6 +306,7 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
         logger.save()
 
 
-__all__ = ["LABEL_KEYS", "Progress", "agree_across_ranks", "evaluate_module", "evaluation_loaders",
+__all__ = ["LABEL_KEYS", "Progress", "agree_across_ranks", "check_same_on_all_ranks", "evaluate_module",
+           "evaluation_loaders",
            "find_encoder_model", "forward_keys", "latency_comparison", "log_report", "model_batch", "phase",
-           "shard_loader", "shared_report", "show_progress", "write_outputs"]
+           "shard_loader", "shared_report", "show_progress", "tensors_digest", "write_outputs"]

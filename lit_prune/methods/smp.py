@@ -43,8 +43,8 @@ from lit_prune.core.compact import compact
 from lit_prune.core.masks import PruningMasks
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
-from lit_prune.methods.common import (LABEL_KEYS, evaluate_module, latency_comparison, log_report, phase,
-                                      shared_report, write_outputs)
+from lit_prune.methods.common import (LABEL_KEYS, check_same_on_all_ranks, evaluate_module, latency_comparison,
+                                      log_report, phase, shared_report, write_outputs)
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
@@ -506,6 +506,7 @@ class _StaticModelPruning:
         seconds = {"prune": round(time.perf_counter() - getattr(self, "_smp_started", time.perf_counter()), 3)}
         self.counts = set_counts(self.score_masks, self.params_kept, self.masking)
         weight_masks = self.binary_masks()
+        ranks = check_same_on_all_ranks(trainer, weight_masks, "weight masks")
         model = self.model
         modes = [(module, module.training) for module in model.modules()]
         for linears in encoder_linears(model).values():
@@ -542,6 +543,8 @@ class _StaticModelPruning:
                                {"dense": dense_metrics, "pruned": metrics}, seconds, latency, masks.binary())
         report["teacher"] = self.teacher_path
         report["step_time"] = self.step_time
+        if ranks is not None:
+            report["ranks"] = ranks
         total = sum(m.numel() for m in weight_masks.values())
         report["params"]["kept"] = sum(float(m.sum()) for m in weight_masks.values()) / total
         report["params"]["target"] = self.params_kept
