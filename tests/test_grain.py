@@ -355,3 +355,23 @@ def test_recipe_under_ddp_prunes_the_same_units_on_both_processes(minilm_l3, tmp
     assert report["params"]["kept"] <= 0.3 and report["importance_from"] == "prediction_loss"
     model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
+
+
+def test_factorised_embeddings_train_and_stay_factorised(student_folder, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    data_dir = write_rte(tmp_path / "RTE", n=16)
+    callback = GrainCallback(params_kept=0.5, embedding_rank=8, evaluate=False, latency_batch_size=0)
+    module, _ = _fit(student_folder, data_dir, tmp_path / "run", callback, max_epochs=1)
+    info = callback.report["embeddings"]
+    assert info["rank"] == 8 and 0 < info["relative_error"] < 1
+    factors = module.model.base_model.get_input_embeddings()
+    assert factors.table.weight.shape[1] == 8 and factors.table.weight.requires_grad
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "pruned_model",
+                                                                  trust_remote_code=True).eval()
+    assert reloaded.config.lit_prune_structure["embedding_rank"] == 8
+    module.model.eval()
+    inputs = {"input_ids": torch.randint(5, 1000, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    torch.testing.assert_close(reloaded(**inputs).logits, module.model(**inputs).logits)
+    with pytest.raises(ValueError, match="embedding_rank=0"):
+        GrainCallback(embedding_rank=0)

@@ -54,11 +54,15 @@ def compact(model: nn.Module, masks: PruningMasks) -> nn.Module:
     with torch.no_grad():
         for index in range(adapter.num_layers):
             layers.append(_compact_layer(adapter, index, effective, layout, dims))
-    setattr(model.config, STRUCTURE_KEY, {
+    structure = {
         "format_version": hf.FORMAT_VERSION, "model_type": adapter.model_type, "num_layers": adapter.num_layers,
         "num_heads": adapter.num_heads, "head_dim": adapter.head_dim, "hidden_size": adapter.hidden_size,
         "ffn_dim": adapter.ffn_dim, "layers": layers,
-    })
+    }
+    embeddings = model.base_model.get_input_embeddings()
+    if isinstance(embeddings, hf.FactorizedEmbedding):  # factorised word embeddings (GRAIN's option)
+        structure.update(format_version=hf.FACTORIZED_FORMAT_VERSION, embedding_rank=embeddings.rank)
+    setattr(model.config, STRUCTURE_KEY, structure)
     return model
 
 

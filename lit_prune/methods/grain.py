@@ -27,6 +27,8 @@ Reference code: airaria/GRAIN (``pruners_and_distiller/pruners.py``: ``FineISPru
   (so it keeps slightly more than the target); here the density is met exactly or from below, like every
   lit_prune budget.
 * **Schedule**: cubic, density 1 until 20% of the training steps, the target from 40% on, pruning every step.
+* **Embedding factorisation** (optional, ``embedding_rank``): the word embeddings become a rank-r SVD product before
+  training and train as such; the pruned folder keeps them factorised.
 * **A head with no query units left is removed as a whole.** lit_prune's masks treat a head with no query/key dims
   as pruned (in the reference code it would still average its values uniformly); its value units are removed too,
   and the parameter count says so.
@@ -54,6 +56,7 @@ from torch import nn
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
+from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (agree_across_ranks, evaluate_module, find_encoder_model, latency_comparison,
@@ -320,6 +323,8 @@ class GrainCallback(Callback):
         model_attribute: the LightningModule attribute that holds the Hugging Face model (``None``: the only one).
         seq_len: the ``s`` of the FLOPs accounting; ``None`` asks the data module's ``average_sequence_length()``.
         seed: recorded in the report (the run's randomness comes from ``seed_everything``).
+        embedding_rank: factorise the word embeddings to this rank by SVD before training (GRAIN's option: 192
+            for BERT-base); they train factorised and the pruned folder keeps them so. ``None``: leave them.
     """
 
     method = "grain"
@@ -341,9 +346,14 @@ class GrainCallback(Callback):
         model_attribute: str | None = None,
         seq_len: float | None = None,
         seed: int = 0,
+        embedding_rank: int | None = None,
     ) -> None:
         super().__init__()
         problems = []
+        if embedding_rank is not None and (isinstance(embedding_rank, bool) or not isinstance(embedding_rank, int)
+                                           or embedding_rank < 1):
+            problems.append(f"embedding_rank={embedding_rank!r}: expected a positive integer (below the hidden size) "
+                            "or None")
         try:
             check_density(params_kept)
         except ValueError as error:
@@ -370,6 +380,8 @@ class GrainCallback(Callback):
         self.output_dir, self.save_model, self.evaluate = output_dir, save_model, evaluate
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
         self.model_attribute, self.seq_len, self.seed = model_attribute, seq_len, seed
+        self.embedding_rank = embedding_rank
+        self.embedding_info: dict[str, Any] | None = None
         self.masks: PruningMasks | None = None
         self.importance: GrainImportance | None = None
         self.layout: GrainLayout | None = None
@@ -385,7 +397,8 @@ class GrainCallback(Callback):
     # ------------------------------------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
         return {"params_kept": self.params_kept, "units": self.units, "start": self.start, "end": self.end,
-                "ema_beta": self.ema_beta, "alpha": self.alpha, "prune_every": self.prune_every, "seed": self.seed}
+                "ema_beta": self.ema_beta, "alpha": self.alpha, "prune_every": self.prune_every, "seed": self.seed,
+                "embedding_rank": self.embedding_rank}
 
     def _fields(self) -> tuple[str, ...]:
         return UNIT_FIELDS[self.units]
@@ -409,6 +422,9 @@ class GrainCallback(Callback):
                 check_density(self.params_kept, self.layout)
             except ValueError as error:
                 problems.append(str(error))
+            hidden = self.layout.hidden_size
+            if self.embedding_rank is not None and self.embedding_rank >= hidden:
+                problems.append(f"embedding_rank={self.embedding_rank}: expected less than the hidden size {hidden}")
         datamodule = trainer.datamodule
         if datamodule is None:
             problems.append("no data module: pass datamodule= to trainer.fit")
@@ -422,6 +438,10 @@ class GrainCallback(Callback):
             problems.append("the Trainer trains nothing (max_epochs or max_steps is 0): GRAIN prunes during training")
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        if self.embedding_rank is not None and not isinstance(model.base_model.get_input_embeddings(),
+                                                              FactorizedEmbedding):
+            # before the optimiser is built, so the factors train; a resumed fit loads them from the checkpoint
+            self.embedding_info = factorize_embeddings(model, self.embedding_rank)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = find_encoder_model(pl_module, self.model_attribute)
@@ -548,6 +568,7 @@ class GrainCallback(Callback):
             "encoder_linear"]
         report["params"]["target"] = self.params_kept
         report.update({"settings": self.settings(), "importance_from": self.importance_source,
+                       "embeddings": self.embedding_info,
                        "schedule": {"total_steps": self.total_steps, "start_step": int(self.start * self.total_steps),
                                     "end_step": int(self.end * self.total_steps), "history": self.history},
                        "warnings": warnings_})

@@ -46,6 +46,10 @@ from transformers import (
 
 STRUCTURE_KEY = "lit_prune_structure"
 FORMAT_VERSION = 1
+# Version 2 adds ``embedding_rank`` (factorised word embeddings); folders without it keep writing version 1, so
+# that older readers still load them.
+FACTORIZED_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, FACTORIZED_FORMAT_VERSION)
 
 # Where each architecture keeps its parts. Paths of modules are relative to one encoder layer, except
 # ``layers`` (relative to the base model); the last five entries name config attributes.
@@ -350,9 +354,9 @@ def structure_problems(structure: Any, config: Any) -> list[str]:
     if not isinstance(structure, dict):
         return [f"{STRUCTURE_KEY} is {type(structure).__name__}, expected a dict"]
     version = structure.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         return [f"{STRUCTURE_KEY}.format_version={version!r} is not a format this code reads (it reads "
-                f"{FORMAT_VERSION}); install the lit_prune version that wrote the folder"]
+                f"{', '.join(map(str, READABLE_VERSIONS))}); install the lit_prune version that wrote the folder"]
     model_type = getattr(config, "model_type", None)
     if model_type not in LAYOUTS:
         return [f"config model_type={model_type!r} is not one of {sorted(LAYOUTS)}"]
@@ -364,6 +368,11 @@ def structure_problems(structure: Any, config: Any) -> list[str]:
     for name, value in dims.items():
         if structure.get(name) != value:
             problems.append(f"{STRUCTURE_KEY}.{name}={structure.get(name)!r} differs from the config's {value}")
+    rank = structure.get("embedding_rank")
+    if rank is not None and (version != FACTORIZED_FORMAT_VERSION or type(rank) is not int
+                             or not 1 <= rank <= dims["hidden_size"]):
+        problems.append(f"{STRUCTURE_KEY}.embedding_rank={rank!r}: expected an integer in [1, {dims['hidden_size']}] "
+                        f"in format_version {FACTORIZED_FORMAT_VERSION}")
     layers = structure.get("layers")
     if not isinstance(layers, list) or len(layers) != dims["num_layers"]:
         problems.append(f"{STRUCTURE_KEY}.layers must be a list of {dims['num_layers']} layers, "
@@ -417,6 +426,29 @@ def build_layer_modules(layout: dict[str, str], layer_structure: dict[str, Any],
     return modules
 
 
+class FactorizedEmbedding(nn.Module):
+    """Word embeddings stored as a product: a (V, r) table and an r → d projection without bias, E ≈ table ·
+    projectionᵀ (the factorisation GRAIN applies to the word embeddings, by SVD).
+
+    Attributes:
+        table: ``nn.Embedding(V, r)`` (padding index kept).
+        projection: ``nn.Linear(r, d, bias=False)``.
+    """
+
+    def __init__(self, num_embeddings: int, rank: int, dim: int, padding_idx: int | None = None,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.table = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx, device=device, dtype=dtype)
+        self.projection = nn.Linear(rank, dim, bias=False, device=device, dtype=dtype)
+
+    @property
+    def rank(self) -> int:
+        return self.table.embedding_dim
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.table(input_ids))  # (B, s, r) → (B, s, d)
+
+
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the submodule of ``root`` at dotted ``path``."""
     parent, _, name = path.rpartition(".")
@@ -433,6 +465,12 @@ def apply_structure(model: nn.Module) -> None:
     layout = LAYOUTS[config.model_type]
     dims = dense_dims(config)
     dropout = float(getattr(config, layout["attention_dropout"]))
+    rank = structure.get("embedding_rank")
+    if rank is not None:
+        dense = model.base_model.get_input_embeddings()
+        model.base_model.set_input_embeddings(FactorizedEmbedding(
+            dense.num_embeddings, rank, dense.embedding_dim, dense.padding_idx, dense.weight.device,
+            dense.weight.dtype))
     layers = model.base_model.get_submodule(layout["layers"])
     for layer, layer_structure in zip(layers, structure["layers"]):
         reference = layer.get_submodule(layout["query"]).weight
