@@ -239,3 +239,39 @@ def test_ddp_processes_end_with_the_same_masks(minilm_l3, tmp_path):
     report = read_report(out)
     assert report["world_size"] == 2 and report["ranks"]["weight_masks_identical"] is True
     assert report["step_time"] is None  # timed in a single process only
+
+
+def test_resume_from_a_mid_schedule_checkpoint_gives_the_same_masks(tmp_path, minilm_l3):
+    """Scores are parameters and the schedule follows the global step, so a fit resumed from a checkpoint ends with
+    the masks of an uninterrupted one (no dropout, length-grouped batches: the same order after a resume)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from conftest import tiny_config
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
+    folder = tmp_path / "pretrained"
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert", vocab_size=tokenizer.vocab_size, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    data_dir = write_rte(tmp_path / "RTE", n=24)
+
+    def fit(root, ckpt_path=None, checkpoint=None):
+        L.seed_everything(0, verbose=False)
+        module = SMPSequenceClassificationModule(str(folder), task="rte", params_kept=0.2, latency_batch_size=0,
+                                                 time_steps=0)
+        data = GlueDataModule(task="rte", data_dir=str(data_dir), tokenizer=str(folder), batch_size=4,
+                              group_by_length=True)
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=root, max_epochs=3, deterministic=True,
+                            enable_checkpointing=checkpoint is not None, callbacks=[checkpoint] if checkpoint else [])
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return load_file(root / WEIGHT_MASKS_FILE)
+
+    whole = fit(tmp_path / "whole")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    fit(tmp_path / "first", checkpoint=checkpoint)
+    resumed = fit(tmp_path / "resumed", ckpt_path=tmp_path / "ckpt" / "epoch=0-step=6.ckpt")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
