@@ -160,6 +160,8 @@ CONFIG_KEYS = {
     "teachers": "where runner-trained teachers go",
     "results": "where the JSON and PNG results go",
     "markdown": "the markdown file that gets this benchmark's section",
+    "archive": "where every finished run's report is copied (committed with the results), so a benchmark resumes "
+               "on a fresh checkout without rerunning what is done",
 }
 
 
@@ -185,6 +187,7 @@ class BenchConfig:
     teachers: Path = REPO / "runs" / "teachers"
     results: Path = REPO / "benchmarks" / "results"
     markdown: Path = REPO / "BENCHMARKS.md"
+    archive: Path = REPO / "benchmarks" / "results" / "reports"
     source: str = ""
 
 
@@ -302,7 +305,8 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
         if not isinstance(timing["samples"], int) or timing["samples"] < 1:
             raise BenchConfigError(f"{_where(source, 'timing.samples')}={timing['samples']!r}: a positive integer")
         timing = {**timing, "budget": _budget(timing["budget"], "timing.budget", source)}
-    paths = {key: REPO / str(raw[key]) for key in ("runs", "teachers", "results", "markdown") if key in raw}
+    paths = {key: REPO / str(raw[key]) for key in ("runs", "teachers", "results", "markdown", "archive")
+             if key in raw}
     return BenchConfig(name=name, model=str(raw["model"]), tasks=list(tasks), methods=methods, budgets=budgets,
                        title=str(raw.get("title", name)), description=str(raw.get("description", "")).strip(),
                        seeds=list(seeds), teacher_seed=int(raw.get("teacher_seed", 42)), accelerator=accelerator,
@@ -591,18 +595,19 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path, accelerator: str) -> list[str]:
+def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | None, accelerator: str) -> list[str]:
     """What an existing report records differently from what ``job`` asks for (empty: it is this run).
 
-    Checked: the task, the teacher, every setting the method records in ``settings``, the timing pass and the
-    device kind. Settings a method does not record (latency repeats, ...) cannot be checked.
+    Checked: the task, the teacher (unless ``teacher`` is ``None``: a benchmark whose runs of that task are all done
+    does not rebuild its teacher), every setting the method records in ``settings``, the timing pass and the device
+    kind. Settings a method does not record (latency repeats, ...) cannot be checked.
     """
     problems = []
     if report.get("task") != job.task:
         problems.append(f"task {report.get('task')!r}, asked {job.task!r}")
     recorded_teacher = report.get("model") if job.method.spec.starts_from == "teacher" else report.get("teacher")
     model = Path(str(recorded_teacher))
-    if (model if model.is_absolute() else REPO / model).resolve() != teacher.resolve():
+    if teacher is not None and (model if model.is_absolute() else REPO / model).resolve() != teacher.resolve():
         problems.append(f"teacher {recorded_teacher!r}, asked {_relative(teacher)!r}")
     recorded = report.get("settings") or {}
     for key, value in job.settings.items():
@@ -630,7 +635,32 @@ def resolve(job: PruneJob) -> PruneJob | None:
     return dataclasses.replace(job, settings={job.method.spec.budget: round(value, 6), **job.settings})
 
 
-def run_job(config: BenchConfig, job: PruneJob, teacher: Path, runner: Runner = run_command,
+def archived_report(config: BenchConfig, job: PruneJob) -> Path:
+    """Where the archive keeps ``job``'s report (its run folder's place under ``runs``, under ``archive``)."""
+    return config.archive / job.folder.relative_to(config.runs) / REPORT_FILE
+
+
+def restore_from_archive(config: BenchConfig, job: PruneJob) -> bool:
+    """Put the archived report of ``job`` into its run folder when the folder has none; whether it did."""
+    target, source = job.folder / REPORT_FILE, archived_report(config, job)
+    if target.is_file() or not source.is_file():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, source.read_text())
+    return True
+
+
+def archive_report(config: BenchConfig, job: PruneJob) -> None:
+    """Copy ``job``'s finished report into the archive (when it is not there already)."""
+    source, target = job.folder / REPORT_FILE, archived_report(config, job)
+    text = source.read_text()
+    if target.is_file() and target.read_text() == text:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, text)
+
+
+def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Runner = run_command,
             dry_run: bool = False) -> dict[str, Any] | None:
     """Run one job unless its report exists (then check and return it).
 
@@ -658,14 +688,19 @@ def run_job(config: BenchConfig, job: PruneJob, teacher: Path, runner: Runner = 
         problems = report_mismatches(report, job, teacher, config.accelerator)
         if problems:
             raise RuntimeError(f"{_relative(report_file)} is not the run {what}: " + "; ".join(problems)
-                               + ". Delete that folder to rerun it, or set `runs` to another folder.")
+                               + ". Delete that folder (and its copy under `archive`) to rerun it, or set `runs` "
+                               "and `archive` to other folders.")
+        if not dry_run:
+            archive_report(config, job)
         return report
     _log(f"{what}: running into {_relative(job.folder)}")
     if dry_run:
         return None
     started = time.perf_counter()
+    assert teacher is not None, f"{what}: no teacher for a run that has to run"
     runner(job.command(config, teacher), job.folder / "train.log")
     report = read_report(report_file)
+    archive_report(config, job)
     _log(f"{what}: done in {time.perf_counter() - started:.0f} s")
     return report
 
@@ -680,8 +715,14 @@ def run_benchmark(config: BenchConfig, runner: Runner = run_command, dry_run: bo
 
     started = time.perf_counter()
     jobs = plan(config)
+    restored = 0 if dry_run else sum(restore_from_archive(config, job) for job in jobs)
+    if restored:
+        _log(f"{config.name}: {restored} run report(s) restored from {_relative(config.archive)}")
     if not collect_only:
-        teachers = {task: ensure_teacher(config, task, runner, dry_run) for task in dict.fromkeys(j.task for j in jobs)}
+        # teachers only for tasks with a run still to do
+        pending = dict.fromkeys(job.task for job in jobs if not (job.folder / REPORT_FILE).is_file())
+        teachers: dict[str, Path | None] = {task: None for task in dict.fromkeys(j.task for j in jobs)}
+        teachers.update({task: ensure_teacher(config, task, runner, dry_run) for task in pending})
         done = sum((job.folder / REPORT_FILE).is_file() for job in jobs)
         _log(f"{config.name}: {len(jobs)} pruning runs, {done} already done")
         for job in jobs:
@@ -724,5 +765,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["BenchConfig", "BenchConfigError", "METHODS", "MethodRun", "MethodSpec", "PruneJob", "config_differences",
-           "achieved", "ensure_teacher", "load_config", "main", "parse_config", "plan", "register_method",
-           "report_mismatches", "resolve", "run_benchmark", "run_job", "teacher_key"]
+           "achieved", "archive_report", "archived_report", "ensure_teacher", "load_config", "main", "parse_config", "plan", "register_method",
+           "report_mismatches", "resolve", "restore_from_archive", "run_benchmark", "run_job", "teacher_key"]

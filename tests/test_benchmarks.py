@@ -93,7 +93,8 @@ def make_config(tmp_path: Path, **overrides) -> runner.BenchConfig:
            "calibration": {"glue": 16, "squad": 4}, "latency_repeats": 2,
            "timing": {"task": "sst2", "samples": 32, "budget": 0.5},
            "runs": str(tmp_path / "runs"), "teachers": str(tmp_path / "teachers"),
-           "results": str(tmp_path / "results"), "markdown": str(tmp_path / "BENCHMARKS.md")}
+           "results": str(tmp_path / "results"), "markdown": str(tmp_path / "BENCHMARKS.md"),
+           "archive": str(tmp_path / "archive")}
     raw.update(overrides)
     return runner.parse_config(raw, source="synthetic.yaml")
 
@@ -194,8 +195,9 @@ def test_an_interrupted_benchmark_resumes_where_it_stopped(tmp_path, no_adoption
     config = make_config(tmp_path)
     runner.run_benchmark(config, runner=FakeTrainer())
     jobs = runner.plan(config)
-    for job in jobs[3:6]:  # as if these had not finished
+    for job in jobs[3:6]:  # as if these had not finished (no report in the run folder or the archive)
         shutil.rmtree(job.folder)
+        runner.archived_report(config, job).unlink()
     fake = FakeTrainer()
     runner.run_benchmark(config, runner=fake)
     folders = [Path(c[c.index("--trainer.default_root_dir") + 1]) for c in fake.calls]
@@ -369,3 +371,26 @@ def test_a_method_that_starts_from_the_pretrained_model(tmp_path, no_adoption):
     again = FakeTrainer()
     runner.run_benchmark(config, runner=again)
     assert again.calls == []  # done, and its report names the same teacher
+
+
+def test_a_fresh_checkout_resumes_from_the_archive(tmp_path, no_adoption):
+    """Every finished run's report is archived; with the runs and teachers gone (a fresh checkout), the benchmark
+    restores the reports, fine-tunes no teacher, reruns nothing and writes the same results."""
+    config = make_config(tmp_path)
+    first = runner.run_benchmark(config, runner=FakeTrainer())
+    archived = sorted(p.relative_to(tmp_path / "archive") for p in (tmp_path / "archive").rglob(REPORT_FILE))
+    assert len(archived) == len(runner.plan(config))
+    shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "teachers")
+    fake = FakeTrainer()
+    again = runner.run_benchmark(config, runner=fake)
+    assert fake.calls == []
+    assert again["points"] == first["points"] and again["means"] == first["means"]
+    # one run lost from both places reruns, and only its task's teacher is fine-tuned again
+    lost = next(job for job in runner.plan(config) if job.task == "stsb" and not job.timing)
+    shutil.rmtree(lost.folder)
+    runner.archived_report(config, lost).unlink()
+    fake = FakeTrainer()
+    runner.run_benchmark(config, runner=fake)
+    configs = [Path(dict(zip(c[3::2], c[4::2]))["--config"]).parts[-2:] for c in fake.calls]
+    assert configs == [("finetune", "stsb.yaml"), (lost.method.name, "stsb.yaml")]
