@@ -3,17 +3,28 @@ computation from weight gradients, the structure regulariser, and the global sel
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import tiny_inputs, tiny_model
+from conftest import REPO, tiny_inputs, tiny_model
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.flops import count_parameters, masks_parameters
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.grain import (GrainImportance, GrainLayout, check_density, density_schedule, select_units)
+from lit_prune.data.glue import GlueDataModule
+from lit_prune.distill import DistilledSequenceClassificationModule
+from lit_prune.methods.grain import (GrainCallback, GrainImportance, GrainLayout, check_density, density_schedule,
+                                     select_units)
+from lit_prune.report import REPORT_KEYS, read_report
+from test_glue import write_rte
 
 
 @pytest.fixture
@@ -174,17 +185,6 @@ def test_density_checks(model):
 
 
 # ------------------------------------------------------------------------------------------------ the callback
-import json  # noqa: E402
-
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from lit_prune.data.glue import GlueDataModule  # noqa: E402
-from lit_prune.distill import DistilledSequenceClassificationModule  # noqa: E402
-from lit_prune.methods.grain import GrainCallback  # noqa: E402
-from lit_prune.report import REPORT_KEYS, read_report  # noqa: E402
-from test_glue import write_rte  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +375,31 @@ def test_factorised_embeddings_train_and_stay_factorised(student_folder, tmp_pat
     torch.testing.assert_close(reloaded(**inputs).logits, module.model(**inputs).logits)
     with pytest.raises(ValueError, match="embedding_rank=0"):
         GrainCallback(embedding_rank=0)
+
+
+def test_two_nodes_launched_by_torchrun(minilm_l3, tmp_path):
+    """The multi-node code path on one machine: two torchrun launches of one process each (node ranks 0 and 1),
+    Lightning's num_nodes 2; the processes agree on the masks and process 0 writes the report."""
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "nodes"
+    args = ["train.py", "fit", "--config", "configs/grain/sst2.yaml", "--model.name_or_path", str(minilm_l3),
+            "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+            "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--trainer.strategy", "ddp",
+            "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.accelerator", "cpu",
+            "--data.max_train_samples", "64", "--data.max_seq_length", "64", "--data.batch_size", "8",
+            "--trainer.callbacks.init_args.params_kept", "0.4", "--trainer.callbacks.init_args.evaluate", "false",
+            "--trainer.callbacks.init_args.latency_batch_size", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                  "--nproc-per-node", "1", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+                                  "--master-port", str(port), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [launch.communicate(timeout=900) for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    report = read_report(out)
+    assert report["world_size"] == 2 and report["ranks"]["masks_identical"] is True

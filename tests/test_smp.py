@@ -3,13 +3,22 @@ the cubic schedule and the score regulariser."""
 
 from __future__ import annotations
 
+import copy
 import math
 
+import lightning as L
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from lit_prune.methods.smp import (cubic_keep, global_counts, local_count, score_regularizer,
-                                   straight_through_mask, topk_mask)
+from conftest import tiny_inputs, tiny_model
+from lit_prune.core.compact import compact
+from lit_prune.data.glue import GlueDataModule
+from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPSequenceClassificationModule, cubic_keep, encoder_linears,
+                                   global_counts, local_count, score_regularizer, sparse_copy,
+                                   straight_through_mask, structure_from_zeros, topk_mask)
+from lit_prune.report import REPORT_KEYS, read_report
+from test_glue import write_rte
 
 
 def test_local_counts_keep_the_top_fraction_of_each_matrix():
@@ -65,18 +74,6 @@ def test_regularizer_is_the_mean_sigmoid():
 
 
 # ------------------------------------------------------------------------------------------------ export and module
-import copy  # noqa: E402
-
-import lightning as L  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from conftest import tiny_inputs, tiny_model  # noqa: E402
-from lit_prune.core.compact import compact  # noqa: E402
-from lit_prune.data.glue import GlueDataModule  # noqa: E402
-from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPSequenceClassificationModule, encoder_linears,  # noqa: E402
-                                   sparse_copy, structure_from_zeros)
-from lit_prune.report import REPORT_KEYS, read_report  # noqa: E402
-from test_glue import write_rte  # noqa: E402
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
