@@ -15,7 +15,7 @@ from conftest import tiny_inputs, tiny_model
 from lit_prune.core.compact import compact
 from lit_prune.data.glue import GlueDataModule
 from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPSequenceClassificationModule, cubic_keep, encoder_linears,
-                                   global_counts, local_count, score_regularizer, sparse_copy,
+                                   global_counts, local_count, score_regularizer, set_counts, sparse_copy,
                                    straight_through_mask, structure_from_zeros, topk_mask)
 from lit_prune.report import REPORT_KEYS, read_report
 from test_glue import write_rte
@@ -223,3 +223,11 @@ def test_recipe_under_ddp(minilm_l3, tmp_path):
     assert report["step_time"] is None  # timed in a single process only
     model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
+
+
+def test_non_finite_scores_stop_the_run(pretrained_folder):
+    module = SMPSequenceClassificationModule(str(pretrained_folder), task="rte")
+    with torch.no_grad():
+        module.score_masks["ffn_up"][1].scores[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="scores of layer 1's ffn_up matrix are not finite"):
+        set_counts(module.score_masks, 0.5, "global")

@@ -192,6 +192,10 @@ def set_counts(score_masks: dict[str, list[ScoreMask]], keep: float, masking: Ma
     """Set every matrix's kept count for the ratio ``keep``: SMP-L (``local``) or SMP-S (``global``)."""
     counts: dict[str, list[int]] = {}
     for kind, masks in score_masks.items():
+        for layer, mask in enumerate(masks):
+            if not torch.isfinite(mask.scores).all():
+                raise FloatingPointError(f"SMP: the scores of layer {layer}'s {kind} matrix are not finite; lower "
+                                         "scores_learning_rate or the regularization")
         numel = masks[0].scores.numel()
         if masking == "local":
             counts[kind] = [local_count(numel, keep) for _ in masks]
