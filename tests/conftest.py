@@ -57,6 +57,25 @@ def minilm_l6(assets_dir) -> Path:
     return _assets_or_fail("models", "all-MiniLM-L6-v2")
 
 
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory, minilm_l3) -> Path:
+    """paraphrase-MiniLM-L3-v2 fine-tuned briefly on SST-2 (a real, if weak, teacher), once per test session."""
+    import lightning as L
+
+    from lit_prune.data import GlueDataModule
+    from lit_prune.tasks import SequenceClassificationModule
+
+    root = tmp_path_factory.mktemp("teacher")
+    L.seed_everything(0)
+    module = SequenceClassificationModule(str(minilm_l3), task="sst2", learning_rate=1e-4)
+    data = GlueDataModule(task="sst2", tokenizer=str(minilm_l3), max_seq_length=64, batch_size=32,
+                          max_train_samples=640)
+    trainer = L.Trainer(max_epochs=1, default_root_dir=str(root), logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer.fit(module, data)
+    return root / "final_model"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own tokenisation cache, so tests never read a stale entry."""

@@ -228,3 +228,20 @@ def test_not_a_pruned_folder_errors(saved, tmp_path):
         assert not is_pruned_folder(folder)
     with pytest.raises(ValueError, match=r"kind='masked_lm' is not one of"):
         load_pruned(good, kind="masked_lm")
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned_or_restored(tmp_path):
+    from lit_prune.core.atomic import atomic_directory, atomic_write_text
+
+    destination = tmp_path / "pruned_model"
+    (tmp_path / ".pruned_model.tmp.abc").mkdir()  # killed while writing: a partial new folder
+    (tmp_path / ".pruned_model.old.def").mkdir()  # killed between the two renames: the previous folder, aside
+    (tmp_path / ".pruned_model.old.def" / "config.json").write_text("{}")
+    with atomic_directory(destination) as tmp:
+        assert (destination / "config.json").is_file()  # the previous folder is back in place while writing
+        (tmp / "config.json").write_text('{"new": true}')
+    assert (destination / "config.json").read_text() == '{"new": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned_model"]
+    (tmp_path / ".report.json.xyz").write_text("half")
+    atomic_write_text(tmp_path / "report.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned_model", "report.json"]

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, tiny_config
+from lit_prune.report import read_report
 from test_glue import write_rte
 
 SCRIPT = textwrap.dedent('''
@@ -99,3 +100,43 @@ def test_killed_mid_schedule_and_resumed_ends_with_the_same_masks(setup, tmp_pat
     assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected)
     reports = [json.loads((tmp_path / name / "pruning_report.json").read_text()) for name in ("whole", "killed")]
     assert reports[0]["structure"] == reports[1]["structure"]
+
+
+KILL_WHILE_SAVING = textwrap.dedent('''
+    import os, signal, sys
+    import transformers
+
+    # die in the middle of writing the pruned folder: its weights are on disk, its config is not yet
+    original = transformers.PreTrainedModel.save_pretrained
+
+    def save_then_die(self, folder, *args, **kwargs):
+        original(self, folder, *args, **kwargs)
+        if "lit_prune_structure" in self.config.to_dict():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    transformers.PreTrainedModel.save_pretrained = save_then_die
+    sys.argv = ["train.py", *sys.argv[1:]]
+    from lit_prune.cli import main
+    main()
+''')
+
+
+def test_a_killed_retraining_free_run_leaves_no_partial_folder_and_a_rerun_completes(teacher, tmp_path):
+    from test_cli import run_train
+    from test_pruning_callbacks import COMMON, SAMPLE
+
+    script = tmp_path / "kill_while_saving.py"
+    script.write_text(KILL_WHILE_SAVING)
+    out = tmp_path / "run"
+    args = ["fit", "--config", "configs/kwon/sst2.yaml", "--model.name_or_path", str(teacher),
+            "--trainer.default_root_dir", str(out), *COMMON, *SAMPLE["kwon"]]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (out / "pruned_model").exists() and not (out / "pruning_report.json").exists()
+    assert list(out.glob(".pruned_model.tmp.*"))  # the killed writer's leftovers, hidden
+    rerun = run_train(*args, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert read_report(out)["method"] == "kwon" and (out / "pruned_model" / "config.json").is_file()
+    assert not list(out.glob(".pruned_model.*"))  # the rerun cleaned them up

@@ -30,20 +30,6 @@ SAMPLE = {"kwon": ["--trainer.callbacks.init_args.num_samples", "64"],
                       "--trainer.callbacks.init_args.ppo_rollouts", "3"]}
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, minilm_l3) -> Path:
-    """paraphrase-MiniLM-L3-v2 fine-tuned briefly on SST-2 (a real, if weak, teacher)."""
-    root = tmp_path_factory.mktemp("teacher")
-    L.seed_everything(0)
-    module = SequenceClassificationModule(str(minilm_l3), task="sst2", learning_rate=1e-4)
-    data = GlueDataModule(task="sst2", tokenizer=str(minilm_l3), max_seq_length=64, batch_size=32,
-                          max_train_samples=640)
-    trainer = L.Trainer(max_epochs=1, default_root_dir=str(root), logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, accelerator="cpu", devices=1)
-    trainer.fit(module, data)
-    return root / "final_model"
-
-
 def prune(method: str, teacher: Path, out: Path, *extra: str) -> dict:
     result = run_train("fit", "--config", f"configs/{method}/sst2.yaml", "--model.name_or_path", str(teacher),
                        "--trainer.default_root_dir", str(out), *COMMON, *SAMPLE[method], *extra, timeout=600)
