@@ -384,3 +384,20 @@ def test_recipe_on_two_nodes_launched_by_torchrun(minilm_l3, tmp_path):
     assert report["params"]["kept"] <= 0.4 and report["importance_from"] == "prediction_loss"
     model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
+
+
+def test_on_a_users_own_module(tmp_path):
+    """A user's module with its own training step and no prediction_loss: GRAIN prunes it during its fit, taking the
+    importance from the whole training loss, and says so."""
+    from test_pruning_callbacks import UserData, UserModule
+
+    callback = GrainCallback(params_kept=0.5, evaluate=False, seq_len=12, latency_batch_size=0,
+                             output_dir=str(tmp_path))
+    module = UserModule()
+    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", devices=1, callbacks=[callback])
+    trainer.fit(module, UserData())
+    report = read_report(tmp_path)
+    assert report["importance_from"] == "loss" and report["params"]["kept"] <= 0.5
+    assert module.encoder.config.lit_prune_structure is not None
+    assert (tmp_path / "pruned_model" / "config.json").is_file()
