@@ -5,5 +5,7 @@ from lit_prune.methods.gpruner import GPrunerCallback
 from lit_prune.methods.grain import GrainCallback
 from lit_prune.methods.kprune import KPruneCallback
 from lit_prune.methods.kwon import KwonCallback
+from lit_prune.methods.smp import SMPQuestionAnsweringModule, SMPSequenceClassificationModule
 
-__all__ = ["GPrunerCallback", "GrainCallback", "KPruneCallback", "KwonCallback", "RetrainingFreePruning"]
+__all__ = ["GPrunerCallback", "GrainCallback", "KPruneCallback", "KwonCallback", "RetrainingFreePruning",
+           "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule"]
