@@ -40,8 +40,7 @@ from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (LABEL_KEYS, Progress, agree_across_ranks, evaluate_module, find_encoder_model,
-                                      latency_comparison, log_report, model_batch, phase, shared_report,
-                                      show_progress, write_outputs)
+                                      latency_comparison, model_batch, phase, publish, shared_report, show_progress)
 
 class RetrainingFreePruning(Callback):
     """Base class of the retraining-free pruning callbacks (see the module docstring for when and how they run).
@@ -325,15 +324,9 @@ class RetrainingFreePruning(Callback):
             "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
             **details,
         }
-        if ranks is not None:
-            report["ranks"] = ranks
         self.report = report
-        if trainer.is_global_zero:
-            write_outputs(self.output_folder(trainer), model, self.masks, report,
-                          getattr(datamodule, "tokenizer", None), self.save_model)
-        trainer.strategy.barrier("lit_prune-pruned")
-        log_report(trainer, report)
-        return report
+        return publish(trainer, report, self.output_folder(trainer), model, self.masks,
+                       getattr(datamodule, "tokenizer", None), self.save_model, ranks)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -289,6 +289,19 @@ def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: d
     log.info(summary)
 
 
+def publish(trainer: L.Trainer, report: dict[str, Any], folder: Path, model: nn.Module, masks: PruningMasks,
+            tokenizer: Any, save_model: bool, ranks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """End a pruning run on every process: add the rank check to the report, write the outputs on process 0 (see
+    :func:`write_outputs`), wait for it, and log the numbers. Returns the report."""
+    if ranks is not None:
+        report["ranks"] = ranks
+    if trainer.is_global_zero:
+        write_outputs(folder, model, masks, report, tokenizer, save_model)
+    trainer.strategy.barrier("lit_prune-published")
+    log_report(trainer, report)
+    return report
+
+
 def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
     """Send the report's numbers to the Trainer's loggers under ``prune/``."""
     if not trainer.loggers:
@@ -308,5 +321,5 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
 
 __all__ = ["LABEL_KEYS", "Progress", "agree_across_ranks", "check_same_on_all_ranks", "evaluate_module",
            "evaluation_loaders",
-           "find_encoder_model", "forward_keys", "latency_comparison", "log_report", "model_batch", "phase",
+           "find_encoder_model", "forward_keys", "latency_comparison", "log_report", "model_batch", "phase", "publish",
            "shard_loader", "shared_report", "show_progress", "tensors_digest", "write_outputs"]

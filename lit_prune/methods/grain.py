@@ -60,7 +60,7 @@ from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (agree_across_ranks, evaluate_module, find_encoder_model, latency_comparison,
-                                      log_report, phase, shared_report, write_outputs)
+                                      phase, publish, shared_report)
 
 log = logging.getLogger(__name__)
 
@@ -572,15 +572,9 @@ class GrainCallback(Callback):
                        "schedule": {"total_steps": self.total_steps, "start_step": int(self.start * self.total_steps),
                                     "end_step": int(self.end * self.total_steps), "history": self.history},
                        "warnings": warnings_})
-        if ranks is not None:
-            report["ranks"] = ranks
         self.report = report
-        if trainer.is_global_zero:
-            write_outputs(self.output_folder(trainer), model, self.masks, report,
-                          getattr(datamodule, "tokenizer", None), self.save_model)
-        trainer.strategy.barrier("lit_prune-grain")
-        log_report(trainer, report)
-        return report
+        return publish(trainer, report, self.output_folder(trainer), model, self.masks,
+                       getattr(datamodule, "tokenizer", None), self.save_model, ranks)
 
     def output_folder(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)

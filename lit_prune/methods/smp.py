@@ -44,7 +44,7 @@ from lit_prune.core.masks import PruningMasks
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.methods.common import (LABEL_KEYS, check_same_on_all_ranks, evaluate_module, latency_comparison,
-                                      log_report, phase, shared_report, write_outputs)
+                                      phase, publish, shared_report)
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
@@ -380,16 +380,7 @@ class _StaticModelPruning:
         if others:
             groups.append({"params": others, "lr": self.learning_rate, "weight_decay": self.weight_decay})
         optimizer = torch.optim.AdamW(groups)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-
-        def linear(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": self.linear_schedule(optimizer)}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -547,8 +538,6 @@ class _StaticModelPruning:
                                {"dense": dense_metrics, "pruned": metrics}, seconds, latency, masks.binary())
         report["teacher"] = self.teacher_path
         report["step_time"] = self.step_time
-        if ranks is not None:
-            report["ranks"] = ranks
         total = sum(m.numel() for m in weight_masks.values())
         report["params"]["kept"] = sum(float(m.sum()) for m in weight_masks.values()) / total
         report["params"]["target"] = self.params_kept
@@ -560,15 +549,13 @@ class _StaticModelPruning:
         report["settings"] = {"params_kept": self.params_kept, "masking": self.masking,
                               "regularization": self.regularization, "head": self.head, "distill": self.distill}
         self.report = report
+        folder = Path(trainer.default_root_dir)
         if trainer.is_global_zero:
-            folder = Path(trainer.default_root_dir)
-            write_outputs(folder, model, masks.binary(), report, getattr(datamodule, "tokenizer", None), True)
             atomic_write_bytes(folder / WEIGHT_MASKS_FILE,
                                save_safetensors({k: v.to(torch.uint8).contiguous() for k, v in weight_masks.items()},
                                                 metadata={"format": "lit_prune.smp.weight_masks"}))
-        trainer.strategy.barrier("lit_prune-smp")
-        log_report(trainer, report)
-        return report
+        return publish(trainer, report, folder, model, masks.binary(), getattr(datamodule, "tokenizer", None), True,
+                       ranks)
 
 
 class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificationModule):

@@ -133,6 +133,10 @@ class TaskModule(L.LightningModule):
             {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate)
+        return {"optimizer": optimizer, "lr_scheduler": self.linear_schedule(optimizer)}
+
+    def linear_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Linear warm-up over ``warmup_ratio`` of the training steps, then linear decay to 0 (every param group)."""
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup_ratio * total)
 
@@ -141,8 +145,7 @@ class TaskModule(L.LightningModule):
                 return (step + 1) / (warmup + 1)
             return max(0.0, (total - step) / max(1, total - warmup))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, linear), "interval": "step"}
 
     # ------------------------------------------------------------------------------------------ loading
     def load_hf_model(self, auto_class: type, mapping_names: dict[str, str], kind: str,
