@@ -198,8 +198,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         flops, metrics, latency = report["flops"], report["metrics"], report.get("latency")
         lines.append(f"{report['method']} on {report.get('task')} (seed {report.get('seed')}, world size "
                      f"{report.get('world_size')}), from {report['model']}")
-        lines.append(f"flops_kept {_fmt(flops['kept'])} (asked {_fmt(flops.get('target'), 2)}) at "
-                     f"s={flops.get('seq_len', 0):g}")
+        params = report.get("params") or {}
+        if params.get("target") is not None:  # budgeted by parameters (GRAIN, SMP)
+            lines.append(f"params_kept {_fmt(params.get('kept'))} (asked {_fmt(params['target'], 2)}); flops_kept "
+                         f"{_fmt(flops['kept'])} at s={flops.get('seq_len', 0):g}")
+        else:
+            lines.append(f"flops_kept {_fmt(flops['kept'])} (asked {_fmt(flops.get('target'), 2)}) at "
+                         f"s={flops.get('seq_len', 0):g}")
         main_metric = metrics.get("main")
         dense, pruned = metrics.get("dense") or {}, metrics.get("pruned") or {}
         if main_metric and main_metric in pruned:
@@ -213,6 +218,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         if latency:
             lines.append(f"latency: {latency['dense_ms']:.2f} ms dense, {latency['pruned_ms']:.2f} ms pruned: "
                          f"{latency['speedup']:.2f}x faster (ideal 1/flops_kept = {1 / flops['kept']:.2f}x)")
+            if latency.get("csr"):  # SMP: the compacted model with sparse weights
+                lines.append(f"latency with CSR sparse weights: {latency['csr']['pruned_ms']:.2f} ms: "
+                             f"{latency['csr']['speedup']:.2f}x faster")
         seconds = report.get("seconds") or {}
         if seconds:
             phases = ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if k != "total"

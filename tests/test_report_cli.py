@@ -139,3 +139,16 @@ def test_runs_as_a_module(run_dir):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "kprune on mrpc" in result.stdout and "layer  1:" in result.stdout
+
+
+def test_a_parameter_budget_is_shown_as_such(tmp_path, capsys):
+    folder = _run_folder(tmp_path / "run", make_masks("heads_ffn"))
+    report = json.loads((folder / REPORT_FILE).read_text())
+    report["flops"]["target"] = None
+    report["params"].update(kept=0.18, target=0.2)
+    report["latency"]["csr"] = {"pruned_ms": 8.0, "speedup": 1.5}
+    write_report(folder / REPORT_FILE, report)
+    assert main([str(folder), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "params_kept 0.1800 (asked 0.20); flops_kept" in out
+    assert "latency with CSR sparse weights: 8.00 ms: 1.50x faster" in out
