@@ -129,7 +129,8 @@ def test_a_killed_retraining_free_run_leaves_no_partial_folder_and_a_rerun_compl
     script.write_text(KILL_WHILE_SAVING)
     out = tmp_path / "run"
     args = ["fit", "--config", "configs/kwon/sst2.yaml", "--model.name_or_path", str(teacher),
-            "--trainer.default_root_dir", str(out), *COMMON, *SAMPLE["kwon"]]
+            "--trainer.default_root_dir", str(out), *COMMON, *SAMPLE["kwon"],
+            "--trainer.callbacks.init_args.evaluate", "false", "--trainer.callbacks.init_args.latency_batch_size", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
