@@ -44,3 +44,25 @@ def test_own_project_example_runs(tmp_path, monkeypatch, minilm_l3):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned_run" / "pruned_model",
                                                                    trust_remote_code=True)
     assert sum(p.numel() for p in reloaded.parameters()) == report["params"]["pruned"]["total"]
+
+
+def test_every_image_and_local_link_in_the_docs_exists():
+    for name in ("README.md", "BENCHMARKS.md"):
+        path = REPO / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        targets = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text) + re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s:#]+)\)", text)
+        missing = [t for t in targets if not (path.parent / t).exists()]
+        assert not missing, f"{name} links to missing files: {missing}"
+
+
+def test_every_test_named_in_the_bad_input_table_exists():
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Bad input and what it gets"):]
+    table = table[:table.index("\n## ")]
+    named = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", table)
+    assert len(named) >= 20
+    missing = [f"{path}::{name}" for path, name in named
+               if not re.search(rf"^def {name}\(", (REPO / path).read_text(), re.MULTILINE)]
+    assert not missing, f"README's bad-input table names tests that do not exist: {missing}"
