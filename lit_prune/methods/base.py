@@ -35,12 +35,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (LABEL_KEYS, Progress, agree_across_ranks, evaluate_module, find_encoder_model,
-                                      latency_comparison, model_batch, phase, publish, shared_report, show_progress)
+                                      latency_comparison, model_batch, phase, publish, setup_problems, shared_report,
+                                      show_progress)
 
 class RetrainingFreePruning(Callback):
     """Base class of the retraining-free pruning callbacks (see the module docstring for when and how they run).
@@ -159,15 +159,10 @@ class RetrainingFreePruning(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        problems = list(self.problems)
+        _, problems = setup_problems(trainer, pl_module, self.model_attribute, self.seq_len, self.evaluate,
+                                     "prune the dense fine-tuned model, with a smaller flops_kept")
+        problems = list(self.problems) + problems
         name = getattr(pl_module, "name_or_path", "the model")
-        try:
-            model = find_encoder_model(pl_module, self.model_attribute)
-            if get_adapter(model).is_compacted:
-                problems.append(f"model.name_or_path={name!r} is already pruned (its config has a "
-                                "lit_prune_structure); prune the dense fine-tuned model, with a smaller flops_kept")
-        except ValueError as error:
-            problems.append(str(error))
         missing = getattr(pl_module, "newly_initialized", None)
         if missing:
             task = getattr(pl_module, "task", None)
@@ -176,17 +171,6 @@ class RetrainingFreePruning(Callback):
                             "(initialised at random). Retraining-free pruning starts from a fine-tuned model: run "
                             "the task's recipe in configs/finetune/ first and point model.name_or_path at its "
                             "final_model/ folder")
-        datamodule = trainer.datamodule
-        if datamodule is None:
-            problems.append("no data module: pass datamodule= to trainer.fit (the calibration sample is drawn from "
-                            "its training split)")
-        elif self.seq_len is None and not callable(getattr(datamodule, "average_sequence_length", None)):
-            problems.append(f"seq_len=None, but the data module {type(datamodule).__name__} has no "
-                            "average_sequence_length(): set seq_len to the task's average tokenised length (the s "
-                            "of the FLOPs accounting)")
-        if self.evaluate and not callable(getattr(pl_module, "evaluate", None)):
-            problems.append(f"evaluate=True, but {type(pl_module).__name__} has no evaluate(dataloaders) method; "
-                            "set evaluate=False or add one (see lit_prune.tasks.TaskModule.evaluate)")
         self.raise_problems(problems)
 
     @staticmethod

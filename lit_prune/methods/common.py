@@ -118,6 +118,33 @@ class Progress:
         self.description = None
 
 
+def setup_problems(trainer: L.Trainer, pl_module: L.LightningModule, model_attribute: str | None,
+                   seq_len: float | None, evaluate: bool, dense_hint: str) -> tuple[nn.Module | None, list[str]]:
+    """What every pruning callback checks before any work: the Hugging Face model (found and not yet pruned; a
+    pruned one gets ``dense_hint``), a data module that gives the FLOPs' ``s`` unless ``seq_len`` is set, and an
+    ``evaluate`` method when ``evaluate`` is on. Returns the model (``None`` when not found) and the problems."""
+    problems = []
+    model = None
+    try:
+        model = find_encoder_model(pl_module, model_attribute)
+        if get_adapter(model).is_compacted:
+            problems.append(f"model.name_or_path={getattr(pl_module, 'name_or_path', 'the model')!r} is already "
+                            f"pruned (its config has a lit_prune_structure); {dense_hint}")
+    except ValueError as error:
+        problems.append(str(error))
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        problems.append("no data module: pass datamodule= to trainer.fit")
+    elif seq_len is None and not callable(getattr(datamodule, "average_sequence_length", None)):
+        problems.append(f"seq_len=None, but the data module {type(datamodule).__name__} has no "
+                        "average_sequence_length(): set seq_len to the task's average tokenised length (the s "
+                        "of the FLOPs accounting)")
+    if evaluate and not callable(getattr(pl_module, "evaluate", None)):
+        problems.append(f"evaluate=True, but {type(pl_module).__name__} has no evaluate(dataloaders) method; "
+                        "set evaluate=False or add one (see lit_prune.tasks.TaskModule.evaluate)")
+    return model, problems
+
+
 def show_progress(trainer: L.Trainer) -> bool:
     """Whether this process draws progress bars (process 0, with the Trainer's progress bar on)."""
     return trainer.is_global_zero and trainer.progress_bar_callback is not None
@@ -321,5 +348,5 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
 
 __all__ = ["LABEL_KEYS", "Progress", "agree_across_ranks", "check_same_on_all_ranks", "evaluate_module",
            "evaluation_loaders",
-           "find_encoder_model", "forward_keys", "latency_comparison", "log_report", "model_batch", "phase", "publish",
+           "find_encoder_model", "forward_keys", "latency_comparison", "log_report", "model_batch", "phase", "publish", "setup_problems",
            "shard_loader", "shared_report", "show_progress", "tensors_digest", "write_outputs"]

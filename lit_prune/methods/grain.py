@@ -60,7 +60,7 @@ from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (agree_across_ranks, evaluate_module, find_encoder_model, latency_comparison,
-                                      phase, publish, shared_report)
+                                      phase, publish, setup_problems, shared_report)
 
 log = logging.getLogger(__name__)
 
@@ -407,15 +407,8 @@ class GrainCallback(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        problems = []
-        model = None
-        try:
-            model = find_encoder_model(pl_module, self.model_attribute)
-            if get_adapter(model).is_compacted:
-                problems.append(f"model.name_or_path={getattr(pl_module, 'name_or_path', '?')!r} is already pruned "
-                                "(its config has a lit_prune_structure); GRAIN prunes a dense model")
-        except ValueError as error:
-            problems.append(str(error))
+        model, problems = setup_problems(trainer, pl_module, self.model_attribute, self.seq_len, self.evaluate,
+                                         "GRAIN prunes a dense model")
         if model is not None and not problems:
             self.layout = GrainLayout.from_model(model)
             try:
@@ -425,15 +418,6 @@ class GrainCallback(Callback):
             hidden = self.layout.hidden_size
             if self.embedding_rank is not None and self.embedding_rank >= hidden:
                 problems.append(f"embedding_rank={self.embedding_rank}: expected less than the hidden size {hidden}")
-        datamodule = trainer.datamodule
-        if datamodule is None:
-            problems.append("no data module: pass datamodule= to trainer.fit")
-        elif self.seq_len is None and not callable(getattr(datamodule, "average_sequence_length", None)):
-            problems.append(f"seq_len=None, but the data module {type(datamodule).__name__} has no "
-                            "average_sequence_length(): set seq_len to the task's average tokenised length")
-        if self.evaluate and not callable(getattr(pl_module, "evaluate", None)):
-            problems.append(f"evaluate=True, but {type(pl_module).__name__} has no evaluate(dataloaders) method; "
-                            "set evaluate=False or add one (see lit_prune.tasks.TaskModule.evaluate)")
         if trainer.max_epochs == 0 or trainer.max_steps == 0:
             problems.append("the Trainer trains nothing (max_epochs or max_steps is 0): GRAIN prunes during training")
         if problems:
