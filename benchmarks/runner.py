@@ -72,6 +72,8 @@ class MethodSpec:
             benchmark's pretrained ``model``, and gets the teacher through ``teacher_arg``).
         teacher_arg: the init arg that receives the teacher folder when the model is the pretrained one.
         seed_arg: the init arg of the run's seed; ``None``: the seed goes to ``--seed_everything``.
+        dense_metrics_arg: the init arg that takes the dense model's known metrics and skips its evaluation
+            (``None``: the method measures them itself); used with the config's ``dense_metrics: teacher``.
     """
 
     name: str
@@ -84,6 +86,7 @@ class MethodSpec:
     starts_from: str = "teacher"
     teacher_arg: str | None = None
     seed_arg: str | None = "seed"
+    dense_metrics_arg: str | None = None
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -100,16 +103,16 @@ def _sublayers(report: dict[str, Any]) -> int:
 
 
 register_method(MethodSpec(
-    name="kwon", label="Kwon et al.", config="configs/kwon/{task}.yaml",
+    name="kwon", label="Kwon et al.", config="configs/kwon/{task}.yaml", dense_metrics_arg="dense_metrics",
     calibration=lambda n: {"num_samples": n},
     timing_bound=lambda report: (4.0, "<= 4")))
 register_method(MethodSpec(
-    name="kprune", label="KPrune", config="configs/kprune/{task}.yaml",
+    name="kprune", label="KPrune", config="configs/kprune/{task}.yaml", dense_metrics_arg="dense_metrics",
     calibration=lambda n: {"num_samples": n, "num_tokens": None},
     timing_bound=lambda report: (2.0 * _sublayers(report) + 2,
                                  f"<= 2 x {_sublayers(report)} + 2 = {2 * _sublayers(report) + 2}")))
 register_method(MethodSpec(
-    name="gpruner", label="G-Pruner", config="configs/gpruner/{task}.yaml",
+    name="gpruner", label="G-Pruner", config="configs/gpruner/{task}.yaml", dense_metrics_arg="dense_metrics",
     calibration=lambda n: {"num_samples": n}))
 register_method(MethodSpec(
     name="grain", label="GRAIN", config="configs/grain/{task}.yaml", budget="params_kept"))
@@ -155,6 +158,8 @@ CONFIG_KEYS = {
     "devices": "devices per run",
     "calibration": "calibration size per task family: {glue: examples, squad: windows}; null keeps the recipes'",
     "latency_repeats": "timed passes of each model for the latency comparison",
+    "dense_metrics": "'measure' (every run evaluates the dense teacher) or 'teacher' (methods that can take them get "
+                     "the teacher's final validation metrics, the same evaluation, and skip the dense evaluation)",
     "timing": "{task, samples, budget}: each method's pruning time against one forward+backward pass; null: skip",
     "runs": "where pruning runs go (relative to the repository)",
     "teachers": "where runner-trained teachers go",
@@ -183,6 +188,7 @@ class BenchConfig:
     calibration: dict[str, int | None] = dataclasses.field(default_factory=dict)
     latency_repeats: int = 10
     timing: dict[str, Any] | None = None
+    dense_metrics: str = "measure"
     runs: Path = REPO / "runs" / "bench"
     teachers: Path = REPO / "runs" / "teachers"
     results: Path = REPO / "benchmarks" / "results"
@@ -305,13 +311,16 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
         if not isinstance(timing["samples"], int) or timing["samples"] < 1:
             raise BenchConfigError(f"{_where(source, 'timing.samples')}={timing['samples']!r}: a positive integer")
         timing = {**timing, "budget": _budget(timing["budget"], "timing.budget", source)}
+    dense_metrics = raw.get("dense_metrics", "measure")
+    if dense_metrics not in ("measure", "teacher"):
+        raise BenchConfigError(f"{_where(source, 'dense_metrics')}={dense_metrics!r}: allowed 'measure' or 'teacher'")
     paths = {key: REPO / str(raw[key]) for key in ("runs", "teachers", "results", "markdown", "archive")
              if key in raw}
     return BenchConfig(name=name, model=str(raw["model"]), tasks=list(tasks), methods=methods, budgets=budgets,
                        title=str(raw.get("title", name)), description=str(raw.get("description", "")).strip(),
                        seeds=list(seeds), teacher_seed=int(raw.get("teacher_seed", 42)), accelerator=accelerator,
                        devices=devices, calibration=dict(calibration), latency_repeats=latency_repeats,
-                       timing=timing, source=source, **paths)
+                       timing=timing, dense_metrics=dense_metrics, source=source, **paths)
 
 
 def load_config(path: str | Path) -> BenchConfig:
@@ -538,7 +547,8 @@ class PruneJob:
     timing: bool = False
     reference: Path | None = None  # a matched run: the folder of the run whose achieved budget this one takes
 
-    def command(self, config: BenchConfig, teacher: Path) -> list[str]:
+    def command(self, config: BenchConfig, teacher: Path, dense_metrics: dict[str, float] | None = None) -> list[str]:
+        """The run's ``train.py`` command; ``dense_metrics``: the teacher's known metrics, for methods that take them."""
         spec = self.method.spec
         model = _relative(teacher) if spec.starts_from == "teacher" else config.model
         args = [sys.executable, str(REPO / "train.py"), "fit", "--config", spec.config.format(task=self.task),
@@ -552,6 +562,8 @@ class PruneJob:
                 args += ["--seed_everything", cli_value(value)]
             else:
                 args += [spec.arg_prefix + (spec.seed_arg if key == "seed" else key), cli_value(value)]
+        if dense_metrics is not None:
+            args += [spec.arg_prefix + spec.dense_metrics_arg, json.dumps(dense_metrics)]
         return args
 
 
@@ -660,6 +672,21 @@ def archive_report(config: BenchConfig, job: PruneJob) -> None:
     atomic_write_text(target, text)
 
 
+def known_dense_metrics(config: BenchConfig, job: PruneJob) -> dict[str, float] | None:
+    """The teacher's final validation metrics for ``job`` to take instead of evaluating the dense teacher again, when
+    the config asks for it (``dense_metrics: teacher``), the method can take them and the run evaluates at all."""
+    if config.dense_metrics != "teacher" or job.method.spec.dense_metrics_arg is None or job.timing \
+            or job.method.spec.starts_from != "teacher" or job.settings.get("evaluate") is False:
+        return None
+    record_file = teacher_dir(config, job.task) / TEACHER_FILE
+    metrics = json.loads(record_file.read_text()).get("metrics") if record_file.is_file() else None
+    if not metrics:
+        _log(f"{job.method.name} {job.task}: {_relative(record_file)} records no metrics; the run evaluates the "
+             "dense teacher itself")
+        return None
+    return metrics
+
+
 def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Runner = run_command,
             dry_run: bool = False) -> dict[str, Any] | None:
     """Run one job unless its report exists (then check and return it).
@@ -698,7 +725,7 @@ def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Ru
         return None
     started = time.perf_counter()
     assert teacher is not None, f"{what}: no teacher for a run that has to run"
-    runner(job.command(config, teacher), job.folder / "train.log")
+    runner(job.command(config, teacher, known_dense_metrics(config, job)), job.folder / "train.log")
     report = read_report(report_file)
     archive_report(config, job)
     _log(f"{what}: done in {time.perf_counter() - started:.0f} s")

@@ -97,6 +97,10 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
         "calibration": dict(config.calibration), "hardware": next(iter(hardware.values()))[0],
         "points": points, "means": means,
         "teacher_mean": _mean([scale(t, points[t]["teacher"]) for t in config.tasks]),
+        # how each run got the dense teacher's scores (reports older than the setting measured them)
+        "dense_sources": {source: sum((report["metrics"].get("dense_source") or "evaluated") == source
+                                      for job, report in pairs if not job.timing)
+                          for source in ("evaluated", "given")},
     }
     timing_pairs = [(job, report) for job, report in pairs if job.timing]
     if timing_pairs:
@@ -130,6 +134,11 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     for method, reference in results.get("matched", {}).items():
         lines += [f"{_label(results, method)} runs, in each column, at the "
                   f"{results['methods'][method]['budget']} that {_label(results, reference)} reached there.", ""]
+    sources = results.get("dense_sources") or {}
+    if sources.get("given"):
+        lines += [f"Teacher scores: evaluated by {sources.get('evaluated', 0)} run(s); taken by {sources['given']} "
+                  "run(s) from the teacher's final validation (the same evaluation; `dense_metrics: teacher`), and "
+                  "equal across all runs of a task.", ""]
     lines += [f"### Task metric by `{setting}` (dev; SQuAD: held-out articles), x 100", ""]
     lines.append("| task (metric) | method | " + " | ".join(budgets) + " |")
     lines.append("|---|---|" + "---:|" * len(budgets))

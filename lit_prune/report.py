@@ -210,7 +210,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         if main_metric and main_metric in pruned:
             change = (pruned[main_metric] - dense[main_metric]) if main_metric in dense else None
             lines.append(f"{main_metric}: dense {_fmt(dense.get(main_metric))} -> pruned {_fmt(pruned[main_metric])}"
-                         + (f" ({change:+.4f})" if change is not None else ""))
+                         + (f" ({change:+.4f})" if change is not None else "")
+                         + (" [dense scores given, not evaluated]" if metrics.get("dense_source") == "given" else ""))
         others = sorted(set(pruned) - {main_metric})
         if others:
             lines.append("other metrics (dense -> pruned): " + "; ".join(

@@ -394,3 +394,41 @@ def test_a_fresh_checkout_resumes_from_the_archive(tmp_path, no_adoption):
     runner.run_benchmark(config, runner=fake)
     configs = [Path(dict(zip(c[3::2], c[4::2]))["--config"]).parts[-2:] for c in fake.calls]
     assert configs == [("finetune", "stsb.yaml"), (lost.method.name, "stsb.yaml")]
+
+
+def test_dense_metrics_teacher_hands_the_teachers_scores_to_the_runs_that_take_them(tmp_path, no_adoption):
+    """``dense_metrics: teacher``: the retraining-free runs get the teacher's final validation metrics on the command
+    line (and skip evaluating the dense model); timing runs, which evaluate nothing, and SMP do not."""
+    config = make_config(tmp_path, tasks=["sst2"], budgets=[0.5], seeds=[0], methods=["kwon", "smp"],
+                         dense_metrics="teacher", timing=None)
+    fake = FakeTrainer()
+    runner.run_benchmark(config, runner=fake)
+    timing = make_config(tmp_path, tasks=["sst2"], budgets=[0.5], seeds=[0], methods=["kwon"],
+                         dense_metrics="teacher")
+    assert [runner.known_dense_metrics(timing, job) is None for job in runner.plan(timing)] == [False, True]
+    runs = [dict(zip(c[3::2], c[4::2])) for c in fake.calls if "configs/finetune" not in " ".join(c)]
+    given = [json.loads(r["--trainer.callbacks.init_args.dense_metrics"]) for r in runs
+             if "--trainer.callbacks.init_args.dense_metrics" in r]
+    assert given == [{"val/accuracy": 0.9}]  # the kwon run only: not its timing run, not SMP
+    assert not any("--model.init_args.dense_metrics" in r for r in runs)
+    # the default measures in every run
+    measured = FakeTrainer()
+    runner.run_benchmark(make_config(tmp_path / "m", tasks=["sst2"], budgets=[0.5], seeds=[0], methods=["kwon"]),
+                         runner=measured)
+    assert not any("--trainer.callbacks.init_args.dense_metrics" in c for c in measured.calls)
+    with pytest.raises(runner.BenchConfigError, match="dense_metrics='cached': allowed 'measure' or 'teacher'"):
+        make_config(tmp_path, dense_metrics="cached")
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb", "squad_v1", "squad_v2"])
+def test_pruning_recipes_evaluate_as_the_teacher_recipe_does(task):
+    """``dense_metrics: teacher`` is exact only if every retraining-free recipe evaluates on the data the teacher's
+    recipe validated on: their data sections may differ in training-only settings, nothing else."""
+    training_only = {"max_train_samples", "batch_size", "group_by_length", "num_workers"}
+    teacher = yaml.safe_load((runner.REPO / "configs" / "finetune" / f"{task}.yaml").read_text())["data"]
+    for method in ("kwon", "kprune", "gpruner"):
+        recipe = yaml.safe_load((runner.REPO / "configs" / method / f"{task}.yaml").read_text())["data"]
+        assert recipe["class_path"] == teacher["class_path"]
+        a, b = recipe["init_args"], teacher["init_args"]
+        differing = {key for key in set(a) | set(b) if a.get(key) != b.get(key)}
+        assert differing <= training_only, (method, task, differing)

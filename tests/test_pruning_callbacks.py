@@ -116,6 +116,39 @@ def test_more_samples_than_the_split_holds_is_said_and_recorded(teacher, tmp_pat
     assert json.loads((tmp_path / "pruning_report.json").read_text())["calibration"]["num_samples"] == 40
 
 
+def test_known_dense_metrics_skip_the_dense_evaluation(teacher, tmp_path):
+    settings = dict(flops_kept=0.6, num_samples=32, latency_batch_size=0, save_model=False)
+    _, measured = run_in_process(KwonCallback(**settings, output_dir=str(tmp_path / "measured")), teacher)
+    assert measured["metrics"]["dense_source"] == "evaluated"
+    # a fine-tune's summary as it is: prefixed names and a loss the evaluation does not give
+    summary = {f"val/{name}": value for name, value in measured["metrics"]["dense"].items()} | {"val/loss": 0.3}
+    _, given = run_in_process(KwonCallback(**settings, dense_metrics=summary, output_dir=str(tmp_path / "given")),
+                              teacher)
+    assert given["metrics"]["dense_source"] == "given"
+    assert given["metrics"]["dense"] == measured["metrics"]["dense"]  # the loss dropped, the prefix gone
+    assert given["metrics"]["pruned"] == measured["metrics"]["pruned"]
+    assert given["seconds"]["evaluate_dense"] < 0.1 * measured["seconds"]["evaluate_dense"]
+
+
+@pytest.mark.parametrize("given, message", [
+    ({}, r"dense_metrics=\{\}: expected a non-empty mapping"),
+    ({"accuracy": "high"}, r"dense_metrics=\{'accuracy': 'high'\}: expected a non-empty mapping"),
+    ({"accuracy": float("nan")}, r"dense_metrics=\{'accuracy': nan\}: expected"),
+])
+def test_bad_dense_metrics_fail_at_construction(given, message):
+    with pytest.raises(ValueError, match=message):
+        KwonCallback(dense_metrics=given)
+    with pytest.raises(ValueError, match=r"with evaluate=False: nothing is evaluated"):
+        KPruneCallback(dense_metrics={"accuracy": 0.9}, evaluate=False)
+
+
+def test_dense_metrics_without_the_main_metric_fail_before_pruning(teacher, tmp_path):
+    callback = KwonCallback(flops_kept=0.6, dense_metrics={"f1": 0.9}, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"dense_metrics=\{'f1': 0.9\} lacks the task's main metric 'accuracy'"):
+        run_in_process(callback, teacher)
+    assert not any(tmp_path.iterdir())
+
+
 def run_in_process(callback, name_or_path, task: str = "sst2", max_train_samples: int | None = 200, **trainer_args):
     module = SequenceClassificationModule(str(name_or_path), task=task, save_final_model=False)
     data = GlueDataModule(task=task, tokenizer=str(name_or_path), max_seq_length=64, batch_size=16,

@@ -23,9 +23,10 @@ in ``<output_dir>/pruning_masks.safetensors``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,12 @@ class RetrainingFreePruning(Callback):
         save_model: write the pruned model folder.
         evaluate: evaluate the dense and the pruned model on the evaluation split (needs a LightningModule with
             ``evaluate(dataloaders)``, as lit_prune's task modules have).
+        dense_metrics: the dense model's metrics on this same evaluation split, when they are already known (a
+            fine-tune's final validation metrics, e.g. its ``fit_summary.json``; a ``val/`` prefix is ignored and
+            entries the evaluation does not give, such as the loss, are dropped): the dense evaluation is skipped
+            and the report says ``metrics.dense_source: "given"``. Must hold the module's ``main_metric``
+            (checked before pruning) and every metric the evaluation gives (checked after it). Saves a sweep
+            over budgets one dense evaluation per run (SQuAD: minutes on a CPU).
         latency_batch_size: examples of the evaluation split in the batch timed for the latency comparison
             (0 skips it).
         latency_repeats: timed passes of each model.
@@ -84,6 +91,7 @@ class RetrainingFreePruning(Callback):
         output_dir: str | None = None,
         save_model: bool = True,
         evaluate: bool = True,
+        dense_metrics: dict[str, float] | None = None,
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
         model_attribute: str | None = None,
@@ -113,6 +121,7 @@ class RetrainingFreePruning(Callback):
         self.output_dir = output_dir
         self.save_model = save_model
         self.evaluate = evaluate
+        self.dense_metrics = self._given_metrics(dense_metrics, evaluate)
         self.latency_batch_size = latency_batch_size
         self.latency_repeats = latency_repeats
         if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
@@ -123,6 +132,25 @@ class RetrainingFreePruning(Callback):
         self.time_reference_pass = time_reference_pass
         self.report: dict[str, Any] | None = None
         self.masks: PruningMasks | None = None
+
+    def _given_metrics(self, metrics: Any, evaluate: bool) -> dict[str, float] | None:
+        """``dense_metrics`` with the ``val/`` prefixes removed (``None`` when invalid: the problem is recorded)."""
+        if metrics is None:
+            return None
+        allowed = "a non-empty mapping of metric names to finite numbers (e.g. {f1: 0.85}) or None"
+        if not isinstance(metrics, Mapping) or not metrics or not all(
+                isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                for k, v in metrics.items()):
+            self.problems.append(f"dense_metrics={metrics!r}: expected {allowed}")
+            return None
+        if not evaluate:
+            self.problems.append(f"dense_metrics={dict(metrics)!r} with evaluate=False: nothing is evaluated, so "
+                                 "there is nothing to pair them with; drop dense_metrics or set evaluate=True")
+            return None
+        return {k.removeprefix("val/"): float(v) for k, v in metrics.items()}
+
+    def _dense_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float] | None:
+        return self.dense_metrics if self.dense_metrics is not None else self._evaluate(trainer, pl_module, "dense")
 
     def raise_problems(self, problems: list[str]) -> None:
         """Raise one error naming every invalid setting."""
@@ -162,6 +190,10 @@ class RetrainingFreePruning(Callback):
         _, problems = setup_problems(trainer, pl_module, self.model_attribute, self.seq_len, self.evaluate,
                                      "prune the dense fine-tuned model, with a smaller flops_kept")
         problems = list(self.problems) + problems
+        main = getattr(pl_module, "main_metric", None)
+        if self.dense_metrics is not None and isinstance(main, str) and main not in self.dense_metrics:
+            problems.append(f"dense_metrics={self.dense_metrics!r} lacks the task's main metric {main!r}: give the "
+                            "metrics of the dense model on this evaluation split, or drop dense_metrics to measure them")
         name = getattr(pl_module, "name_or_path", "the model")
         missing = getattr(pl_module, "newly_initialized", None)
         if missing:
@@ -274,7 +306,7 @@ class RetrainingFreePruning(Callback):
             batches, batch_ids, num_batches, calibration = self.calibration_batches(trainer, model)
         dense = copy.deepcopy(model).eval()
         with phase(seconds, "evaluate_dense"):
-            dense_metrics = self._evaluate(trainer, pl_module, "dense")
+            dense_metrics = self._dense_metrics(trainer, pl_module)
         if self.time_reference_pass:
             with phase(seconds, "reference_pass"):
                 self._reference_pass(dense, batches)
@@ -292,6 +324,16 @@ class RetrainingFreePruning(Callback):
             module.training = training
         with phase(seconds, "evaluate_pruned"):
             pruned_metrics = self._evaluate(trainer, pl_module, "pruned")
+        metrics: dict[str, Any] = {"dense": dense_metrics, "pruned": pruned_metrics}
+        if self.dense_metrics is not None and pruned_metrics is not None:
+            missing = sorted(set(pruned_metrics) - set(self.dense_metrics))
+            if missing:
+                raise ValueError(f"{type(self).__name__}: dense_metrics={self.dense_metrics!r} lacks {missing}, which "
+                                 f"the evaluation gives ({sorted(pruned_metrics)}): give every metric of the dense "
+                                 "model, or drop dense_metrics to measure them")
+            metrics["dense"] = {name: self.dense_metrics[name] for name in pruned_metrics}
+        if dense_metrics is not None:
+            metrics["dense_source"] = "given" if self.dense_metrics is not None else "evaluated"
         self.masks = masks.binary().to("cpu")
         latency = None
         if trainer.is_global_zero:
@@ -303,7 +345,7 @@ class RetrainingFreePruning(Callback):
             seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
         report = {
             **shared_report(self.method, pl_module, trainer, model, dense, self.seed, seq_len, self.flops_kept,
-                            {"dense": dense_metrics, "pruned": pruned_metrics}, seconds, latency, self.masks),
+                            metrics, seconds, latency, self.masks),
             "calibration": calibration,
             "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
             **details,

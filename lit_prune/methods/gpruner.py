@@ -533,6 +533,7 @@ class GPrunerCallback(KwonCallback):
         output_dir: str | None = None,
         save_model: bool = True,
         evaluate: bool = True,
+        dense_metrics: dict[str, float] | None = None,
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
         model_attribute: str | None = None,
@@ -558,7 +559,8 @@ class GPrunerCallback(KwonCallback):
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, replacement=replacement,
                          calibration_batch_size=calibration_batch_size, seed=seed, rearrange=rearrange, tune=tune,
                          tuning_reference=tuning_reference, damping=damping, output_dir=output_dir,
-                         save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
+                         save_model=save_model, evaluate=evaluate, dense_metrics=dense_metrics,
+                         latency_batch_size=latency_batch_size,
                          latency_repeats=latency_repeats, model_attribute=model_attribute, seq_len=seq_len,
                          time_reference_pass=time_reference_pass)
         self.raise_problems(problems)

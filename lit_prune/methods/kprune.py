@@ -628,7 +628,7 @@ class KPruneCallback(RetrainingFreePruning):
         lam_pred, lam_rep: weights of predictive and representational knowledge (the paper: 1 and 2.5e-4).
         weight_tuning: refit each pruned sublayer's output projection (off: ablation).
         damping: relative damping of the least squares (see :meth:`ProjectionSystem.solve`).
-        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len,
+        output_dir, save_model, evaluate, dense_metrics, latency_batch_size, latency_repeats, model_attribute, seq_len,
             time_reference_pass: see
             :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
@@ -657,6 +657,7 @@ class KPruneCallback(RetrainingFreePruning):
         output_dir: str | None = None,
         save_model: bool = True,
         evaluate: bool = True,
+        dense_metrics: dict[str, float] | None = None,
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
         model_attribute: str | None = None,
@@ -665,7 +666,8 @@ class KPruneCallback(RetrainingFreePruning):
     ) -> None:
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=num_tokens, replacement=False,
                          calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
-                         save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
+                         save_model=save_model, evaluate=evaluate, dense_metrics=dense_metrics,
+                         latency_batch_size=latency_batch_size,
                          latency_repeats=latency_repeats, model_attribute=model_attribute,
                          seq_len=seq_len, time_reference_pass=time_reference_pass)
         for name, value, strict in (("temperature", temperature, True), ("mu", mu, True),

@@ -1014,7 +1014,7 @@ class KwonCallback(RetrainingFreePruning):
         tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
             searched at ``flops_kept ** 0.5``) or ``"dense"``.
         damping: the tuning solver's damping (the code's LSMR ``damp``).
-        output_dir, save_model, evaluate, latency_batch_size, latency_repeats, model_attribute, seq_len,
+        output_dir, save_model, evaluate, dense_metrics, latency_batch_size, latency_repeats, model_attribute, seq_len,
             time_reference_pass: see
             :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
@@ -1041,6 +1041,7 @@ class KwonCallback(RetrainingFreePruning):
         output_dir: str | None = None,
         save_model: bool = True,
         evaluate: bool = True,
+        dense_metrics: dict[str, float] | None = None,
         latency_batch_size: int = 32,
         latency_repeats: int = 10,
         model_attribute: str | None = None,
@@ -1049,7 +1050,8 @@ class KwonCallback(RetrainingFreePruning):
     ) -> None:
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=None, replacement=replacement,
                          calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
-                         save_model=save_model, evaluate=evaluate, latency_batch_size=latency_batch_size,
+                         save_model=save_model, evaluate=evaluate, dense_metrics=dense_metrics,
+                         latency_batch_size=latency_batch_size,
                          latency_repeats=latency_repeats, model_attribute=model_attribute,
                          seq_len=seq_len, time_reference_pass=time_reference_pass)
         if tuning_reference not in ("intermediate", "dense"):
