@@ -160,7 +160,8 @@ CONFIG_KEYS = {
     "latency_repeats": "timed passes of each model for the latency comparison",
     "dense_metrics": "'measure' (every run evaluates the dense teacher) or 'teacher' (methods that can take them get "
                      "the teacher's final validation metrics, the same evaluation, and skip the dense evaluation)",
-    "timing": "{task, samples, budget}: each method's pruning time against one forward+backward pass; null: skip",
+    "timing": "{task, samples, budget[, methods]}: each method's (or the listed methods') pruning time against one "
+              "forward+backward pass, in one run; null: skip",
     "runs": "where pruning runs go (relative to the repository)",
     "teachers": "where runner-trained teachers go",
     "results": "where the JSON and PNG results go",
@@ -304,13 +305,20 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
         raise BenchConfigError(f"{_where(source, 'latency_repeats')}={latency_repeats!r}: a positive integer")
     timing = raw.get("timing")
     if timing is not None:
-        if not isinstance(timing, dict) or set(timing) != {"task", "samples", "budget"}:
-            raise BenchConfigError(f"{_where(source, 'timing')}={timing!r}: expected {{task, samples, budget}} or null")
+        if not isinstance(timing, dict) or not {"task", "samples", "budget"} <= set(timing) <= {
+                "task", "samples", "budget", "methods"}:
+            raise BenchConfigError(f"{_where(source, 'timing')}={timing!r}: expected {{task, samples, budget}} "
+                                   "(and optionally methods) or null")
+        names = [m.name for m in methods]
+        timed = timing.get("methods", names)
+        if not isinstance(timed, list) or not timed or set(timed) - set(names):
+            raise BenchConfigError(f"{_where(source, 'timing.methods')}={timed!r}: expected a non-empty list of the "
+                                   f"config's methods {names}")
         if timing["task"] not in recipes:
             raise BenchConfigError(f"{_where(source, 'timing.task')}={timing['task']!r}: no recipe; tasks: {recipes}")
         if not isinstance(timing["samples"], int) or timing["samples"] < 1:
             raise BenchConfigError(f"{_where(source, 'timing.samples')}={timing['samples']!r}: a positive integer")
-        timing = {**timing, "budget": _budget(timing["budget"], "timing.budget", source)}
+        timing = {**timing, "budget": _budget(timing["budget"], "timing.budget", source), "methods": list(timed)}
     dense_metrics = raw.get("dense_metrics", "measure")
     if dense_metrics not in ("measure", "teacher"):
         raise BenchConfigError(f"{_where(source, 'dense_metrics')}={dense_metrics!r}: allowed 'measure' or 'teacher'")
@@ -589,7 +597,7 @@ def plan(config: BenchConfig) -> list[PruneJob]:
     if config.timing:
         task, budget, seed = config.timing["task"], config.timing["budget"], config.seeds[0]
         for method in config.methods:
-            if method.match is not None:  # timed at its own budget by the runs it matches
+            if method.match is not None or method.name not in config.timing["methods"]:  # matched: timed by its runs
                 continue
             settings = {method.spec.budget: budget, "seed": seed, "time_reference_pass": True, "evaluate": False,
                         "latency_batch_size": 0}
