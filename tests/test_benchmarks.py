@@ -113,7 +113,7 @@ def test_the_default_config_parses_and_covers_the_retraining_free_tables():
     assert set(config.tasks) == {"mrpc", "stsb", "sst2", "squad_v1"}
     assert [m.name for m in config.methods] == ["kwon", "kprune"]
     assert config.budgets == [0.7, 0.5, 0.4, 0.3]
-    assert config.timing == {"task": "sst2", "samples": 2048, "budget": 0.5}
+    assert config.timing == {"task": "sst2", "samples": 2048, "budget": 0.5, "methods": ["kwon", "kprune"]}
 
 
 def test_every_benchmark_config_parses():
@@ -432,3 +432,10 @@ def test_pruning_recipes_evaluate_as_the_teacher_recipe_does(task):
         a, b = recipe["init_args"], teacher["init_args"]
         differing = {key for key in set(a) | set(b) if a.get(key) != b.get(key)}
         assert differing <= training_only, (method, task, differing)
+
+
+def test_timing_can_name_the_methods_it_times(tmp_path):
+    config = make_config(tmp_path, timing={"task": "sst2", "samples": 32, "budget": 0.5, "methods": ["kprune"]})
+    assert [job.method.name for job in runner.plan(config) if job.timing] == ["kprune"]
+    with pytest.raises(runner.BenchConfigError, match=r"timing.methods=\['grain'\]: expected a non-empty list of"):
+        make_config(tmp_path, timing={"task": "sst2", "samples": 32, "budget": 0.5, "methods": ["grain"]})
