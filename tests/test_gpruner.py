@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import pytest
 import torch
@@ -190,6 +192,23 @@ def test_ppo_search_proposes_only_masks_within_budget_and_never_loses_to_the_inc
     assert budget.fits(result.masks) and len(result.history) == 3
     assert result.improved == (result.loss < result.incumbent_loss)
     assert all(0 <= h["clip_fraction"] <= 1 and h["entropy"] > 0 for h in result.history)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_the_reward_of_a_compacted_copy_equals_the_masked_models(arch):
+    """Rewards run a compacted copy (units physically removed): the same loss as masking by hooks, model untouched."""
+    model = tiny_model(arch, initializer_range=0.5)  # logits large enough for the masks to move the loss
+    batches = [{**tiny_inputs(batch=4, seq=10, seed=i)} for i in range(2)]
+    budget = FlopsBudget.for_model(model, 8.5, 0.4)
+    g = torch.Generator().manual_seed(2)
+    masks = search_masks(torch.rand(budget.num_layers, budget.num_heads, generator=g),
+                         torch.rand(budget.num_layers, budget.ffn_dim, generator=g), budget)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    loss = CalibrationLoss(model, copy.deepcopy(model), batches)
+    compacted, hooked = loss(masks), loss(masks, compacted=False)
+    assert compacted > 1e-4 and compacted == pytest.approx(hooked, rel=1e-5, abs=1e-7)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert not hasattr(model.config, "lit_prune_structure")
 
 
 def test_ppo_search_is_reproducible_with_a_seed():
