@@ -155,7 +155,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
                     text += f" ± {scale(task, cell['metric_std']):.1f}"
                 cells.append(text)
             lines.append(f"| | {_label(results, method)} | " + " | ".join(cells) + " |")
-    lines.append(f"| **mean** | teacher | " + " | ".join(f"{results['teacher_mean']:.1f}" for _ in budgets) + " |")
+    lines.append("| **mean** | teacher | " + " | ".join(f"{results['teacher_mean']:.1f}" for _ in budgets) + " |")
     for method in methods:
         lines.append(f"| | {_label(results, method)} | "
                      + " | ".join(f"**{results['means'][method][b]:.1f}**" for b in budgets) + " |")
