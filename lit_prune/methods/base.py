@@ -149,9 +149,6 @@ class RetrainingFreePruning(Callback):
             return None
         return {k.removeprefix("val/"): float(v) for k, v in metrics.items()}
 
-    def _dense_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float] | None:
-        return self.dense_metrics if self.dense_metrics is not None else self._evaluate(trainer, pl_module, "dense")
-
     def raise_problems(self, problems: list[str]) -> None:
         """Raise one error naming every invalid setting."""
         if problems:
@@ -306,7 +303,8 @@ class RetrainingFreePruning(Callback):
             batches, batch_ids, num_batches, calibration = self.calibration_batches(trainer, model)
         dense = copy.deepcopy(model).eval()
         with phase(seconds, "evaluate_dense"):
-            dense_metrics = self._dense_metrics(trainer, pl_module)
+            dense_metrics = self.dense_metrics if self.dense_metrics is not None else self._evaluate(
+                trainer, pl_module, "dense")
         if self.time_reference_pass:
             with phase(seconds, "reference_pass"):
                 self._reference_pass(dense, batches)

@@ -347,6 +347,6 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
 
 
 __all__ = ["LABEL_KEYS", "Progress", "agree_across_ranks", "check_same_on_all_ranks", "evaluate_module",
-           "evaluation_loaders",
-           "find_encoder_model", "forward_keys", "latency_comparison", "log_report", "model_batch", "phase", "publish", "setup_problems",
-           "shard_loader", "shared_report", "show_progress", "tensors_digest", "write_outputs"]
+           "evaluation_loaders", "find_encoder_model", "forward_keys", "latency_comparison", "log_report",
+           "model_batch", "phase", "publish", "setup_problems", "shard_loader", "shared_report", "show_progress",
+           "tensors_digest", "write_outputs"]

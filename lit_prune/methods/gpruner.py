@@ -494,7 +494,6 @@ class CalibrationLoss:
             for inputs, targets in zip(self.batches, self.targets):
                 outputs = model(**inputs)
                 total += distillation_loss(outputs, targets, 1.0).double() * inputs["input_ids"].shape[0]
-        del model
         if self.reduce is not None:
             total = self.reduce({"loss": total})["loss"]
         return float(total) / self.count
