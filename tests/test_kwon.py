@@ -13,6 +13,7 @@ from conftest import tiny_inputs, tiny_model
 from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
+from lit_prune.methods.cache import SpillCache
 from lit_prune.methods.kwon import (
     FisherStatistics,
     LeastSquaresAccumulator,
@@ -405,6 +406,20 @@ def test_tuning_against_a_teacher_mask_equals_the_streamed_solves():
     # apply_scales multiplies in place.
     apply_scales(student, 1, "ffn", data.units, scales)
     assert student == tuned
+
+
+@pytest.mark.parametrize("memory_bytes", [0, 3000])
+def test_spilling_the_tuning_cache_to_disk_gives_the_same_masks(tmp_path, memory_bytes):
+    """Hidden states spilled to disk (all, or those beyond a budget) tune exactly as all kept in memory."""
+    model = tiny_model("bert")
+    masks = half_pruned(model, seed=3)
+    batches = [tiny_inputs(batch=4, seq=12, seed=seed, pad_last=seed) for seed in range(4)]
+    in_memory, steps = tune_masks(model, masks, batches, reference="dense")
+    cache = SpillCache(memory_bytes, folder=tmp_path)
+    spilled, spilled_steps = tune_masks(model, masks, batches, reference="dense", cache=cache)
+    assert spilled == in_memory and spilled_steps == steps
+    assert cache.spilled_bytes > 0 and cache.peak_memory_bytes <= memory_bytes
+    assert list(tmp_path.iterdir()) == []  # removed once tuning is done
 
 
 def test_tuning_stops_at_the_first_failure():

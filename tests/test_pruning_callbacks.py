@@ -182,6 +182,7 @@ def test_an_already_pruned_model_is_refused(teacher, tmp_path):
     ({"flops_kept": 1.2}, r"flops_kept=1.2 is outside the allowed range"),
     ({"num_samples": 0}, r"num_samples=0: expected an integer >= 1"),
     ({"damping": -1}, r"damping=-1: expected a number > 0"),
+    ({"tuning_cache_mb": -5}, r"tuning_cache_mb=-5: expected a number of MiB >= 0, or null \(no limit\)"),
     ({"tuning_reference": "teacher"}, r"tuning_reference='teacher': expected 'intermediate' or 'dense'"),
     ({"seq_len": -3}, r"seq_len=-3: expected a number > 0"),
 ])

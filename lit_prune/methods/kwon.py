@@ -67,8 +67,10 @@ Departures from the paper and the reference code (each deliberate):
   FFN may be fitted on the first token only for classification (``cls_only_last_ffn``; the code's
   ``cls_only``), and tuning stops at the first failed sublayer, keeping the scales found so far.
 * Tuning data flow: like the code, :func:`tune_masks` keeps each calibration batch's hidden states at the input of
-  the current layer, for the student and the reference (memory: 2 × samples × padded length × d floats), so each
-  sublayer's pass runs one layer, not the model up to it. The forward pass starts there by replacing the
+  the current layer, for the student and the reference (2 × samples × padded length × d floats), so each
+  sublayer's pass runs one layer, not the model up to it. Unlike the code, which holds them all in memory, they go
+  to a :class:`~lit_prune.methods.cache.SpillCache`: in memory up to a budget (the callbacks' ``tuning_cache_mb``),
+  on disk beyond it, so the peak memory does not grow with the calibration sample. The forward pass starts there by replacing the
   embeddings' output and running the encoder's later layers only (:func:`collect_sublayer`'s ``*_start``), and
   stops at the sublayer's LayerNorm.
 
@@ -102,6 +104,7 @@ from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.base import RetrainingFreePruning
+from lit_prune.methods.cache import SpillCache
 from lit_prune.methods.common import LABEL_KEYS
 
 Sublayer = Literal["attention", "ffn"]
@@ -806,7 +809,7 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
                reference: PruningMasks | Literal["dense"] = "dense", damping: float = 1.0,
                skip_first_attention: bool = True, cls_only_last_ffn: bool = False,
                reduce: Reduce | None = None, progress: Progress | None = None,
-               solver: Solver | None = None) -> tuple[PruningMasks, list[TuningStep]]:
+               solver: Solver | None = None, cache: SpillCache | None = None) -> tuple[PruningMasks, list[TuningStep]]:
     """Kwon's layer-by-layer mask tuning, in one call (the reference implementation; for tiny models and tests).
 
     For each sublayer in order (MHA₀, FFN₀, MHA₁, ...): one pass over ``batches`` with :func:`collect_sublayer`
@@ -827,6 +830,8 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
         progress: called as ``progress(description, done, total)`` after each batch.
         solver: solves a sublayer's system, ``solver(acc) -> (scales or None, reason)``; default
             ``acc.solve(damping)`` (G-Pruner passes its conjugate gradient squared solver).
+        cache: where the per-batch hidden states live (:class:`~lit_prune.methods.cache.SpillCache`: a memory budget,
+            the rest on disk); default: all in memory. Emptied on return.
 
     Returns:
         ``(tuned_masks, steps)``: the tuned masks and one :class:`TuningStep` per sublayer visited.
@@ -842,44 +847,47 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
     teacher_masks = None if isinstance(reference, str) else reference
     steps: list[TuningStep] = []
     # the hidden states entering the current layer, per batch, for the student and the reference
-    student_cache: list[torch.Tensor | None] = [None] * len(batches)
-    teacher_cache: list[torch.Tensor | None] = [None] * len(batches)
-    for layer in range(adapter.num_layers):
-        if layer > 0:  # advance both trajectories through the layer tuned last
-            for i, batch in enumerate(batches):
-                inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)
-                          and k not in LABEL_KEYS}
-                student_cache[i] = _layer_output(model, tuned, inputs, layer - 1, student_cache[i])
-                teacher_cache[i] = _layer_output(model, teacher_masks, inputs, layer - 1, teacher_cache[i])
-                if progress is not None:
-                    progress(f"Kwon tuning layer {layer - 1} outputs", i + 1, len(batches))
-        for sublayer in ("attention", "ffn"):
-            units = _kept_units(tuned, layer, sublayer)
-            if sublayer == "attention" and layer == 0 and skip_first_attention:
-                steps.append(TuningStep(layer, sublayer, "skipped", "layer 0's attention is not tuned"))
-                continue
-            if units.numel() == 0:
-                steps.append(TuningStep(layer, sublayer, "skipped", "no kept units"))
-                continue
-            first_token_only = cls_only_last_ffn and sublayer == "ffn" and layer == adapter.num_layers - 1
-            acc = LeastSquaresAccumulator.zeros(units.numel(), device=device)
-            description = f"Kwon tuning layer {layer} {'MHA' if sublayer == 'attention' else 'FFN'}"
-            for i, batch in enumerate(batches):
-                data = collect_sublayer(model, tuned, batch, layer, sublayer, reference, first_token_only,
-                                        student_start=student_cache[i], teacher_start=teacher_cache[i])
-                acc.add_factored(data.unit_inputs, data.unit_weights, data.target, data.token_mask)
-                if progress is not None:
-                    progress(description, i + 1, len(batches))
-            if reduce is not None:
-                acc = LeastSquaresAccumulator.from_dict(reduce(acc.to_dict()))
-            scales, reason = acc.solve(damping) if solver is None else solver(acc)
-            before = acc.objective(torch.ones(units.numel()))
-            if scales is None:
-                steps.append(TuningStep(layer, sublayer, "failed", reason, error_before=before))
-                return tuned, steps
-            apply_scales(tuned, layer, sublayer, units, scales)
-            steps.append(TuningStep(layer, sublayer, "tuned", error_before=before, error_after=acc.objective(scales)))
-    return tuned, steps
+    with (SpillCache() if cache is None else cache) as hidden:
+        for layer in range(adapter.num_layers):
+            if layer > 0:  # advance both trajectories through the layer tuned last
+                for i, batch in enumerate(batches):
+                    inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)
+                              and k not in LABEL_KEYS}
+                    hidden["student", i] = _layer_output(model, tuned, inputs, layer - 1,
+                                                         hidden.get(("student", i)))
+                    hidden["teacher", i] = _layer_output(model, teacher_masks, inputs, layer - 1,
+                                                         hidden.get(("teacher", i)))
+                    if progress is not None:
+                        progress(f"Kwon tuning layer {layer - 1} outputs", i + 1, len(batches))
+            for sublayer in ("attention", "ffn"):
+                units = _kept_units(tuned, layer, sublayer)
+                if sublayer == "attention" and layer == 0 and skip_first_attention:
+                    steps.append(TuningStep(layer, sublayer, "skipped", "layer 0's attention is not tuned"))
+                    continue
+                if units.numel() == 0:
+                    steps.append(TuningStep(layer, sublayer, "skipped", "no kept units"))
+                    continue
+                first_token_only = cls_only_last_ffn and sublayer == "ffn" and layer == adapter.num_layers - 1
+                acc = LeastSquaresAccumulator.zeros(units.numel(), device=device)
+                description = f"Kwon tuning layer {layer} {'MHA' if sublayer == 'attention' else 'FFN'}"
+                for i, batch in enumerate(batches):
+                    data = collect_sublayer(model, tuned, batch, layer, sublayer, reference, first_token_only,
+                                            student_start=hidden.get(("student", i)),
+                                            teacher_start=hidden.get(("teacher", i)))
+                    acc.add_factored(data.unit_inputs, data.unit_weights, data.target, data.token_mask)
+                    if progress is not None:
+                        progress(description, i + 1, len(batches))
+                if reduce is not None:
+                    acc = LeastSquaresAccumulator.from_dict(reduce(acc.to_dict()))
+                scales, reason = acc.solve(damping) if solver is None else solver(acc)
+                before = acc.objective(torch.ones(units.numel()))
+                if scales is None:
+                    steps.append(TuningStep(layer, sublayer, "failed", reason, error_before=before))
+                    return tuned, steps
+                apply_scales(tuned, layer, sublayer, units, scales)
+                steps.append(TuningStep(layer, sublayer, "tuned", error_before=before,
+                                        error_after=acc.objective(scales)))
+        return tuned, steps
 
 
 # ================================================================================================ the pipeline
@@ -895,6 +903,8 @@ class KwonResult:
         tuning: one :class:`TuningStep` per sublayer visited (empty when tuning was off).
         fisher: the Fisher statistics of all the calibration batches (every process's).
         refined: the refine step's details (``None`` without one).
+        tuning_cache: the tuning's hidden-state cache: its memory limit, the most it held in memory and on disk
+            (MiB; ``None`` when tuning was off).
     """
 
     masks: PruningMasks
@@ -904,6 +914,7 @@ class KwonResult:
     tuning: list[TuningStep]
     fisher: FisherStatistics
     refined: dict[str, Any] | None = None
+    tuning_cache: dict[str, float | None] | None = None
 
 
 def _total_objective(masks: PruningMasks, stats: FisherStatistics) -> float:
@@ -920,7 +931,7 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
                tune: bool = True, tuning_reference: Literal["intermediate", "dense"] = "intermediate",
                damping: float = 1.0, cls_only_last_ffn: bool = False, reduce: Reduce | None = None,
                progress: Progress | None = None, refine: Refine | None = None,
-               solver: Solver | None = None) -> KwonResult:
+               solver: Solver | None = None, tuning_cache_bytes: int | None = None) -> KwonResult:
     """Kwon et al.'s whole pipeline on ``model`` (its weights are not changed): Fisher → search → rearrangement →
     tuning. Every stage after the search can be switched off for ablations.
 
@@ -943,6 +954,8 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
             ``refine(masks, fisher) -> (masks, details)`` (G-Pruner's PPO search); its details go to
             ``result.refined``.
         solver: the tuning's least-squares solver (see :func:`tune_masks`).
+        tuning_cache_bytes: the tuning's hidden states kept in memory at most (the rest is spilled to a temporary
+            folder); ``None``: no limit.
 
     Returns:
         :class:`KwonResult`; compact the model with ``result.masks``.
@@ -981,17 +994,21 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
         if not budget.fits(masks):
             raise RuntimeError("Kwon: the refined masks exceed the FLOPs budget (a bug in the refine step)")
     steps: list[TuningStep] = []
+    tuning_cache = None
     if tune:
         reference: PruningMasks | Literal["dense"] = "dense"
         if tuning_reference == "intermediate":
             reference = search_masks(stats.head_importance(), stats.ffn_importance(), teacher_budget(budget)).to(device)
         elif tuning_reference != "dense":
             raise ValueError(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
+        cache = SpillCache(tuning_cache_bytes)
         masks, steps = tune_masks(model, masks.to(device), batches, reference=reference, damping=damping,
                                   cls_only_last_ffn=cls_only_last_ffn, reduce=reduce, progress=progress,
-                                  solver=solver)
+                                  solver=solver, cache=cache)
+        tuning_cache = {"memory_limit_mb": None if tuning_cache_bytes is None else tuning_cache_bytes / 2**20,
+                     "memory_mb": cache.peak_memory_bytes / 2**20, "spilled_mb": cache.spilled_bytes / 2**20}
     return KwonResult(masks=masks, searched=searched, rearranged=rearranged, objective=objective, tuning=steps,
-                      fisher=stats, refined=refined)
+                      fisher=stats, refined=refined, tuning_cache=tuning_cache)
 
 
 # ================================================================================================ Lightning
@@ -1014,6 +1031,9 @@ class KwonCallback(RetrainingFreePruning):
         tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
             searched at ``flops_kept ** 0.5``) or ``"dense"``.
         damping: the tuning solver's damping (the code's LSMR ``damp``).
+        tuning_cache_mb: MiB of the tuning's per-batch hidden states kept in memory (per process); the rest is
+            spilled to a temporary folder (``$TMPDIR``) and read back, so memory stays bounded whatever
+            ``num_samples``; ``None``: keep everything in memory. The masks do not depend on it.
         output_dir, save_model, evaluate, dense_metrics, latency_batch_size, latency_repeats, model_attribute, seq_len,
             time_reference_pass: see
             :class:`~lit_prune.methods.base.RetrainingFreePruning`.
@@ -1038,6 +1058,7 @@ class KwonCallback(RetrainingFreePruning):
         tune: bool = True,
         tuning_reference: Literal["intermediate", "dense"] = "intermediate",
         damping: float = 1.0,
+        tuning_cache_mb: float | None = 256,
         output_dir: str | None = None,
         save_model: bool = True,
         evaluate: bool = True,
@@ -1058,7 +1079,13 @@ class KwonCallback(RetrainingFreePruning):
             self.problems.append(f"tuning_reference={tuning_reference!r}: expected 'intermediate' or 'dense'")
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
             self.problems.append(f"damping={damping!r}: expected a number > 0")
+        if tuning_cache_mb is not None and (isinstance(tuning_cache_mb, bool)
+                                            or not isinstance(tuning_cache_mb, (int, float))
+                                            or not math.isfinite(tuning_cache_mb) or tuning_cache_mb < 0):
+            self.problems.append(f"tuning_cache_mb={tuning_cache_mb!r}: expected a number of MiB >= 0, or null "
+                                 "(no limit)")
         self.raise_problems(self.problems)
+        self.tuning_cache_mb = tuning_cache_mb
         self.rearrange = rearrange
         self.tune = tune
         self.tuning_reference = tuning_reference
@@ -1075,15 +1102,21 @@ class KwonCallback(RetrainingFreePruning):
         is_qa = getattr(model, "qa_outputs", None) is not None
         result = kwon_prune(model, batches, budget, batch_ids=batch_ids, num_batches=num_batches,
                             rearrange=self.rearrange, tune=self.tune, tuning_reference=self.tuning_reference,
-                            damping=self.damping, cls_only_last_ffn=not is_qa, reduce=reduce, progress=progress)
+                            damping=self.damping, cls_only_last_ffn=not is_qa, reduce=reduce, progress=progress,
+                            tuning_cache_bytes=self.tuning_cache_bytes())
         warnings_ = [f"layer {step.layer} {step.sublayer}: tuning stopped: {step.reason}"
                      for step in result.tuning if step.status == "failed"]
         details = {
             "rearrangement": result.objective,
             "steps": [dataclasses.asdict(step) for step in result.tuning],
+            "tuning_cache": result.tuning_cache,
             "warnings": warnings_,
         }
         return result.masks, details
+
+    def tuning_cache_bytes(self) -> int | None:
+        """``tuning_cache_mb`` in bytes (``None``: no limit)."""
+        return None if self.tuning_cache_mb is None else int(self.tuning_cache_mb * 2**20)
 
 
 __all__ = [

@@ -1,0 +1,58 @@
+"""SpillCache: tensors in memory up to a budget, the rest in a temporary folder that is removed on close."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_prune.methods.cache import SpillCache
+
+
+def tensors(n: int, size: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(size, generator=g) for _ in range(n)]  # 64 bytes each
+
+
+def test_entries_beyond_the_budget_go_to_disk_and_come_back_equal(tmp_path):
+    values = tensors(5)
+    with SpillCache(memory_bytes=150, folder=tmp_path) as cache:
+        for i, value in enumerate(values):
+            cache[i] = value
+        assert cache.bytes_in_memory == 128 and cache.peak_memory_bytes == 128  # two fit, three spill
+        assert cache.spilled_bytes == 3 * 64 and len(cache) == 5 and 4 in cache and 5 not in cache
+        spill = [p for p in tmp_path.iterdir() if p.name.startswith("lit_prune_cache_")]
+        assert len(spill) == 1 and len(list(spill[0].glob("*.pt"))) == 3
+        for i, value in enumerate(values):
+            assert torch.equal(cache.get(i), value)
+        # replacing keeps an entry's place: same-shaped tensors layer after layer
+        cache[0], cache[4] = values[4] * 2, values[0] * 2
+        assert torch.equal(cache.get(0), values[4] * 2) and torch.equal(cache.get(4), values[0] * 2)
+        assert cache.bytes_in_memory == 128 and cache.spilled_bytes == 3 * 64
+        assert cache.get("missing", "default") == "default"
+    assert list(tmp_path.iterdir()) == [] and len(cache) == 0  # the folder is gone
+
+
+def test_no_limit_keeps_everything_in_memory_and_zero_spills_everything(tmp_path):
+    with SpillCache(folder=tmp_path) as cache:
+        for i, value in enumerate(tensors(4)):
+            cache[i] = value
+        assert cache.bytes_in_memory == 4 * 64 and cache.spilled_bytes == 0 and list(tmp_path.iterdir()) == []
+    with SpillCache(memory_bytes=0, folder=tmp_path) as cache:
+        for i, value in enumerate(tensors(4)):
+            cache[i] = value
+        assert cache.bytes_in_memory == 0 and cache.spilled_bytes == 4 * 64
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_folder_is_removed_when_an_error_interrupts(tmp_path):
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with SpillCache(memory_bytes=0, folder=tmp_path) as cache:
+            cache["a"] = torch.ones(3)
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "256"])
+def test_a_bad_budget_is_refused(value):
+    with pytest.raises(ValueError, match=rf"memory_bytes={value!r}: expected an integer >= 0 or None"):
+        SpillCache(memory_bytes=value)
