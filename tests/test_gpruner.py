@@ -10,6 +10,7 @@ import torch
 
 from conftest import tiny_inputs, tiny_model
 from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods import GPrunerCallback
 from lit_prune.methods.gpruner import (
@@ -211,6 +212,27 @@ def test_the_reward_of_a_compacted_copy_equals_the_masked_models(arch):
     assert not hasattr(model.config, "lit_prune_structure")
 
 
+def test_the_task_reward_is_the_masked_models_mean_task_loss():
+    """reward='task': the example-weighted mean of the masked model's own loss on the calibration labels."""
+    model = tiny_model("bert", initializer_range=0.5)
+    batches = [{**tiny_inputs(batch=size, seq=10, seed=i), "labels": torch.arange(size) % 2}
+               for i, size in enumerate((4, 2))]
+    budget = FlopsBudget.for_model(model, 8.5, 0.5)
+    g = torch.Generator().manual_seed(2)
+    masks = search_masks(torch.rand(budget.num_layers, budget.num_heads, generator=g),
+                         torch.rand(budget.num_layers, budget.ffn_dim, generator=g), budget)
+    loss = CalibrationLoss(model, model, batches, reward="task")
+    with torch.no_grad(), apply_masks(model, masks):
+        expected = sum(float(model(**batch).loss) * len(batch["labels"]) for batch in batches) / 6
+    assert loss(masks) == pytest.approx(expected, rel=1e-5)
+    assert loss(masks, compacted=False) == pytest.approx(expected, rel=1e-5)
+    assert loss(masks) != pytest.approx(CalibrationLoss(model, model, batches)(masks), rel=1e-3)
+    with pytest.raises(ValueError, match=r"reward='task' needs labelled calibration batches"):
+        CalibrationLoss(model, model, [{k: v for k, v in b.items() if k != "labels"} for b in batches], reward="task")
+    with pytest.raises(ValueError, match=r"reward='kl': expected one of 'distillation', 'task'"):
+        CalibrationLoss(model, model, batches, reward="kl")
+
+
 def test_ppo_search_is_reproducible_with_a_seed():
     model, batches, budget, head_importance, ffn_importance, incumbent = ppo_setup(0.4)
     loss = CalibrationLoss(model, model, batches)
@@ -252,6 +274,7 @@ def test_ppo_settings_are_checked():
     ({"ppo_rollouts": 1}, r"ppo_rollouts=1: expected at least 2"),
     ({"cgs_max_iter": 0}, r"cgs_max_iter=0: expected an integer >= 1"),
     ({"reward_samples": 0}, r"reward_samples=0: expected an integer >= 1"),
+    ({"reward": "f1"}, r"reward='f1': expected one of 'distillation', 'task'"),
     ({"flops_kept": 1.5}, r"flops_kept=1.5 is outside the allowed range"),
 ])
 def test_bad_settings_fail_at_construction(settings, message):

@@ -48,8 +48,9 @@ Departures and choices (none can be checked against the paper's code, which is n
 * PPOM searches over whole heads and FFN neurons (Kwon's units), with the Fisher pass, the rearrangement and the
   intermediate tuning reference of Kwon unchanged.
 * The policy is state-less (a bandit over masks): PPO's critic reduces to a learned baseline.
-* The reward is a distillation loss on unlabelled calibration batches, not the task loss; labels are still drawn
-  for the Fisher pass.
+* The reward is a distillation loss on the held calibration batches by default, not the task loss
+  (``reward="task"``: the masked model's own loss on the calibration labels, an ablation; with the few reward
+  examples of a calibration sample it overfits their labels, see the README).
 * CGS solves the normal equations of the sublayer's least squares (the systems Kwon hands to LSMR) directly, with
   its own stopping rule; Kwon's damping prior (pull towards the binary mask) is replaced by the start at the binary
   mask plus the tiny relative ridge ``δ``.
@@ -72,10 +73,13 @@ from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
+from lit_prune.methods.common import LABEL_KEYS
 from lit_prune.methods.kprune import dense_predictions, distillation_loss, model_inputs
 from lit_prune.methods.kwon import MAX_ABS_SCALE, FisherStatistics, KwonCallback, LeastSquaresAccumulator, kwon_prune
 
 Progress = Callable[[str, int, int], None]
+Reward = Literal["distillation", "task"]
+REWARDS = ("distillation", "task")
 Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
@@ -455,7 +459,8 @@ def ppo_search(evaluate: Callable[[PruningMasks], float], head_importance: torch
 
 
 class CalibrationLoss:
-    """The PPOM reward's loss: the masked model's distillation loss against the dense model's cached predictions.
+    """The PPOM reward's loss: the masked model's distillation loss against the dense model's cached predictions
+    (``reward="distillation"``), or its own task loss on the batches' labels (``reward="task"``).
 
     Each evaluation runs a compacted copy of the model (the mask's units physically removed, as the pruned model
     will be), so a rollout costs about ``flops_kept`` of a dense forward pass instead of a whole one; the result is
@@ -463,18 +468,29 @@ class CalibrationLoss:
 
     Args:
         model: the dense model (copied and compacted for each evaluation; never changed).
-        dense: a dense copy that gives the cached predictions (used once, at construction).
-        batches: this process's held calibration batches.
+        dense: a dense copy that gives the cached predictions (used once, at construction; unused for ``"task"``).
+        batches: this process's held calibration batches (labelled for ``"task"``).
         reduce: sums tensors over processes.
+        reward: ``"distillation"`` or ``"task"``.
     """
 
     def __init__(self, model: nn.Module, dense: nn.Module, batches: Sequence[Mapping[str, Any]],
-                 reduce: Reduce | None = None) -> None:
+                 reduce: Reduce | None = None, reward: Reward = "distillation") -> None:
+        if reward not in REWARDS:
+            raise ValueError(f"G-Pruner: reward={reward!r}: expected one of {', '.join(map(repr, REWARDS))}")
         self.model = model
+        self.reward = reward
         self.batches = [model_inputs(model, batch) for batch in batches]
-        self.targets = [dense_predictions(dense, batch, 1.0) for batch in batches]
-        self.reduce = reduce
         device = next(model.parameters()).device
+        if reward == "task":
+            self.targets = [{key: value.to(device) for key, value in batch.items() if key in LABEL_KEYS}
+                            for batch in batches]
+            if any(not target for target in self.targets):
+                raise ValueError("G-Pruner: reward='task' needs labelled calibration batches (labels, or "
+                                 "start_positions and end_positions)")
+        else:
+            self.targets = [dense_predictions(dense, batch, 1.0) for batch in batches]
+        self.reduce = reduce
         count = torch.tensor(float(sum(int(b["input_ids"].shape[0]) for b in self.batches)), device=device,
                              dtype=torch.float64)
         self.count = float(reduce({"count": count})["count"]) if reduce is not None else float(count)
@@ -492,8 +508,11 @@ class CalibrationLoss:
             model, context = self.model, apply_masks(self.model, masks.to(device))
         with context:
             for inputs, targets in zip(self.batches, self.targets):
-                outputs = model(**inputs)
-                total += distillation_loss(outputs, targets, 1.0).double() * inputs["input_ids"].shape[0]
+                if self.reward == "task":
+                    loss = model(**inputs, **targets).loss
+                else:
+                    loss = distillation_loss(model(**inputs), targets, 1.0)
+                total += loss.double() * inputs["input_ids"].shape[0]
         if self.reduce is not None:
             total = self.reduce({"loss": total})["loss"]
         return float(total) / self.count
@@ -510,6 +529,7 @@ class GPrunerCallback(KwonCallback):
         search: ``"ppo"`` (PPOM) or ``"greedy"`` (Kwon's search + rearrangement only).
         solver: ``"cgs"`` (CG²MT) or ``"lstsq"`` (Kwon's damped least squares).
         reward_samples: held calibration examples for the PPO reward (the first ones of the calibration sample).
+        reward: the PPO reward's loss: ``"distillation"`` (KL from the dense model) or ``"task"`` (the task loss).
         ppo_iterations, ppo_rollouts, ppo_epochs, ppo_clip, ppo_entropy_coef, ppo_value_coef, ppo_learning_rate,
             ppo_init_temperature: :class:`PPOSettings` (the PPO seed is ``seed``).
         cgs_tol, cgs_max_iter, cgs_damping: :class:`CGSTuningSolver`.
@@ -531,7 +551,9 @@ class GPrunerCallback(KwonCallback):
         tune: bool = True,
         tuning_reference: Literal["intermediate", "dense"] = "intermediate",
         damping: float = 1.0,
+        tuning_cache_mb: float | None = 256,
         reward_samples: int = 256,
+        reward: Reward = "distillation",
         ppo_iterations: int = 10,
         ppo_rollouts: int = 8,
         ppo_epochs: int = 4,
@@ -558,6 +580,8 @@ class GPrunerCallback(KwonCallback):
             problems.append(f"search={search!r}: expected 'ppo' or 'greedy'")
         if solver not in ("cgs", "lstsq"):
             problems.append(f"solver={solver!r}: expected 'cgs' or 'lstsq'")
+        if reward not in REWARDS:
+            problems.append(f"reward={reward!r}: expected one of {', '.join(map(repr, REWARDS))}")
         if isinstance(reward_samples, bool) or not isinstance(reward_samples, int) or reward_samples < 1:
             problems.append(f"reward_samples={reward_samples!r}: expected an integer >= 1")
         self.ppo = PPOSettings(iterations=ppo_iterations, rollouts=ppo_rollouts, ppo_epochs=ppo_epochs, clip=ppo_clip,
@@ -571,7 +595,8 @@ class GPrunerCallback(KwonCallback):
             problems.append(str(error))
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, replacement=replacement,
                          calibration_batch_size=calibration_batch_size, seed=seed, rearrange=rearrange, tune=tune,
-                         tuning_reference=tuning_reference, damping=damping, output_dir=output_dir,
+                         tuning_reference=tuning_reference, damping=damping, tuning_cache_mb=tuning_cache_mb,
+                         output_dir=output_dir,
                          save_model=save_model, evaluate=evaluate, dense_metrics=dense_metrics,
                          latency_batch_size=latency_batch_size,
                          latency_repeats=latency_repeats, model_attribute=model_attribute, seq_len=seq_len,
@@ -580,13 +605,14 @@ class GPrunerCallback(KwonCallback):
         self.search = search
         self.solver = solver
         self.reward_samples = reward_samples
+        self.reward = reward
         self.cgs = {"tol": cgs_tol, "max_iter": cgs_max_iter, "damping": cgs_damping}
 
     def method_settings(self) -> dict[str, Any]:
         settings = super().method_settings()
         settings.update(search=self.search, solver=self.solver)
         if self.search == "ppo":
-            settings.update(reward_samples=self.reward_samples,
+            settings.update(reward=self.reward, reward_samples=self.reward_samples,
                             **{f"ppo_{k}": v for k, v in dataclasses.asdict(self.ppo).items() if k != "seed"})
         if self.solver == "cgs":
             settings.update({f"cgs_{k}": v for k, v in self.cgs.items()})
@@ -599,7 +625,7 @@ class GPrunerCallback(KwonCallback):
             batch_size = int(batches[0]["input_ids"].shape[0]) if batches else self.calibration_batch_size
             held = max(1, math.ceil(self.reward_samples / max(batch_size, 1)))
             reward_batches = [batch for batch, position in zip(batches, batch_ids) if position < held]
-            loss = CalibrationLoss(model, dense, reward_batches, reduce)
+            loss = CalibrationLoss(model, dense, reward_batches, reduce, self.reward)
 
             def refine(masks: PruningMasks, stats: FisherStatistics):
                 result = ppo_search(loss, stats.head_importance(), stats.ffn_importance(), masks, budget, self.ppo,
@@ -613,11 +639,12 @@ class GPrunerCallback(KwonCallback):
         result = kwon_prune(model, batches, budget, batch_ids=batch_ids, num_batches=num_batches,
                             rearrange=self.rearrange, tune=self.tune, tuning_reference=self.tuning_reference,
                             damping=self.damping, cls_only_last_ffn=not is_qa, reduce=reduce, progress=progress,
-                            refine=refine, solver=solver)
+                            refine=refine, solver=solver, tuning_cache_bytes=self.tuning_cache_bytes())
         warnings_ = [f"layer {step.layer} {step.sublayer}: tuning stopped: {step.reason}"
                      for step in result.tuning if step.status == "failed"]
         details: dict[str, Any] = {"rearrangement": result.objective,
                                    "steps": [dataclasses.asdict(step) for step in result.tuning],
+                                   "tuning_cache": result.tuning_cache,
                                    "warnings": warnings_}
         if result.refined is not None:
             details["ppo"] = result.refined
