@@ -70,9 +70,9 @@ Departures from the paper and the reference code (each deliberate):
   the current layer, for the student and the reference (2 × samples × padded length × d floats), so each
   sublayer's pass runs one layer, not the model up to it. Unlike the code, which holds them all in memory, they go
   to a :class:`~lit_prune.methods.cache.SpillCache`: in memory up to a budget (the callbacks' ``tuning_cache_mb``),
-  on disk beyond it, so the peak memory does not grow with the calibration sample. The forward pass starts there by replacing the
-  embeddings' output and running the encoder's later layers only (:func:`collect_sublayer`'s ``*_start``), and
-  stops at the sublayer's LayerNorm.
+  on disk beyond it, so the peak memory does not grow with the calibration sample. The forward pass starts there
+  by replacing the embeddings' output and running the encoder's later layers only (:func:`collect_sublayer`'s
+  ``*_start``), and stops at the sublayer's LayerNorm.
 
 Driving these from a calibration loop (e.g. a Lightning callback; every statistic is a plain tensor):
 
