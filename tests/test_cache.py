@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from lit_prune.methods import cache as cache_module
 from lit_prune.methods.cache import SpillCache
 
 
@@ -20,7 +25,7 @@ def test_entries_beyond_the_budget_go_to_disk_and_come_back_equal(tmp_path):
             cache[i] = value
         assert cache.bytes_in_memory == 128 and cache.peak_memory_bytes == 128  # two fit, three spill
         assert cache.spilled_bytes == 3 * 64 and len(cache) == 5 and 4 in cache and 5 not in cache
-        spill = [p for p in tmp_path.iterdir() if p.name.startswith("lit_prune_cache_")]
+        spill = [p for p in tmp_path.iterdir() if p.name.startswith(f"{cache_module._prefix()}{os.getpid()}_")]
         assert len(spill) == 1 and len(list(spill[0].glob("*.pt"))) == 3
         for i, value in enumerate(values):
             assert torch.equal(cache.get(i), value)
@@ -56,3 +61,19 @@ def test_the_folder_is_removed_when_an_error_interrupts(tmp_path):
 def test_a_bad_budget_is_refused(value):
     with pytest.raises(ValueError, match=rf"memory_bytes={value!r}: expected an integer >= 0 or None"):
         SpillCache(memory_bytes=value)
+
+
+def test_folders_left_by_killed_processes_are_removed_by_the_next_spill(tmp_path):
+    """A process killed outright leaves its folder; the next cache that spills on this host removes it."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = tmp_path / f"{cache_module._prefix()}{dead.stdout.strip()}_abc"
+    alive = tmp_path / f"{cache_module._prefix()}{os.getppid()}_def"  # the process that runs pytest: still running
+    other = tmp_path / "lit_prune_cache_another-host_1_ghi"
+    for folder in (stale, alive, other):
+        folder.mkdir()
+        (folder / "0.pt").write_bytes(b"x")
+    with SpillCache(memory_bytes=0, folder=tmp_path) as cache:
+        cache["a"] = torch.ones(2)
+        assert not stale.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])

@@ -6,12 +6,16 @@ that cache grows with the calibration sample (2 × examples × padded length × 
 8,192 SST-2 examples on a 384-wide model, several GiB for SQuAD windows). :class:`SpillCache` holds entries in
 memory until ``memory_bytes`` is reached and writes the rest to its own temporary folder (``torch.save``, read back
 with ``weights_only=True``), so the peak memory of a calibration run stays bounded whatever its size; the folder is
-removed by :meth:`SpillCache.close` (also on errors: use it as a context manager).
+removed by :meth:`SpillCache.close` (also on errors: use it as a context manager). A process killed outright
+(SIGKILL, out of memory) cannot clean up: its folder's name holds the host and the process id, and the next
+SpillCache that spills on the same host removes the folders of processes that no longer run.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Hashable
 from pathlib import Path
@@ -95,7 +99,9 @@ class SpillCache:
 
     def _path(self, key: Hashable) -> Path:
         if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="lit_prune_cache_", dir=self._parent))
+            parent = Path(self._parent) if self._parent is not None else Path(tempfile.gettempdir())
+            remove_stale_folders(parent)
+            self._folder = Path(tempfile.mkdtemp(prefix=f"{_prefix()}{os.getpid()}_", dir=parent))
         if key in self._disk:
             return self._disk[key][0]
         return self._folder / f"{len(self._disk)}.pt"
@@ -116,4 +122,31 @@ class SpillCache:
         self.close()
 
 
-__all__ = ["SpillCache"]
+def _prefix() -> str:
+    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
+    return f"lit_prune_cache_{host}_"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_folders(parent: Path) -> list[Path]:
+    """Remove the spill folders under ``parent`` left by processes of this host that no longer run; return them."""
+    removed = []
+    prefix = _prefix()
+    for folder in parent.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix):].split("_", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+__all__ = ["SpillCache", "remove_stale_folders"]
