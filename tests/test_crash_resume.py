@@ -100,6 +100,9 @@ def test_killed_mid_schedule_and_resumed_ends_with_the_same_masks(setup, tmp_pat
     assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected)
     reports = [json.loads((tmp_path / name / "pruning_report.json").read_text()) for name in ("whole", "killed")]
     assert reports[0]["structure"] == reports[1]["structure"]
+    # the pruning time of the resumed run counts the killed run's training up to its checkpoint
+    assert "prune_before_resume" not in reports[0]["seconds"]
+    assert 0 < reports[1]["seconds"]["prune_before_resume"] < reports[1]["seconds"]["prune"]
 
 
 KILL_WHILE_SAVING = textwrap.dedent('''

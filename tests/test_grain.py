@@ -278,6 +278,11 @@ def test_resume_from_a_mid_schedule_checkpoint_gives_the_same_masks(student_fold
     assert resumed.masks == whole.masks
     assert resumed.report["schedule"]["history"] == whole.report["schedule"]["history"]
     assert resumed.report["params"]["pruned"] == whole.report["params"]["pruned"]
+    # the pruning time counts the first run's training up to the checkpoint, then the resumed run's
+    before = resumed.report["seconds"]["prune_before_resume"]
+    assert before == pytest.approx(saved["training_seconds"], abs=1e-3)
+    assert 0 < before < resumed.report["seconds"]["prune"]
+    assert "prune_before_resume" not in whole.report["seconds"]
     # other pruning settings cannot resume that checkpoint
     other = GrainCallback(params_kept=0.1, evaluate=False, latency_batch_size=0, save_model=False)
     with pytest.raises(ValueError, match="params_kept: 0.2 -> 0.1"):

@@ -392,6 +392,8 @@ class GrainCallback(Callback):
         self.report: dict[str, Any] | None = None
         self.dense_metrics: dict[str, float] | None = None
         self._pending: dict[str, Any] | None = None
+        self._seconds_before_resume = 0.0  # training seconds of the run a checkpoint came from
+        self._started: float | None = None
         self._hooks: contextlib.ExitStack | None = None
 
     # ------------------------------------------------------------------------------------------------ settings
@@ -523,7 +525,9 @@ class GrainCallback(Callback):
         seconds = self._seconds
         # GRAIN prunes while it trains: its pruning cost is the training (the report's ``prune`` phase, as for
         # every method), without the evaluation before it
-        seconds["prune"] = round(time.perf_counter() - self._started - seconds.get("evaluate_dense", 0.0), 3)
+        seconds["prune"] = round(self._training_seconds(), 3)
+        if self._seconds_before_resume:
+            seconds["prune_before_resume"] = round(self._seconds_before_resume, 3)
         model = find_encoder_model(pl_module, self.model_attribute)
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
@@ -563,6 +567,14 @@ class GrainCallback(Callback):
     def output_folder(self, trainer: L.Trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)
 
+    def _training_seconds(self) -> float:
+        """Seconds of pruning-while-training so far: this fit's (without the dense evaluation) plus, after a resume,
+        those of the run up to its checkpoint."""
+        if self._started is None:
+            return self._seconds_before_resume
+        return (self._seconds_before_resume + time.perf_counter() - self._started
+                - self._seconds.get("evaluate_dense", 0.0))
+
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         if self.masks is None:
@@ -571,7 +583,7 @@ class GrainCallback(Callback):
                 "importance": self.importance.state_dict() if self.importance is not None else None,
                 "density": self.density, "last_step": self.last_step, "history": list(self.history),
                 "importance_source": self.importance_source, "dense_metrics": self.dense_metrics,
-                "settings": self.settings()}
+                "settings": self.settings(), "training_seconds": self._training_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -597,6 +609,7 @@ class GrainCallback(Callback):
         self.history = list(state.get("history", []))
         self.importance_source = state.get("importance_source")
         self.dense_metrics = state.get("dense_metrics")
+        self._seconds_before_resume = float(state.get("training_seconds", 0.0))
 
 
 __all__ = ["UNITS", "UNIT_FIELDS", "GrainCallback", "GrainImportance", "GrainLayout", "Units", "check_density",

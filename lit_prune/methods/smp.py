@@ -388,6 +388,20 @@ class _StaticModelPruning:
             self._teacher.to(self.device).eval()
         self._smp_started = time.perf_counter()
 
+    def _training_seconds(self) -> float:
+        """Seconds of score training so far: this fit's plus, after a resume, those of the run up to its checkpoint."""
+        started = getattr(self, "_smp_started", None)
+        elapsed = 0.0 if started is None else time.perf_counter() - started
+        return getattr(self, "_seconds_before_resume", 0.0) + elapsed
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["smp_training_seconds"] = self._training_seconds()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._seconds_before_resume = float(checkpoint.get("smp_training_seconds", 0.0))
+
     @contextlib.contextmanager
     def _plain_model(self) -> Iterator[nn.Module]:
         """``self.model`` as plain fine-tuning would train it (no score masks, every weight trainable) inside the
@@ -498,7 +512,9 @@ class _StaticModelPruning:
         """Fix the final masks into the weights, remove the rows and columns they empty (with exact bias folds),
         evaluate, time (dense, compacted, and compacted with CSR weights) and write the pruned folder, the weight
         masks and the report. Returns the report."""
-        seconds = {"prune": round(time.perf_counter() - getattr(self, "_smp_started", time.perf_counter()), 3)}
+        seconds = {"prune": round(self._training_seconds(), 3)}
+        if getattr(self, "_seconds_before_resume", 0.0):
+            seconds["prune_before_resume"] = round(self._seconds_before_resume, 3)
         self.counts = set_counts(self.score_masks, self.params_kept, self.masking)
         weight_masks = self.binary_masks()
         ranks = check_same_on_all_ranks(trainer, weight_masks, "weight masks")
