@@ -17,7 +17,8 @@ accelerator. The runner
    teacher, the budget, the seed and the calibration size set on the command line, into
    ``runs/<method>/<task>/<budget>/seed<s>/``. A run whose ``pruning_report.json`` exists is not repeated, after a
    check that the report records the settings asked for (:func:`report_mismatches`), so an interrupted benchmark
-   resumes and a finished one re-collects in seconds.
+   resumes and a finished one re-collects in seconds. A training run (GRAIN, SMP) that was interrupted resumes
+   from the last checkpoint it wrote (``--ckpt_path``, :func:`latest_checkpoint`) instead of starting over.
 3. optionally times each method's pruning of the paper-sized calibration sample against one forward and backward
    pass over it (``timing``).
 4. reads back only the reports and writes ``results/<name>.json``, the PNG plots and this benchmark's section of
@@ -695,6 +696,17 @@ def known_dense_metrics(config: BenchConfig, job: PruneJob) -> dict[str, float] 
     return metrics
 
 
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint an interrupted training run (GRAIN, SMP) left in ``folder/checkpoints``: the one of the
+    highest step (Lightning names them ``epoch=E-step=S.ckpt``), ``None`` when there is none."""
+    def step(path: Path) -> tuple[int, float]:
+        found = re.search(r"step=(\d+)", path.name)
+        return (int(found.group(1)) if found else -1, path.stat().st_mtime)
+
+    checkpoints = sorted((folder / "checkpoints").glob("*.ckpt"), key=step)
+    return checkpoints[-1] if checkpoints else None
+
+
 def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Runner = run_command,
             dry_run: bool = False) -> dict[str, Any] | None:
     """Run one job unless its report exists (then check and return it).
@@ -728,12 +740,22 @@ def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Ru
         if not dry_run:
             archive_report(config, job)
         return report
-    _log(f"{what}: running into {_relative(job.folder)}")
+    checkpoint = latest_checkpoint(job.folder)
+    if checkpoint is None:
+        _log(f"{what}: running into {_relative(job.folder)}")
+    else:
+        _log(f"{what}: resuming from {_relative(checkpoint)} (an interrupted run)")
     if dry_run:
         return None
     started = time.perf_counter()
     assert teacher is not None, f"{what}: no teacher for a run that has to run"
-    runner(job.command(config, teacher, known_dense_metrics(config, job)), job.folder / "train.log")
+    command = job.command(config, teacher, known_dense_metrics(config, job))
+    if checkpoint is not None:
+        command += ["--ckpt_path", str(checkpoint)]
+    log_file = job.folder / "train.log"
+    if checkpoint is not None and log_file.is_file():  # keep the interrupted run's log beside the new one
+        log_file.replace(log_file.with_name(f"train.interrupted-{int(time.time())}.log"))
+    runner(command, log_file)
     report = read_report(report_file)
     archive_report(config, job)
     _log(f"{what}: done in {time.perf_counter() - started:.0f} s")

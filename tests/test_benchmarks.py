@@ -204,6 +204,21 @@ def test_an_interrupted_benchmark_resumes_where_it_stopped(tmp_path, no_adoption
     assert folders == [job.folder for job in jobs[3:6]]
 
 
+def test_an_interrupted_training_run_resumes_from_its_last_checkpoint(tmp_path, no_adoption):
+    config = make_config(tmp_path, methods=["grain"], budgets=[0.1], seeds=[0], tasks=["sst2"], timing=None)
+    job = runner.plan(config)[0]
+    (job.folder / "checkpoints").mkdir(parents=True)
+    for name in ("epoch=0-step=230.ckpt", "epoch=1-step=460.ckpt", "epoch=0-step=99.ckpt"):
+        (job.folder / "checkpoints" / name).write_bytes(b"")
+    (job.folder / "train.log").write_text("the interrupted run's log")
+    fake = FakeTrainer()
+    runner.run_benchmark(config, runner=fake)
+    assert fake.calls[-1][-2:] == ["--ckpt_path", str(job.folder / "checkpoints" / "epoch=1-step=460.ckpt")]
+    kept = list(job.folder.glob("train.interrupted-*.log"))
+    assert len(kept) == 1 and kept[0].read_text() == "the interrupted run's log"
+    assert runner.latest_checkpoint(tmp_path / "nowhere") is None
+
+
 def test_a_report_with_other_settings_is_not_taken_for_the_run(tmp_path, no_adoption):
     config = make_config(tmp_path)
     runner.run_benchmark(config, runner=FakeTrainer())
