@@ -23,7 +23,7 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from benchmarks.runner import BenchConfig, load_config, plan, teacher_dir
+from benchmarks.runner import REPO, BenchConfig, load_config, plan
 from benchmarks.tables import scale
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.io import load_pruned
@@ -81,8 +81,11 @@ def measure(config: BenchConfig, tasks: list[str], budgets: list[float], samples
         task_jobs = [job for job in jobs if job.task == task]
         if not task_jobs:
             continue
-        teacher = teacher_dir(config, task) / "final_model"
         reports = [json.loads((job.folder / "pruning_report.json").read_text()) for job in task_jobs]
+        teachers = sorted({report["model"] for report in reports})  # the model each run pruned
+        if len(teachers) != 1:
+            raise ValueError(f"{task}: the runs pruned different models {teachers}; their losses are not comparable")
+        teacher = REPO / teachers[0]
         datamodule = datamodule_for(task_jobs[0].folder, teacher)
         indices = held_out_indices(datamodule, reports, samples, seed)
         auto = AutoModelForQuestionAnswering if task.startswith("squad") else AutoModelForSequenceClassification

@@ -42,21 +42,21 @@ class TinyData(TaskDataModule):
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
 
 
-def write_run(folder, teacher_model, masks, calibration):
+def write_run(folder, teacher_model, teacher_folder, masks, calibration):
     save_pruned(compact(copy.deepcopy(teacher_model), masks), folder / "pruned_model")
     (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"class_path": "test_heldout.TinyData",
                                                                  "init_args": {}}}))
-    report = synthetic_report("sst2", "kwon", 0.5, 0, "teacher")
+    report = synthetic_report("sst2", "kwon", 0.5, 0, str(teacher_folder))
     report.update(calibration={"requested": calibration}, metrics={"main": "accuracy", "pruned": {"accuracy": 0.8}})
     write_report(folder / REPORT_FILE, report)
 
 
-def test_the_held_out_loss_of_pruned_models(tmp_path, monkeypatch):
+def test_the_held_out_loss_of_pruned_models(tmp_path):
     config = make_config(tmp_path, tasks=["sst2"], methods=["kwon", "kprune"], budgets=[0.5], seeds=[0],
                          timing=None)
     teacher = tiny_model("bert", initializer_range=0.5)  # logits large enough for pruning to move them
-    teacher.save_pretrained(tmp_path / "teacher" / "final_model")
-    monkeypatch.setattr(heldout, "teacher_dir", lambda config, task: tmp_path / "teacher")
+    teacher_folder = tmp_path / "teacher" / "final_model"
+    teacher.save_pretrained(teacher_folder)
     ones = PruningMasks.from_model(teacher)
     half = ones.clone()
     half.ffn[:, ::2] = 0
@@ -64,7 +64,7 @@ def test_the_held_out_loss_of_pruned_models(tmp_path, monkeypatch):
     draws = {"kwon": {"num_samples": 16, "num_tokens": None, "replacement": True, "seed": 0},
              "kprune": {"num_samples": None, "num_tokens": 100, "replacement": False, "seed": 0}}
     for method, masks in (("kwon", half), ("kprune", ones)):
-        write_run(config.runs / method / "sst2" / "0.5" / "seed0", teacher, masks, draws[method])
+        write_run(config.runs / method / "sst2" / "0.5" / "seed0", teacher, teacher_folder, masks, draws[method])
 
     datamodule = TinyData()
     datamodule.setup()
@@ -84,3 +84,8 @@ def test_the_held_out_loss_of_pruned_models(tmp_path, monkeypatch):
     assert "| sst2 (accuracy) | 0.5 | KPrune | 0.0000 | 80.00 |" in table
     assert table.index("KPrune") < table.index("Kwon et al.")  # sorted by loss
     json.dumps(results)
+    # runs that pruned different models cannot be compared
+    other = config.runs / "kprune" / "sst2" / "0.5" / "seed0" / REPORT_FILE
+    other.write_text(other.read_text().replace(str(teacher_folder), str(tmp_path / "another")))
+    with pytest.raises(ValueError, match=r"sst2: the runs pruned different models"):
+        heldout.measure(config, ["sst2"], [0.5], samples=20, seed=1, batch_size=8)

@@ -308,6 +308,8 @@ class _StaticModelPruning:
     """What both SMP task modules add to their task module (a mixin; the task module comes second)."""
 
     model: nn.Module
+    _smp_started: float | None = None  # when this fit's score training started
+    _seconds_before_resume: float = 0.0  # training seconds of the run a checkpoint came from
 
     def _setup_smp(self, task_class: type, params_kept: float, masking: Masking, regularization: float,
                    scores_learning_rate: float, head: Head, teacher: str | None, distill: bool, temperature: float,
@@ -390,9 +392,8 @@ class _StaticModelPruning:
 
     def _training_seconds(self) -> float:
         """Seconds of score training so far: this fit's plus, after a resume, those of the run up to its checkpoint."""
-        started = getattr(self, "_smp_started", None)
-        elapsed = 0.0 if started is None else time.perf_counter() - started
-        return getattr(self, "_seconds_before_resume", 0.0) + elapsed
+        elapsed = 0.0 if self._smp_started is None else time.perf_counter() - self._smp_started
+        return self._seconds_before_resume + elapsed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -513,7 +514,7 @@ class _StaticModelPruning:
         evaluate, time (dense, compacted, and compacted with CSR weights) and write the pruned folder, the weight
         masks and the report. Returns the report."""
         seconds = {"prune": round(self._training_seconds(), 3)}
-        if getattr(self, "_seconds_before_resume", 0.0):
+        if self._seconds_before_resume:
             seconds["prune_before_resume"] = round(self._seconds_before_resume, 3)
         self.counts = set_counts(self.score_masks, self.params_kept, self.masking)
         weight_masks = self.binary_masks()
