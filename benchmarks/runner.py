@@ -141,6 +141,7 @@ class MethodRun:
     label: str
     settings: dict[str, Any]
     match: str | None = None  # run at what this earlier method achieved at each budget (its FLOPs, say)
+    budgets: tuple[float, ...] | None = None  # only these of the config's budgets (an ablation); None: all
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -151,7 +152,8 @@ CONFIG_KEYS = {
     "description": "a paragraph under the title",
     "model": "the pretrained model the teachers are fine-tuned from (assets name, folder or hub id)",
     "tasks": "task names with a recipe configs/finetune/<task>.yaml",
-    "methods": "registered method names, or {name, method, label, settings} for a variant",
+    "methods": "registered method names, or {name, method, label, settings, match, budgets} for a variant (budgets: "
+               "only these of the config's budgets)",
     "budgets": "budget values in (0, 1] (each method's budget setting, e.g. flops_kept)",
     "seeds": "pruning seeds (the calibration sample's draw); results are averaged over them",
     "teacher_seed": "the fine-tuning seed of the teachers",
@@ -217,10 +219,10 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry!r} is neither a method name nor a mapping "
                                    "with name, method, label, settings")
-        unknown = set(entry) - {"name", "method", "label", "settings", "match"}
+        unknown = set(entry) - {"name", "method", "label", "settings", "match", "budgets"}
         if unknown:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has unknown keys {sorted(unknown)}; "
-                                   "allowed: name, method, label, settings, match")
+                                   "allowed: name, method, label, settings, match, budgets")
         method = entry.get("method", entry["name"])
         if method not in METHODS:
             raise BenchConfigError(f"{_where(source, 'methods')}: method {method!r} is not registered; registered: "
@@ -236,8 +238,14 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
         if match is not None and match not in [run.name for run in runs]:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has match={match!r}, which is not "
                                    f"a method listed before it ({[run.name for run in runs]})")
+        budgets = entry.get("budgets")
+        if budgets is not None:
+            if not isinstance(budgets, list) or not budgets:
+                raise BenchConfigError(f"{_where(source, 'methods')}: budgets of {entry['name']!r}={budgets!r}: "
+                                       "expected a non-empty list (or leave it out for all the config's budgets)")
+            budgets = tuple(_budget(b, f"methods.{entry['name']}.budgets", source) for b in budgets)
         runs.append(MethodRun(str(entry["name"]), spec, str(entry.get("label", spec.label)), dict(settings),
-                              None if match is None else str(match)))
+                              None if match is None else str(match), budgets))
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise BenchConfigError(f"{_where(source, 'methods')}: names repeat: {names}")
@@ -286,6 +294,21 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
     if not isinstance(budgets, list) or not budgets:
         raise BenchConfigError(f"{_where(source, 'budgets')}={budgets!r}: expected a non-empty list")
     budgets = [_budget(b, "budgets", source) for b in budgets]
+    by_name = {method.name: method for method in methods}
+    for method in methods:
+        if method.budgets is None:
+            continue
+        if set(method.budgets) - set(budgets):
+            raise BenchConfigError(f"{_where(source, f'methods.{method.name}.budgets')}={list(method.budgets)}: "
+                                   f"each must be one of the config's budgets {budgets}")
+        reference = by_name.get(method.match) if method.match else None
+        if reference is not None and reference.budgets is not None and set(method.budgets) - set(reference.budgets):
+            raise BenchConfigError(f"{_where(source, f'methods.{method.name}.budgets')}={list(method.budgets)}: it "
+                                   f"matches {reference.name}, which runs only at {list(reference.budgets)}")
+    for method in methods:
+        if method.match and method.budgets is None and by_name[method.match].budgets is not None:
+            raise BenchConfigError(f"{_where(source, f'methods.{method.name}')}: it matches {method.match}, which runs "
+                                   f"only at {list(by_name[method.match].budgets)}; give it those budgets")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
@@ -576,13 +599,18 @@ class PruneJob:
         return args
 
 
+def method_budgets(config: BenchConfig, method: MethodRun) -> list[float]:
+    """The budgets ``method`` runs at: its own subset when it names one, else all the config's (in their order)."""
+    return [b for b in config.budgets if method.budgets is None or b in method.budgets]
+
+
 def plan(config: BenchConfig) -> list[PruneJob]:
     """Every pruning run of the benchmark, in order: per task, per method, per budget, per seed; then timing."""
     jobs = []
     for task in config.tasks:
         size = calibration_size(config, task)
         for method in config.methods:
-            for budget in config.budgets:
+            for budget in method_budgets(config, method):
                 for seed in config.seeds:
                     settings: dict[str, Any] = {method.spec.budget: budget, "seed": seed,
                                                 "latency_repeats": config.latency_repeats}
@@ -822,5 +850,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["BenchConfig", "BenchConfigError", "METHODS", "MethodRun", "MethodSpec", "PruneJob", "config_differences",
-           "achieved", "archive_report", "archived_report", "ensure_teacher", "load_config", "main", "parse_config", "plan", "register_method",
-           "report_mismatches", "resolve", "restore_from_archive", "run_benchmark", "run_job", "teacher_key"]
+           "achieved", "archive_report", "archived_report", "ensure_teacher", "load_config", "main", "method_budgets",
+           "parse_config", "plan", "register_method", "report_mismatches", "resolve", "restore_from_archive",
+           "run_benchmark", "run_job", "teacher_key"]

@@ -69,6 +69,9 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
         for method in config.methods:
             by_budget: dict[str, Any] = {}
             for budget in config.budgets:
+                if method.budgets is not None and budget not in method.budgets:
+                    by_budget[f"{budget:g}"] = None  # the method does not run there (an ablation at one budget)
+                    continue
                 reports = [report for job, report in task_pairs if job.method.name == method.name
                            and job.budget == budget]
                 scores = [report["metrics"]["pruned"][main_metric] for report in reports]
@@ -84,15 +87,17 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
                 }
             entry["methods"][method.name] = by_budget
         points[task] = entry
-    means = {method.name: {f"{b:g}": _mean([scale(t, points[t]["methods"][method.name][f"{b:g}"]["metric"])
-                                            for t in config.tasks]) for b in config.budgets}
+    means = {method.name: {f"{b:g}": None if points[config.tasks[0]]["methods"][method.name][f"{b:g}"] is None
+                           else _mean([scale(t, points[t]["methods"][method.name][f"{b:g}"]["metric"])
+                                       for t in config.tasks]) for b in config.budgets}
              for method in config.methods}
     results: dict[str, Any] = {
         "name": config.name, "title": config.title, "description": config.description, "model": config.model,
         "tasks": list(config.tasks), "budgets": [f"{b:g}" for b in config.budgets], "seeds": list(config.seeds),
         "budget_setting": sorted({m.spec.budget for m in config.methods if m.match is None}),
         "matched": {m.name: m.match for m in config.methods if m.match is not None},
-        "methods": {m.name: {"label": m.label, "method": m.spec.name, "settings": m.settings, "budget": m.spec.budget}
+        "methods": {m.name: {"label": m.label, "method": m.spec.name, "settings": m.settings, "budget": m.spec.budget,
+                             "budgets": None if m.budgets is None else [f"{b:g}" for b in m.budgets]}
                     for m in config.methods},
         "calibration": dict(config.calibration), "hardware": next(iter(hardware.values()))[0],
         "points": points, "means": means,
@@ -117,6 +122,19 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
 
 def _label(results: dict[str, Any], method: str) -> str:
     return results["methods"][method]["label"]
+
+
+MISSING = "–"  # a budget the method does not run at
+
+
+def _cells(results: dict[str, Any], task: str, method: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(budget, cell)`` for every budget ``method`` ran at on ``task``, in the table's order."""
+    cells = results["points"][task]["methods"][method]
+    return [(b, cells[b]) for b in results["budgets"] if cells[b] is not None]
+
+
+def _seconds_per_run(results: dict[str, Any], method: str, tasks: list[str]) -> float:
+    return _mean([cell["prune_seconds"] for t in tasks for _, cell in _cells(results, t, method)])
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, command: str = "") -> str:
@@ -150,6 +168,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
             cells = []
             for b in budgets:
                 cell = point["methods"][method][b]
+                if cell is None:
+                    cells.append(MISSING)
+                    continue
                 text = f"{scale(task, cell['metric']):.1f}"
                 if cell["seeds"] > 1:
                     text += f" ± {scale(task, cell['metric_std']):.1f}"
@@ -158,13 +179,17 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("| **mean** | teacher | " + " | ".join(f"{results['teacher_mean']:.1f}" for _ in budgets) + " |")
     for method in methods:
         lines.append(f"| | {_label(results, method)} | "
-                     + " | ".join(f"**{results['means'][method][b]:.1f}**" for b in budgets) + " |")
+                     + " | ".join(MISSING if results['means'][method][b] is None
+                                  else f"**{results['means'][method][b]:.1f}**" for b in budgets) + " |")
     if len(methods) > 1:
         first = methods[0]
         for method in methods[1:]:
-            lines += ["", f"{_label(results, method)} − {_label(results, first)}, mean over tasks (points): "
-                      + ", ".join(f"{b}: {results['means'][method][b] - results['means'][first][b]:+.1f}"
-                                  for b in budgets)]
+            both = [b for b in budgets if results["means"][method][b] is not None
+                    and results["means"][first][b] is not None]
+            if both:
+                lines += ["", f"{_label(results, method)} − {_label(results, first)}, mean over tasks (points): "
+                          + ", ".join(f"{b}: {results['means'][method][b] - results['means'][first][b]:+.1f}"
+                                      for b in both)]
     lines += ["", "### Measured speedup beside the FLOPs ideal", "",
               "Dense / pruned median latency on a batch of the evaluation split, measured interleaved in the same run; "
               "the ideal is 1 / flops_kept (actual FLOPs kept).", ""]
@@ -172,19 +197,17 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("|---|---|" + "---|" * len(budgets))
     for task in tasks:
         for method in methods:
-            cells = [f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x)"
+            cells = [MISSING if c is None else f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x)"
                      for c in (results["points"][task]["methods"][method][b] for b in budgets)]
             lines.append(f"| {task} | {_label(results, method)} | " + " | ".join(cells) + " |")
     lines += ["", "### Pruning time (seconds per run, mean over budgets)", ""]
     first = methods[0]
-    lines.append("| method | " + " | ".join(tasks) + f" | total / {_label(results, first)}'s |")
+    lines.append("| method | " + " | ".join(tasks) + f" | per run / {_label(results, first)}'s |")
     lines.append("|---|" + "---:|" * (len(tasks) + 1))
-    totals = {m: sum(results["points"][t]["methods"][m][b]["prune_seconds"] for t in tasks for b in budgets)
-              for m in methods}
+    per_run = {m: _seconds_per_run(results, m, tasks) for m in methods}
     for method in methods:
-        cells = [f"{_mean([results['points'][t]['methods'][method][b]['prune_seconds'] for b in budgets]):.1f}"
-                 for t in tasks]
-        ratio = totals[method] / totals[first] if totals[first] > 0 else float("nan")
+        cells = [f"{_seconds_per_run(results, method, [t]):.1f}" for t in tasks]
+        ratio = per_run[method] / per_run[first] if per_run[first] > 0 else float("nan")
         lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     timing = results.get("timing")
     if timing:
@@ -199,8 +222,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
         for method, t in timing["methods"].items():
             lines.append(f"| {_label(results, method)} | {t['prune']:.1f} | {t['reference_pass']:.1f} | "
                          f"**{t['ratio']:.2f}** | {t['bound_text']} | {t['prune'] / base:.2f}x |")
-    warnings = [(task, method, b, w) for task in tasks for method in methods for b in budgets
-                for w in results["points"][task]["methods"][method][b]["warnings"]]
+    warnings = [(task, method, b, w) for task in tasks for method in methods for b, cell in _cells(results, task, method)
+                for w in cell["warnings"]]
     if warnings:
         lines += ["", f"Warnings recorded in the reports: {len(warnings)} (see `results/{results['name']}.json`)."]
     if plots:
@@ -236,9 +259,10 @@ def plot_metric(results: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(tasks), figsize=(METRIC_PANEL[0] * len(tasks), METRIC_PANEL[1]), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         point = results["points"][task]
-        for (method, cells), style in zip(point["methods"].items(), STYLES):
-            xs = [cells[b]["flops_kept"] for b in results["budgets"]]
-            ys = [scale(task, cells[b]["metric"]) for b in results["budgets"]]
+        for method, style in zip(point["methods"], STYLES):
+            cells = [cell for _, cell in _cells(results, task, method)]
+            xs = [cell["flops_kept"] for cell in cells]
+            ys = [scale(task, cell["metric"]) for cell in cells]
             ax.plot(xs, ys, style, label=_label(results, method))
         ax.axhline(scale(task, point["teacher"]), color="grey", linestyle=":", label="teacher")
         ax.set_title(f"{task} ({point['metric']})")
@@ -260,8 +284,7 @@ def plot_speedup(results: dict[str, Any], path: Path) -> Path:
     for (method, _), marker in zip(results["methods"].items(), markers):
         xs, ys = [], []
         for task in results["tasks"]:
-            for b in results["budgets"]:
-                cell = results["points"][task]["methods"][method][b]
+            for _, cell in _cells(results, task, method):
                 xs.append(cell["flops_kept"])
                 ys.append(cell["speedup"])
         kept += xs
@@ -287,8 +310,7 @@ def plot_cost(results: dict[str, Any], path: Path) -> Path:
     methods, tasks = list(results["methods"]), results["tasks"]
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        values = [_mean([results["points"][t]["methods"][method][b]["prune_seconds"] for b in results["budgets"]])
-                  for t in tasks]
+        values = [_seconds_per_run(results, method, [t]) for t in tasks]
         left.bar([k + i * width for k in range(len(tasks))], values, width, label=_label(results, method))
     left.set_xticks([k + width * (len(methods) - 1) / 2 for k in range(len(tasks))], tasks)
     left.set_ylabel("pruning seconds per run (mean over budgets)")

@@ -367,6 +367,42 @@ def test_a_matched_method_runs_at_what_its_reference_achieved(tmp_path, no_adopt
     assert again.calls == []
 
 
+def test_a_method_can_run_at_some_of_the_budgets_only(tmp_path, no_adoption):
+    """SMP-S without its regulariser at 10% only: no runs elsewhere, dashes in the tables, means where it ran."""
+    config = make_config(tmp_path, budgets=[0.7, 0.4], seeds=[0], timing=None, methods=[
+        "kwon", {"name": "kwon_at_04", "method": "kwon", "label": "Kwon at 0.4", "budgets": [0.4]}])
+    jobs = runner.plan(config)
+    assert sorted((j.method.name, j.budget) for j in jobs if j.task == "sst2") == [
+        ("kwon", 0.4), ("kwon", 0.7), ("kwon_at_04", 0.4)]
+    results = runner.run_benchmark(config, runner=FakeTrainer())
+    assert results["points"]["sst2"]["methods"]["kwon_at_04"]["0.7"] is None
+    assert results["means"]["kwon_at_04"]["0.7"] is None
+    assert results["means"]["kwon_at_04"]["0.4"] == pytest.approx(results["means"]["kwon"]["0.4"])
+    assert results["methods"]["kwon_at_04"]["budgets"] == ["0.4"]
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| | Kwon at 0.4 | – | 76.6 |" in text  # 88.6 - 12, seed 0
+    assert "Kwon at 0.4 − Kwon et al., mean over tasks (points): 0.4: +0.0" in text
+    assert "| sst2 | Kwon at 0.4 | – | 2.00x (ideal 2.50x) |" in text
+    assert "| Kwon at 0.4 | 10.0 | 10.0 | 1.00x |" in text
+    assert (tmp_path / "results" / "synthetic_metric.png").is_file()
+
+
+@pytest.mark.parametrize("methods, message", [
+    ([{"name": "k", "method": "kwon", "budgets": [0.5]}], "methods.k.budgets=[0.5]: each must be one of the config's"),
+    ([{"name": "k", "method": "kwon", "budgets": []}], "budgets of 'k'=[]: expected a non-empty list"),
+    ([{"name": "k", "method": "kwon", "budgets": [2]}], "methods.k.budgets=2: a budget is a fraction in (0, 1]"),
+    (["kwon", {"name": "g", "method": "grain", "budgets": [0.4]}, {"name": "m", "method": "kprune", "match": "g"}],
+     "it matches g, which runs only at [0.4]; give it those budgets"),
+    ([{"name": "g", "method": "grain", "budgets": [0.4]}, {"name": "m", "method": "kprune", "match": "g",
+                                                            "budgets": [0.7]}],
+     "methods.m.budgets=[0.7]: it matches g, which runs only at [0.4]"),
+])
+def test_bad_method_budgets(tmp_path, methods, message):
+    with pytest.raises(runner.BenchConfigError) as error:
+        make_config(tmp_path, methods=methods)
+    assert message in str(error.value)
+
+
 def test_match_must_name_an_earlier_method(tmp_path):
     with pytest.raises(runner.BenchConfigError, match="match='grain', which is not a method listed before it"):
         make_config(tmp_path, methods=[{"name": "k", "method": "kprune", "match": "grain"}, "grain"])
