@@ -107,6 +107,17 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
                                       for job, report in pairs if not job.timing)
                           for source in ("evaluated", "given")},
     }
+    step_times: dict[str, Any] = {}
+    for method in config.methods:  # training methods that time their step against plain fine-tuning (SMP)
+        measured = [report["step_time"] for job, report in pairs
+                    if job.method.name == method.name and not job.timing and report.get("step_time")]
+        if measured:
+            step_times[method.name] = {
+                "ratio": _mean([m["ratio"] for m in measured]), "ratio_min": min(m["ratio"] for m in measured),
+                "ratio_max": max(m["ratio"] for m in measured), "runs": len(measured),
+                **{key: _mean([m[key] for m in measured]) for key in ("smp_ms", "finetune_ms")}}
+    if step_times:
+        results["step_time"] = step_times
     timing_pairs = [(job, report) for job, report in pairs if job.timing]
     if timing_pairs:
         timing: dict[str, Any] = {**config.timing, "methods": {}}
@@ -209,6 +220,17 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
         cells = [f"{_seconds_per_run(results, method, [t]):.1f}" for t in tasks]
         ratio = per_run[method] / per_run[first] if per_run[first] > 0 else float("nan")
         lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    step_times = results.get("step_time")
+    if step_times:
+        lines += ["", "### Training step time against a plain fine-tuning step", "",
+                  "Median time of one training step (forward and backward, no optimiser update) against one plain "
+                  "fine-tuning step of the same model on the same batch, timed in alternating blocks at the start of "
+                  "each run; mean (and range) of the per-run ratios.", ""]
+        lines.append("| method | runs | step (ms) | fine-tuning step (ms) | ratio | range |")
+        lines.append("|---|---:|---:|---:|---:|---|")
+        for method, t in step_times.items():
+            lines.append(f"| {_label(results, method)} | {t['runs']} | {t['smp_ms']:.1f} | {t['finetune_ms']:.1f} | "
+                         f"**{t['ratio']:.2f}** | {t['ratio_min']:.2f}–{t['ratio_max']:.2f} |")
     timing = results.get("timing")
     if timing:
         lines += ["", f"Pruning cost at the papers' calibration size: {timing['samples']} examples of {timing['task']} "

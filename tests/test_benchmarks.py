@@ -68,7 +68,9 @@ class FakeTrainer:
             report = synthetic_report(task, "kwon", 0.9, int(args["--seed_everything"]),
                                       args["--model.init_args.name_or_path"], hardware=self.hardware)
             report.update(method="smp", teacher=args["--model.init_args.teacher"],
-                          settings={"params_kept": density, "masking": "global"})
+                          settings={"params_kept": density, "masking": "global"},
+                          step_time={"smp_ms": 150.0, "finetune_ms": 100.0 * (1 + density), "ratio": 1.5 / (1 + density),
+                                     "repeats": 5, "batch_size": 16})
         elif method == "grain":  # budgeted by parameters; keeps a little more of the FLOPs than of the parameters
             density = float(args["--trainer.callbacks.init_args.params_kept"])
             report = synthetic_report(task, "kwon", density + 0.1, int(args["--trainer.callbacks.init_args.seed"]),
@@ -412,13 +414,16 @@ def test_a_method_that_starts_from_the_pretrained_model(tmp_path, no_adoption):
     """SMP prunes the benchmark's pretrained model, gets the teacher as a setting, and is seeded globally."""
     config = make_config(tmp_path, tasks=["sst2"], budgets=[0.1], seeds=[3], timing=None, methods=["smp"])
     fake = FakeTrainer()
-    runner.run_benchmark(config, runner=fake)
+    results = runner.run_benchmark(config, runner=fake)
     run = dict(zip(fake.calls[-1][3::2], fake.calls[-1][4::2]))
     assert run["--config"] == "configs/smp/sst2.yaml"
     assert run["--model.init_args.name_or_path"] == "tiny-model"
     assert run["--model.init_args.teacher"].startswith(str(tmp_path / "teachers" / "sst2"))
     assert run["--seed_everything"] == "3" and run["--model.init_args.params_kept"] == "0.1"
     assert "--model.init_args.seed" not in run
+    step = results["step_time"]["smp"]  # the SMP step against a plain fine-tuning step, from the reports
+    assert step["runs"] == 1 and step["ratio"] == pytest.approx(1.5 / 1.1)
+    assert "| SMP-S | 1 | 150.0 | 110.0 | **1.36** | 1.36–1.36 |" in (tmp_path / "BENCHMARKS.md").read_text()
     again = FakeTrainer()
     runner.run_benchmark(config, runner=again)
     assert again.calls == []  # done, and its report names the same teacher
