@@ -794,8 +794,13 @@ def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Ru
 
 
 def run_benchmark(config: BenchConfig, runner: Runner = run_command, dry_run: bool = False,
-                  collect_only: bool = False) -> dict[str, Any] | None:
-    """Teachers, runs, then results (``None`` on a dry run). Returns the collected results."""
+                  collect_only: bool = False, partial: bool = False) -> dict[str, Any] | None:
+    """Teachers, runs, then results (``None`` on a dry run). Returns the collected results.
+
+    ``partial`` (with ``collect_only``): tabulate the runs done so far, an interim section that marks the others.
+    """
+    if partial and not collect_only:
+        raise ValueError("partial=True tabulates an unfinished benchmark: it goes with collect_only=True")
     from benchmarks import tables
 
     started = time.perf_counter()
@@ -814,12 +819,19 @@ def run_benchmark(config: BenchConfig, runner: Runner = run_command, dry_run: bo
             run_job(config, job, teachers[job.task], runner, dry_run)
     if dry_run:
         return None
-    missing = [_relative(job.folder) for job in jobs if not (job.folder / REPORT_FILE).is_file()]
-    if missing:
-        raise RuntimeError(f"no report yet in {len(missing)} run folder(s), e.g. {missing[:3]}; run without "
-                           "--collect-only first")
-    results = tables.collect(config, [(job, read_report(job.folder / REPORT_FILE)) for job in jobs])
+    missing = [job for job in jobs if not (job.folder / REPORT_FILE).is_file()]
+    if missing and not partial:
+        raise RuntimeError(f"no report yet in {len(missing)} run folder(s), e.g. "
+                           f"{[_relative(job.folder) for job in missing[:3]]}; run without --collect-only first, or "
+                           "add --partial for an interim table of the runs done")
+    if missing and len(missing) == len(jobs):
+        raise RuntimeError(f"no run of {config.name!r} is done yet: nothing to tabulate")
+    done = [job for job in jobs if job not in missing]
+    results = tables.collect(config, [(job, read_report(job.folder / REPORT_FILE)) for job in done],
+                             pending=missing or None)
     tables.write_results(config, results)
+    if missing:
+        _log(f"{config.name}: interim results, {len(done)} of {len(jobs)} runs done")
     _log(f"{config.name}: results in {_relative(config.results)} and {_relative(config.markdown)} "
          f"({time.perf_counter() - started:.0f} s)")
     return results
@@ -833,7 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="benchmark config (YAML)")
     parser.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the tables and plots")
+    parser.add_argument("--partial", action="store_true",
+                        help="with --collect-only: an interim section of the runs done so far, the others marked")
     args = parser.parse_args(argv)
+    if args.partial and not args.collect_only:
+        parser.error("--partial goes with --collect-only (a full run tabulates everything anyway)")
     try:
         config = load_config(args.config)
     except (FileNotFoundError, BenchConfigError) as error:
@@ -842,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("LIT_PRUNE_ASSETS"):
         print("note: LIT_PRUNE_ASSETS is not set; models and data resolve to the hub", file=sys.stderr)
     try:
-        run_benchmark(config, dry_run=args.dry_run, collect_only=args.collect_only)
+        run_benchmark(config, dry_run=args.dry_run, collect_only=args.collect_only, partial=args.partial)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

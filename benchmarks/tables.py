@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,12 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]], pending: list[Any] | None = None) -> dict[str, Any]:
     """One results dict from the reports of a benchmark's jobs.
+
+    ``pending`` (an interim table): the jobs without a report yet; their cells are ``None`` and listed in
+    ``results["pending"]``, a task none of whose runs is done has ``None`` as its point, and a mean over tasks that
+    misses a task is ``None``.
 
     Raises:
         ValueError: the reports come from different hardware (never mixed in one table), or the teachers of one
@@ -59,6 +64,9 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
     points: dict[str, Any] = {}
     for task in config.tasks:
         task_pairs = [(job, report) for job, report in pairs if job.task == task and not job.timing]
+        if not task_pairs and pending:
+            points[task] = None  # nothing of this task done yet
+            continue
         main_metric = task_pairs[0][1]["metrics"]["main"]
         teachers = {round(report["metrics"]["dense"][main_metric], 6) for _, report in task_pairs}
         if len(teachers) > 1:
@@ -74,6 +82,9 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
                     continue
                 reports = [report for job, report in task_pairs if job.method.name == method.name
                            and job.budget == budget]
+                if not reports and pending:
+                    by_budget[f"{budget:g}"] = None  # not run yet
+                    continue
                 scores = [report["metrics"]["pruned"][main_metric] for report in reports]
                 by_budget[f"{budget:g}"] = {
                     "metric": _mean(scores), "metric_std": _std(scores), "seeds": len(reports),
@@ -87,9 +98,12 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
                 }
             entry["methods"][method.name] = by_budget
         points[task] = entry
-    means = {method.name: {f"{b:g}": None if points[config.tasks[0]]["methods"][method.name][f"{b:g}"] is None
-                           else _mean([scale(t, points[t]["methods"][method.name][f"{b:g}"]["metric"])
-                                       for t in config.tasks]) for b in config.budgets}
+    def cell(task: str, method: str, budget: str) -> dict[str, Any] | None:
+        return None if points[task] is None else points[task]["methods"][method][budget]
+
+    means = {method.name: {f"{b:g}": None if any(cell(t, method.name, f"{b:g}") is None for t in config.tasks)
+                           else _mean([scale(t, cell(t, method.name, f"{b:g}")["metric"]) for t in config.tasks])
+                           for b in config.budgets}
              for method in config.methods}
     results: dict[str, Any] = {
         "name": config.name, "title": config.title, "description": config.description, "model": config.model,
@@ -101,12 +115,17 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]]) -> dict[str, A
                     for m in config.methods},
         "calibration": dict(config.calibration), "hardware": next(iter(hardware.values()))[0],
         "points": points, "means": means,
-        "teacher_mean": _mean([scale(t, points[t]["teacher"]) for t in config.tasks]),
+        "teacher_mean": None if any(points[t] is None for t in config.tasks)
+        else _mean([scale(t, points[t]["teacher"]) for t in config.tasks]),
         # how each run got the dense teacher's scores (reports older than the setting measured them)
         "dense_sources": {source: sum((report["metrics"].get("dense_source") or "evaluated") == source
                                       for job, report in pairs if not job.timing)
                           for source in ("evaluated", "given")},
     }
+    if pending:
+        results["pending"] = sorted({(job.task, job.method.name, f"{job.budget:g}") for job in pending if not job.timing})
+        results["runs_done"] = len(pairs)
+        results["runs_planned"] = len(pairs) + len(pending)
     step_times: dict[str, Any] = {}
     for method in config.methods:  # training methods that time their step against plain fine-tuning (SMP)
         measured = [report["step_time"] for job, report in pairs
@@ -136,16 +155,25 @@ def _label(results: dict[str, Any], method: str) -> str:
 
 
 MISSING = "–"  # a budget the method does not run at
+PENDING = "·"  # a run not done yet (an interim table)
+
+
+def _missing(results: dict[str, Any], task: str, method: str, budget: str) -> str:
+    pending = {tuple(entry) for entry in results.get("pending", [])}
+    return PENDING if (task, method, budget) in pending else MISSING
 
 
 def _cells(results: dict[str, Any], task: str, method: str) -> list[tuple[str, dict[str, Any]]]:
     """``(budget, cell)`` for every budget ``method`` ran at on ``task``, in the table's order."""
+    if results["points"][task] is None:
+        return []
     cells = results["points"][task]["methods"][method]
     return [(b, cells[b]) for b in results["budgets"] if cells[b] is not None]
 
 
 def _seconds_per_run(results: dict[str, Any], method: str, tasks: list[str]) -> float:
-    return _mean([cell["prune_seconds"] for t in tasks for _, cell in _cells(results, t, method)])
+    seconds = [cell["prune_seconds"] for t in tasks for _, cell in _cells(results, t, method)]
+    return _mean(seconds) if seconds else float("nan")
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, command: str = "") -> str:
@@ -157,6 +185,10 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
         lines += [results["description"], ""]
     if command:
         lines += [f"Reproduce: `{command}`", ""]
+    if results.get("pending"):
+        lines += [f"**Interim**: {results['runs_done']} of {results['runs_planned']} runs done; `{PENDING}` marks a "
+                  "run not done yet, and means over tasks wait for every task. The command above runs the rest "
+                  "(it resumes where it stopped) and replaces this section.", ""]
     seeds = results["seeds"]
     lines += [f"Model: {results['model']}. Hardware: {hardware_label(results['hardware'])}. Seeds: "
               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else "") + ".", ""]
@@ -173,6 +205,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("|---|---|" + "---:|" * len(budgets))
     for task in tasks:
         point = results["points"][task]
+        if point is None:
+            lines.append(f"| {task} | (no run done yet) | " + " | ".join(PENDING for _ in budgets) + " |")
+            continue
         lines.append(f"| {task} ({point['metric']}) | teacher | "
                      + " | ".join(f"{scale(task, point['teacher']):.1f}" for _ in budgets) + " |")
         for method in methods:
@@ -180,18 +215,23 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
             for b in budgets:
                 cell = point["methods"][method][b]
                 if cell is None:
-                    cells.append(MISSING)
+                    cells.append(_missing(results, task, method, b))
                     continue
                 text = f"{scale(task, cell['metric']):.1f}"
                 if cell["seeds"] > 1:
                     text += f" ± {scale(task, cell['metric_std']):.1f}"
                 cells.append(text)
             lines.append(f"| | {_label(results, method)} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | teacher | " + " | ".join(f"{results['teacher_mean']:.1f}" for _ in budgets) + " |")
+    teacher_mean = results["teacher_mean"]
+    lines.append("| **mean** | teacher | " + " | ".join(PENDING if teacher_mean is None else f"{teacher_mean:.1f}"
+                                                      for _ in budgets) + " |")
     for method in methods:
-        lines.append(f"| | {_label(results, method)} | "
-                     + " | ".join(MISSING if results['means'][method][b] is None
-                                  else f"**{results['means'][method][b]:.1f}**" for b in budgets) + " |")
+        means = []
+        for b in budgets:
+            mean = results["means"][method][b]
+            ran = results["methods"][method].get("budgets") is None or b in results["methods"][method]["budgets"]
+            means.append(f"**{mean:.1f}**" if mean is not None else PENDING if ran else MISSING)
+        lines.append(f"| | {_label(results, method)} | " + " | ".join(means) + " |")
     if len(methods) > 1:
         first = methods[0]
         for method in methods[1:]:
@@ -207,9 +247,12 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("| task | method | " + " | ".join(budgets) + " |")
     lines.append("|---|---|" + "---|" * len(budgets))
     for task in tasks:
+        if results["points"][task] is None:
+            continue
         for method in methods:
-            cells = [MISSING if c is None else f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x)"
-                     for c in (results["points"][task]["methods"][method][b] for b in budgets)]
+            cells = [_missing(results, task, method, b) if c is None
+                     else f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x)"
+                     for b, c in ((b, results["points"][task]["methods"][method][b]) for b in budgets)]
             lines.append(f"| {task} | {_label(results, method)} | " + " | ".join(cells) + " |")
     lines += ["", "### Pruning time (seconds per run, mean over budgets)", ""]
     first = methods[0]
@@ -217,7 +260,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("|---|" + "---:|" * (len(tasks) + 1))
     per_run = {m: _seconds_per_run(results, m, tasks) for m in methods}
     for method in methods:
-        cells = [f"{_seconds_per_run(results, method, [t]):.1f}" for t in tasks]
+        cells = [PENDING if math.isnan(v) else f"{v:.1f}" for v in (_seconds_per_run(results, method, [t]) for t in tasks)]
         ratio = per_run[method] / per_run[first] if per_run[first] > 0 else float("nan")
         lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     step_times = results.get("step_time")
@@ -281,6 +324,10 @@ def plot_metric(results: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(tasks), figsize=(METRIC_PANEL[0] * len(tasks), METRIC_PANEL[1]), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         point = results["points"][task]
+        if point is None:
+            ax.set_title(f"{task} (no run done yet)")
+            ax.axis("off")
+            continue
         for method, style in zip(point["methods"], STYLES):
             cells = [cell for _, cell in _cells(results, task, method)]
             xs = [cell["flops_kept"] for cell in cells]
@@ -292,7 +339,9 @@ def plot_metric(results: dict[str, Any], path: Path) -> Path:
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
-    axes[0][0].legend(fontsize=8)
+    drawn = [ax for ax, task in zip(axes[0], tasks) if results["points"][task] is not None]
+    if drawn:
+        drawn[0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -312,6 +312,38 @@ def test_tables_hold_the_reports_numbers(tmp_path, no_adoption):
     assert saved["means"] == results["means"]
 
 
+def test_an_interim_table_of_the_runs_done(tmp_path, no_adoption):
+    """--collect-only --partial tabulates an unfinished benchmark: pending cells marked, means only over every task."""
+    config = make_config(tmp_path, seeds=[0], timing=None)
+    runner.run_benchmark(config, runner=FakeTrainer())
+    for job in runner.plan(config):  # kprune at 0.4 on sst2 and everything on stsb not done yet
+        if job.task == "stsb" or (job.method.name == "kprune" and job.budget == 0.4):
+            shutil.rmtree(job.folder)
+    shutil.rmtree(tmp_path / "archive")
+    with pytest.raises(RuntimeError, match="add --partial for an interim table"):
+        runner.run_benchmark(config, runner=FakeTrainer(), collect_only=True)
+    with pytest.raises(ValueError, match="goes with collect_only"):
+        runner.run_benchmark(config, runner=FakeTrainer(), partial=True)
+    results = runner.run_benchmark(config, runner=FakeTrainer(), collect_only=True, partial=True)
+    assert results["runs_done"] == 3 and results["runs_planned"] == 8
+    assert ["sst2", "kprune", "0.4"] in [list(entry) for entry in results["pending"]]
+    assert results["points"]["stsb"] is None and results["points"]["sst2"]["methods"]["kprune"]["0.4"] is None
+    assert results["means"]["kwon"]["0.7"] is None and results["teacher_mean"] is None
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "**Interim**: 3 of 8 runs done" in text
+    assert "| | KPrune | 85.6 | · |" in text  # 88.6 - 3
+    assert "| stsb | (no run done yet) | · | · |" in text
+    assert "| | Kwon et al. | **·** |" not in text and "| | Kwon et al. | · | · |" in text
+    assert (tmp_path / "results" / "synthetic_metric.png").is_file()
+    with pytest.raises(SystemExit):
+        runner.main(["--partial"])
+    for job in runner.plan(config):
+        if job.folder.exists():
+            shutil.rmtree(job.folder)
+    with pytest.raises(RuntimeError, match="no run of 'synthetic' is done yet"):
+        runner.run_benchmark(config, runner=FakeTrainer(), collect_only=True, partial=True)
+
+
 def test_plots_open_with_the_expected_size(tmp_path, no_adoption):
     image = pytest.importorskip("matplotlib.image")
     config = make_config(tmp_path)
