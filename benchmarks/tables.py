@@ -123,7 +123,8 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]], pending: list[
                           for source in ("evaluated", "given")},
     }
     if pending:
-        results["pending"] = sorted({(job.task, job.method.name, f"{job.budget:g}") for job in pending if not job.timing})
+        results["pending"] = sorted({(job.task, job.method.name, f"{job.budget:g}")
+                                     for job in pending if not job.timing})
         results["runs_done"] = len(pairs)
         results["runs_planned"] = len(pairs) + len(pending)
     step_times: dict[str, Any] = {}
@@ -260,7 +261,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("|---|" + "---:|" * (len(tasks) + 1))
     per_run = {m: _seconds_per_run(results, m, tasks) for m in methods}
     for method in methods:
-        cells = [PENDING if math.isnan(v) else f"{v:.1f}" for v in (_seconds_per_run(results, method, [t]) for t in tasks)]
+        cells = [PENDING if math.isnan(v) else f"{v:.1f}"
+                 for v in (_seconds_per_run(results, method, [t]) for t in tasks)]
         ratio = per_run[method] / per_run[first] if per_run[first] > 0 else float("nan")
         lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     step_times = results.get("step_time")
@@ -287,8 +289,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
         for method, t in timing["methods"].items():
             lines.append(f"| {_label(results, method)} | {t['prune']:.1f} | {t['reference_pass']:.1f} | "
                          f"**{t['ratio']:.2f}** | {t['bound_text']} | {t['prune'] / base:.2f}x |")
-    warnings = [(task, method, b, w) for task in tasks for method in methods for b, cell in _cells(results, task, method)
-                for w in cell["warnings"]]
+    warnings = [(task, method, b, w) for task in tasks for method in methods
+                for b, cell in _cells(results, task, method) for w in cell["warnings"]]
     if warnings:
         lines += ["", f"Warnings recorded in the reports: {len(warnings)} (see `results/{results['name']}.json`)."]
     if plots:

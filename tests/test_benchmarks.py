@@ -69,8 +69,8 @@ class FakeTrainer:
                                       args["--model.init_args.name_or_path"], hardware=self.hardware)
             report.update(method="smp", teacher=args["--model.init_args.teacher"],
                           settings={"params_kept": density, "masking": "global"},
-                          step_time={"smp_ms": 150.0, "finetune_ms": 100.0 * (1 + density), "ratio": 1.5 / (1 + density),
-                                     "repeats": 5, "batch_size": 16})
+                          step_time={"smp_ms": 150.0, "finetune_ms": 100.0 * (1 + density),
+                                     "ratio": 1.5 / (1 + density), "repeats": 5, "batch_size": 16})
         elif method == "grain":  # budgeted by parameters; keeps a little more of the FLOPs than of the parameters
             density = float(args["--trainer.callbacks.init_args.params_kept"])
             report = synthetic_report(task, "kwon", density + 0.1, int(args["--trainer.callbacks.init_args.seed"]),
