@@ -33,6 +33,26 @@ def test_local_counts_keep_the_top_fraction_of_each_matrix():
         local_count(10, 0)
 
 
+def test_topk_mask_equals_a_stable_sort_with_ties_by_position():
+    """The selection without a sort keeps exactly what a stable descending argsort keeps, ties included."""
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.randn(37, 11, generator=generator), torch.zeros(6, 7),
+             torch.randint(-2, 3, (40, 9), generator=generator).float() * 0.02,  # few distinct values: many ties
+             torch.tensor([[1.0, 1.0, 0.5], [1.0, 0.5, 1.0]])]
+    for scores in cases:
+        flat = scores.reshape(-1)
+        order = torch.argsort(flat, descending=True, stable=True)
+        for count in sorted({0, 1, 2, flat.numel() // 2, flat.numel() // 2 + 1, flat.numel() - 1, flat.numel()}):
+            expected = torch.zeros_like(flat)
+            expected[order[:count]] = 1.0
+            mask = topk_mask(scores, count)
+            assert torch.equal(mask, expected.view_as(scores)), (scores.shape, count)
+            assert mask.sum() == count
+    assert topk_mask(torch.tensor([[1.0, 1.0, 0.5], [1.0, 0.5, 1.0]]), 2).tolist() == [[1, 1, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match="count=7: expected 0..6"):
+        topk_mask(torch.zeros(2, 3), 7)
+
+
 def test_global_counts_follow_relevance_and_sum_exactly():
     # relevance 1 : 2 : 3 : 2 at keep 0.25 of 4 matrices of 100: 100 weights shared 12.5 / 25 / 37.5 / 25
     counts = global_counts([1.0, 2.0, 3.0, 2.0], 100, 0.25)
