@@ -110,7 +110,8 @@ def topk_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
     It runs at every forward pass for every encoder matrix, so it avoids a sort: a partial selection (``topk`` of
     the smaller side) finds the count-th largest value t; every score above t is kept, and of the scores equal to t
     the first ones by position until ``count`` are kept. The result equals a stable descending argsort's first
-    ``count`` (tested) at about a seventh of its cost on a CPU.
+    ``count`` (tested) at about a seventh of its cost on a CPU. The scores must be finite (:func:`set_counts` checks
+    them before every step).
     """
     flat = scores.detach().reshape(-1)
     total = flat.numel()
