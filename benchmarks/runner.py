@@ -296,19 +296,14 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
     budgets = [_budget(b, "budgets", source) for b in budgets]
     by_name = {method.name: method for method in methods}
     for method in methods:
-        if method.budgets is None:
-            continue
-        if set(method.budgets) - set(budgets):
+        if method.budgets is not None and set(method.budgets) - set(budgets):
             raise BenchConfigError(f"{_where(source, f'methods.{method.name}.budgets')}={list(method.budgets)}: "
                                    f"each must be one of the config's budgets {budgets}")
-        reference = by_name.get(method.match) if method.match else None
-        if reference is not None and reference.budgets is not None and set(method.budgets) - set(reference.budgets):
-            raise BenchConfigError(f"{_where(source, f'methods.{method.name}.budgets')}={list(method.budgets)}: it "
-                                   f"matches {reference.name}, which runs only at {list(reference.budgets)}")
-    for method in methods:
-        if method.match and method.budgets is None and by_name[method.match].budgets is not None:
-            raise BenchConfigError(f"{_where(source, f'methods.{method.name}')}: it matches {method.match}, which runs "
-                                   f"only at {list(by_name[method.match].budgets)}; give it those budgets")
+        reference = by_name[method.match] if method.match else None
+        if reference is not None and set(method.budgets or budgets) - set(reference.budgets or budgets):
+            raise BenchConfigError(f"{_where(source, f'methods.{method.name}.budgets')}={list(method.budgets or budgets)}"
+                                   f": it matches {reference.name}, which runs only at {list(reference.budgets)}; "
+                                   "give it those budgets")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):

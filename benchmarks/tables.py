@@ -159,9 +159,10 @@ MISSING = "–"  # a budget the method does not run at
 PENDING = "·"  # a run not done yet (an interim table)
 
 
-def _missing(results: dict[str, Any], task: str, method: str, budget: str) -> str:
-    pending = {tuple(entry) for entry in results.get("pending", [])}
-    return PENDING if (task, method, budget) in pending else MISSING
+def _missing(results: dict[str, Any], method: str, budget: str) -> str:
+    """What an empty cell shows: a run not done yet, or a budget the method does not run at."""
+    budgets = results["methods"][method].get("budgets")
+    return PENDING if budgets is None or budget in budgets else MISSING
 
 
 def _cells(results: dict[str, Any], task: str, method: str) -> list[tuple[str, dict[str, Any]]]:
@@ -216,7 +217,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
             for b in budgets:
                 cell = point["methods"][method][b]
                 if cell is None:
-                    cells.append(_missing(results, task, method, b))
+                    cells.append(_missing(results, method, b))
                     continue
                 text = f"{scale(task, cell['metric']):.1f}"
                 if cell["seeds"] > 1:
@@ -227,11 +228,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
     lines.append("| **mean** | teacher | " + " | ".join(PENDING if teacher_mean is None else f"{teacher_mean:.1f}"
                                                       for _ in budgets) + " |")
     for method in methods:
-        means = []
-        for b in budgets:
-            mean = results["means"][method][b]
-            ran = results["methods"][method].get("budgets") is None or b in results["methods"][method]["budgets"]
-            means.append(f"**{mean:.1f}**" if mean is not None else PENDING if ran else MISSING)
+        means = [_missing(results, method, b) if results["means"][method][b] is None
+                 else f"**{results['means'][method][b]:.1f}**" for b in budgets]
         lines.append(f"| | {_label(results, method)} | " + " | ".join(means) + " |")
     if len(methods) > 1:
         first = methods[0]
@@ -251,7 +249,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
         if results["points"][task] is None:
             continue
         for method in methods:
-            cells = [_missing(results, task, method, b) if c is None
+            cells = [_missing(results, method, b) if c is None
                      else f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x)"
                      for b, c in ((b, results["points"][task]["methods"][method][b]) for b in budgets)]
             lines.append(f"| {task} | {_label(results, method)} | " + " | ".join(cells) + " |")
