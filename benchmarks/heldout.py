@@ -49,7 +49,7 @@ def held_out_indices(datamodule: TaskDataModule, reports: list[dict[str, Any]], 
     for requested in {json.dumps(r["calibration"]["requested"], sort_keys=True) for r in reports}:
         draw = json.loads(requested)
         used.update(datamodule.calibration_sample(**draw).dataset.indices)
-    size = len(datamodule._split("train"))
+    size = len(datamodule.split_dataset("train"))
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     indices = [index for index in order if index not in used][:samples]
     if len(indices) < samples:
@@ -90,7 +90,7 @@ def measure(config: BenchConfig, tasks: list[str], budgets: list[float], samples
         indices = held_out_indices(datamodule, reports, samples, seed)
         auto = AutoModelForQuestionAnswering if task.startswith("squad") else AutoModelForSequenceClassification
         dense = auto.from_pretrained(teacher).eval()
-        loader = DataLoader(Subset(datamodule._split("train"), indices), batch_size=batch_size,
+        loader = DataLoader(Subset(datamodule.split_dataset("train"), indices), batch_size=batch_size,
                             collate_fn=datamodule.collate)
         batches = [model_inputs(dense, model_batch(dense, batch)) for batch in loader]
         targets = [dense_predictions(dense, batch, 1.0) for batch in batches]

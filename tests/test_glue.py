@@ -192,6 +192,44 @@ def test_tokenisation_is_cached(minilm_l3, tmp_path):
     assert len(list((tmp_path / "tokenized").iterdir())) == 1
 
 
+def test_prepare_data_tokenises_once_for_setup(tmp_path, minilm_l3, monkeypatch):
+    """prepare_data (one process per machine) fills the cache for the trainer's stage and keeps nothing; setup on
+    every process then loads the cache without reading or tokenising again."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    folder = write_rte(tmp_path / "RTE")
+    data = GlueDataModule(task="rte", data_dir=str(folder), tokenizer=str(minilm_l3), cache_dir=str(tmp_path / "c"))
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING))
+    data.prepare_data()
+    assert data.datasets == {} and len(list((tmp_path / "c" / "tokenized").iterdir())) == 1   # dev only
+    data.trainer = None
+    data.prepare_data()                                                  # outside a trainer: what `fit` needs
+    assert len(list((tmp_path / "c" / "tokenized").iterdir())) == 2
+
+    other = GlueDataModule(task="rte", data_dir=str(folder), tokenizer=str(minilm_l3), cache_dir=str(tmp_path / "c"))
+    monkeypatch.setattr(other, "_raw", lambda split: pytest.fail(f"setup re-read the {split} file"))
+    other.setup("fit")
+    assert len(other.split_dataset("train")) == 12 and len(other.split_dataset("validation")) == 6
+    other.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.TESTING))
+    with pytest.raises(ValueError, match="test labels are not public"):   # before any work, as setup would
+        other.prepare_data()
+
+
+def test_tokenizer_fingerprint_ignores_the_last_call(minilm_l3):
+    """A fast tokenizer's backend remembers the truncation and padding of its last call; the cache key must not."""
+    from lit_prune.data.base import load_tokenizer, tokenizer_fingerprint
+
+    tokenizer = load_tokenizer(str(minilm_l3))
+    before = tokenizer_fingerprint(tokenizer)
+    tokenizer(["a b c"], truncation=True, max_length=16)
+    tokenizer(["a b c", "d"], padding=True)
+    assert tokenizer_fingerprint(tokenizer) == before
+    tokenizer.truncation_side = "left"
+    assert tokenizer_fingerprint(tokenizer) != before
+
+
 def test_hub_fallback_maps_columns(tmp_path, monkeypatch, minilm_l3):
     """Without a local copy the hub dataset is used; its column names map onto the same fields."""
     import datasets

@@ -247,6 +247,20 @@ def test_long_questions_are_shortened_to_fit_the_stride(minilm_tokenizer):
 
 
 @pytest.mark.assets
+def test_prepare_data_fills_the_cache_setup_loads(squad_v1, minilm_l3, tmp_path, monkeypatch):
+    import lit_prune.data.squad as squad
+
+    data = datamodule(squad_v1, minilm_l3, cache_dir=str(tmp_path / "c"))
+    data.prepare_data()                                   # outside a trainer: what `fit` needs
+    assert data.datasets == {} and len(list((tmp_path / "c" / "tokenized").iterdir())) == 2
+    other = datamodule(squad_v1, minilm_l3, cache_dir=str(tmp_path / "c"))
+    monkeypatch.setattr(squad, "tokenize_examples", lambda *args, **kwargs: pytest.fail("setup tokenised again"))
+    other.setup("fit")
+    assert len(other.split_dataset("train")) == other.split_info["train_features"] > 0
+    assert len(other.eval_features) == other.split_info["eval_features"] > 0
+
+
+@pytest.mark.assets
 def test_collate_pads_dynamically_and_keeps_strings_out(squad_v1, minilm_l3):
     dm = datamodule(squad_v1, minilm_l3)
     dm.setup("fit")

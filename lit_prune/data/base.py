@@ -50,9 +50,17 @@ def load_tokenizer(name_or_path: str, setting: str = "tokenizer"):
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A stable digest of a tokenizer's vocabulary and settings, for cache keys."""
-    backend = tokenizer.backend_tokenizer.to_str()
-    return hashlib.sha256(backend.encode()).hexdigest()[:16]
+    """A stable digest of a tokenizer's vocabulary and settings, for cache keys.
+
+    The backend's ``truncation`` and ``padding`` entries are left out: every call sets them (lit_prune's calls
+    give the truncation length, which the cache keys hold, and never pad), so they record the previous call, not
+    the tokenizer; the sides that calls truncate from are kept.
+    """
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend.pop("truncation", None)
+    backend.pop("padding", None)
+    backend["lit_prune_sides"] = [getattr(tokenizer, "truncation_side", None), getattr(tokenizer, "padding_side", None)]
+    return hashlib.sha256(json.dumps(backend, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -218,11 +226,32 @@ class TaskDataModule(L.LightningDataModule):
         log.info("cached tokenised %s at %s", key.get("kind", "data"), folder)
         return datasets.load_from_disk(str(folder))
 
+    # ------------------------------------------------------------------------------------------ preparing
+    def prepare_data(self) -> None:
+        """Read (or download) and tokenise what the trainer's stage needs, into the tokenisation cache.
+
+        Lightning calls this on one process per machine before ``setup`` runs on every process, so a DDP run reads,
+        downloads and tokenises once per machine and its other processes load the cached result. Nothing is kept
+        on the data module here (``setup`` fills ``self.datasets``). Outside a trainer it prepares for ``fit``.
+        """
+        trainer = getattr(self, "trainer", None)
+        function = getattr(getattr(trainer, "state", None), "fn", None)
+        self._fill_cache(function.value if function is not None else "fit")
+
+    def _fill_cache(self, stage: str) -> None:
+        """Build the tokenisation cache entries that ``setup(stage)`` will load. Subclasses override it."""
+
     # ---------------------------------------------------------------------------------------- dataloaders
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _split(self, name: str):
+    def split_dataset(self, name: str):
+        """The tokenised ``datasets.Dataset`` of split ``name`` ("train", a name in ``val_split_names``, "test"),
+        set up on first use.
+
+        Raises:
+            ValueError: the data module has no such split.
+        """
         if name not in self.datasets:
             self.setup({"train": "fit", "test": "predict"}.get(name, "validate"))
         if name not in self.datasets:
@@ -235,14 +264,14 @@ class TaskDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        train = self._split("train")
+        train = self.split_dataset("train")
         if self.group_by_length:
             sampler = LengthGroupedSampler([len(ids) for ids in train["input_ids"]], self.batch_size, seed=self.seed)
             return self._loader(train, self.batch_size, shuffle=False, sampler=sampler)
         return self._loader(train, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(self._split(name), self.eval_batch_size, shuffle=False)
+        loaders = [self._loader(self.split_dataset(name), self.eval_batch_size, shuffle=False)
                    for name in self.val_split_names]
         return loaders[0] if len(loaders) == 1 else loaders
 
@@ -273,7 +302,7 @@ class TaskDataModule(L.LightningDataModule):
                 problems.append(f"{name}={value!r}: expected an integer >= 1")
         if problems:
             raise ValueError("calibration sample: " + "; ".join(problems))
-        train = self._split("train")
+        train = self.split_dataset("train")
         generator = torch.Generator().manual_seed(seed)
         note = None
         if num_tokens is not None:
@@ -317,7 +346,7 @@ class TaskDataModule(L.LightningDataModule):
 
         Defaults to the first evaluation split, as Kwon et al. compute it on the dev set.
         """
-        dataset = self._split(split or self.val_split_names[0])
+        dataset = self.split_dataset(split or self.val_split_names[0])
         lengths = [len(ids) for ids in dataset["input_ids"]]
         if not lengths:
             raise ValueError(f"{self.task}: split {split!r} is empty")

@@ -289,13 +289,19 @@ class GlueDataModule(TaskDataModule):
 
         return self.cached(key, build)
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ["train", *self.val_split_names], "validate": list(self.val_split_names),
-                  "predict": ["test"]}.get(stage or "fit", ["train", *self.val_split_names])
+    def _wanted_splits(self, stage: str | None) -> list[str]:
         if stage == "test":
             raise ValueError(f"GLUE {self.spec.name}: test labels are not public, so `test` has nothing to score. "
                              "Use `validate` for dev-set metrics, or `predict` for test-set predictions.")
-        for split in wanted:
+        return {"fit": ["train", *self.val_split_names], "validate": list(self.val_split_names),
+                "predict": ["test"]}.get(stage or "fit", ["train", *self.val_split_names])
+
+    def _fill_cache(self, stage: str) -> None:
+        for split in self._wanted_splits(stage):
+            self._tokenized(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self._wanted_splits(stage):
             if split not in self.datasets:
                 self.datasets[split] = self._tokenized(split)
                 log.info("GLUE %s %s: %d examples from %s", self.spec.name, split, len(self.datasets[split]),
@@ -305,7 +311,7 @@ class GlueDataModule(TaskDataModule):
                      len(self.datasets["train"]), self.seed)
 
     def predict_dataloader(self):
-        return self._loader(self._split("test"), self.eval_batch_size, shuffle=False)
+        return self._loader(self.split_dataset("test"), self.eval_batch_size, shuffle=False)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad ids and masks to the longest example of the batch (dynamic padding)."""

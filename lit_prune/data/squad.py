@@ -530,30 +530,40 @@ class SquadDataModule(TaskDataModule):
                 "tokenizer": tokenizer_fingerprint(self.tokenizer), "max_seq_length": self.max_seq_length,
                 "doc_stride": self.doc_stride}
 
-    def setup(self, stage: str | None = None) -> None:
-        """Tokenise the evaluation part (every stage) and the training part (``fit``, or ``None``)."""
+    def _features(self, part: Literal["train", "eval"]):
+        """The tokenised features of ``part``, from the tokenisation cache (built on first use)."""
         import datasets
 
         train, evaluation, fingerprints = self.load_examples()
-        if "validation" not in self.datasets:
-            def build_eval():
+        if part == "eval":
+            def build():
                 columns = tokenize_examples(self.tokenizer, evaluation, self.max_seq_length, self.doc_stride,
                                             labels=False, offsets=True)
                 columns["feature_index"] = list(range(len(columns["example_id"])))
                 return datasets.Dataset.from_dict(columns)
+        else:
+            def build():
+                return datasets.Dataset.from_dict(tokenize_examples(
+                    self.tokenizer, train, self.max_seq_length, self.doc_stride, labels=True, offsets=False))
+        return self.cached(self._cache_key(part, fingerprints), build)
 
-            self.eval_features = self.cached(self._cache_key("eval", fingerprints), build_eval)
+    def _fill_cache(self, stage: str) -> None:
+        self._features("eval")
+        if stage == "fit":
+            self._features("train")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenise the evaluation part (every stage) and the training part (``fit``, or ``None``)."""
+        _, evaluation, _ = self.load_examples()
+        if "validation" not in self.datasets:
+            self.eval_features = self._features("eval")
             self.eval_examples = evaluation
             # Batches carry only model inputs and the feature index; strings and offsets stay in eval_features.
             inputs = [name for name in (*_MODEL_INPUTS, "feature_index") if name in self.eval_features.column_names]
             self.datasets["validation"] = self.datasets["test"] = self.eval_features.select_columns(inputs)
             self.split_info["eval_features"] = len(self.eval_features)
         if stage in (None, "fit") and "train" not in self.datasets:
-            def build_train():
-                return datasets.Dataset.from_dict(tokenize_examples(
-                    self.tokenizer, train, self.max_seq_length, self.doc_stride, labels=True, offsets=False))
-
-            train_features = self.cached(self._cache_key("train", fingerprints), build_train)
+            train_features = self._features("train")
             inputs = [name for name in (*_MODEL_INPUTS, "start_positions", "end_positions")
                       if name in train_features.column_names]
             self.datasets["train"] = train_features.select_columns(inputs)
@@ -582,8 +592,8 @@ class SquadDataModule(TaskDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """The evaluation part (it has answers, so test metrics can be computed)."""
-        return self._loader(self._split("test"), self.eval_batch_size, shuffle=False)
+        return self._loader(self.split_dataset("test"), self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """The evaluation part; predictions carry ``feature_index`` to be matched with ``eval_features``."""
-        return self._loader(self._split("validation"), self.eval_batch_size, shuffle=False)
+        return self._loader(self.split_dataset("validation"), self.eval_batch_size, shuffle=False)
