@@ -123,11 +123,17 @@ register_method(MethodSpec(
 
 
 def achieved(report: dict[str, Any], setting: str) -> float:
-    """What a run achieved of a budget setting: ``flops_kept`` or ``params_kept`` (encoder Linear parameters)."""
+    """What a run achieved of a budget setting: ``flops_kept`` or ``params_kept`` (encoder Linear parameters).
+
+    ``params_kept`` is the method's own count where its report gives one (``params.kept``: GRAIN's density, the
+    weights SMP's unstructured masks keep, most of them inside rows that stay), else the compacted model's share.
+    """
     if setting == "flops_kept":
         return float(report["flops"]["kept"])
     if setting == "params_kept":
         params = report["params"]
+        if params.get("kept") is not None:
+            return float(params["kept"])
         return params["pruned"]["encoder_linear"] / params["dense"]["encoder_linear"]
     raise ValueError(f"unknown budget setting {setting!r}; known: flops_kept, params_kept")
 

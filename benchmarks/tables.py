@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.runner import achieved
 from lit_prune.core.atomic import atomic_write_bytes, atomic_write_text
 from lit_prune.hardware import hardware_key, hardware_label
 
@@ -89,9 +90,11 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]], pending: list[
                 by_budget[f"{budget:g}"] = {
                     "metric": _mean(scores), "metric_std": _std(scores), "seeds": len(reports),
                     "flops_kept": _mean([r["flops"]["kept"] for r in reports]),
-                    "params_kept": _mean([r["params"]["pruned"]["encoder_linear"] / r["params"]["dense"]["encoder_linear"]
-                                          for r in reports]),
+                    "params_kept": _mean([achieved(r, "params_kept") for r in reports]),
                     "speedup": _mean([r["latency"]["speedup"] for r in reports]),
+                    # a sparse (CSR) copy of the pruned model, timed beside it (SMP)
+                    "csr_speedup": (_mean([r["latency"]["csr"]["speedup"] for r in reports])
+                                    if all((r["latency"] or {}).get("csr") for r in reports) else None),
                     "prune_seconds": _mean([r["seconds"]["prune"] for r in reports]),
                     "warnings": sorted({w if isinstance(w, str) else json.dumps(w)
                                         for r in reports for w in r.get("warnings", [])}),
@@ -173,6 +176,12 @@ def _cells(results: dict[str, Any], task: str, method: str) -> list[tuple[str, d
     return [(b, cells[b]) for b in results["budgets"] if cells[b] is not None]
 
 
+def _has_csr(results: dict[str, Any]) -> bool:
+    """Whether any run timed a sparse (CSR) copy of its pruned model."""
+    return any(cell.get("csr_speedup") is not None for task in results["tasks"] for method in results["methods"]
+               for _, cell in _cells(results, task, method))
+
+
 def _seconds_per_run(results: dict[str, Any], method: str, tasks: list[str]) -> float:
     seconds = [cell["prune_seconds"] for t in tasks for _, cell in _cells(results, t, method)]
     return _mean(seconds) if seconds else float("nan")
@@ -242,7 +251,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
                                       for b in both)]
     lines += ["", "### Measured speedup beside the FLOPs ideal", "",
               "Dense / pruned median latency on a batch of the evaluation split, measured interleaved in the same run; "
-              "the ideal is 1 / flops_kept (actual FLOPs kept).", ""]
+              "the ideal is 1 / flops_kept (actual FLOPs kept)."
+              + (" CSR: the same pruned model with its encoder Linear weights stored as sparse CSR tensors, timed "
+                 "against the same dense model." if _has_csr(results) else ""), ""]
     lines.append("| task | method | " + " | ".join(budgets) + " |")
     lines.append("|---|---|" + "---|" * len(budgets))
     for task in tasks:
@@ -250,7 +261,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
             continue
         for method in methods:
             cells = [_missing(results, method, b) if c is None
-                     else f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x)"
+                     else f"{c['speedup']:.2f}x (ideal {1 / c['flops_kept']:.2f}x"
+                     + ("" if c.get("csr_speedup") is None else f"; CSR {c['csr_speedup']:.2f}x") + ")"
                      for b, c in ((b, results["points"][task]["methods"][method][b]) for b in budgets)]
             lines.append(f"| {task} | {_label(results, method)} | " + " | ".join(cells) + " |")
     lines += ["", "### Pruning time (seconds per run, mean over budgets)", ""]
@@ -317,10 +329,37 @@ def _save(fig: Any, path: Path) -> Path:
 STYLES = ("o--", "s-", "^-.", "D:", "v-", "P--", "X-", "*-.")
 
 
+def _x_setting(results: dict[str, Any]) -> tuple[str, str]:
+    """The metric plots' x: the benchmark's budget setting (the tables' columns), as a cell key and an axis label."""
+    if results["budget_setting"] == ["params_kept"]:
+        return "params_kept", "fraction of encoder Linear weights kept"
+    return "flops_kept", "fraction of FLOPs kept"
+
+
+def _budget_axis(ax: Any, values: list[float], ticks: list[float], label: str) -> None:
+    """One x-axis for every panel: a log scale once the budgets span 3x or more (0.5 to 0.03 evenly spread), ticks
+    at the budgets, the same limits on every panel (a panel with one run is not zoomed onto it), most pruned on the
+    right."""
+    lo, hi = min(values + ticks), max(values + ticks)
+    if hi / lo >= 3:
+        ax.set_xscale("log")
+        ax.set_xlim(hi * 1.15, lo / 1.15)
+    else:
+        pad = max(hi - lo, 0.2 * hi) * 0.25
+        ax.set_xlim(hi + pad, lo - pad)
+    ax.set_xticks(ticks, [f"{t:.0%}" if round(t * 100) == t * 100 else f"{t:.1%}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
 def plot_metric(results: dict[str, Any], path: Path) -> Path:
-    """Task metric against FLOPs kept, one panel per task, one line per method, the teacher dotted."""
+    """Task metric against the budget setting (FLOPs or weights kept), one panel per task, one line per method,
+    the teacher dotted."""
     plt = _pyplot()
     tasks = results["tasks"]
+    key, label = _x_setting(results)
+    ticks = [float(b) for b in results["budgets"]]
+    everything = [cell[key] for task in tasks for method in results["methods"] for _, cell in _cells(results, task, method)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(METRIC_PANEL[0] * len(tasks), METRIC_PANEL[1]), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         point = results["points"][task]
@@ -330,13 +369,12 @@ def plot_metric(results: dict[str, Any], path: Path) -> Path:
             continue
         for method, style in zip(point["methods"], STYLES):
             cells = [cell for _, cell in _cells(results, task, method)]
-            xs = [cell["flops_kept"] for cell in cells]
+            xs = [cell[key] for cell in cells]
             ys = [scale(task, cell["metric"]) for cell in cells]
             ax.plot(xs, ys, style, label=_label(results, method))
         ax.axhline(scale(task, point["teacher"]), color="grey", linestyle=":", label="teacher")
         ax.set_title(f"{task} ({point['metric']})")
-        ax.set_xlabel("fraction of FLOPs kept")
-        ax.invert_xaxis()
+        _budget_axis(ax, everything, ticks, label)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("dev score x 100")
     drawn = [ax for ax, task in zip(axes[0], tasks) if results["points"][task] is not None]

@@ -69,8 +69,10 @@ class FakeTrainer:
                                       args["--model.init_args.name_or_path"], hardware=self.hardware)
             report.update(method="smp", teacher=args["--model.init_args.teacher"],
                           settings={"params_kept": density, "masking": "global"},
+                          latency={**report["latency"], "csr": {"pruned_ms": 125.0, "speedup": 0.8}},
                           step_time={"smp_ms": 150.0, "finetune_ms": 100.0 * (1 + density),
                                      "ratio": 1.5 / (1 + density), "repeats": 5, "batch_size": 16})
+            report["params"]["kept"] = density  # unstructured: few whole rows go, so the compacted model keeps 50%
         elif method == "grain":  # budgeted by parameters; keeps a little more of the FLOPs than of the parameters
             density = float(args["--trainer.callbacks.init_args.params_kept"])
             report = synthetic_report(task, "kwon", density + 0.1, int(args["--trainer.callbacks.init_args.seed"]),
@@ -455,7 +457,12 @@ def test_a_method_that_starts_from_the_pretrained_model(tmp_path, no_adoption):
     assert "--model.init_args.seed" not in run
     step = results["step_time"]["smp"]  # the SMP step against a plain fine-tuning step, from the reports
     assert step["runs"] == 1 and step["ratio"] == pytest.approx(1.5 / 1.1)
-    assert "| SMP-S | 1 | 150.0 | 110.0 | **1.36** | 1.36–1.36 |" in (tmp_path / "BENCHMARKS.md").read_text()
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| SMP-S | 1 | 150.0 | 110.0 | **1.36** | 1.36–1.36 |" in text
+    cell = results["points"]["sst2"]["methods"]["smp"]["0.1"]
+    assert cell["params_kept"] == pytest.approx(0.1) and cell["flops_kept"] == pytest.approx(0.9)  # weights, not rows
+    assert cell["csr_speedup"] == pytest.approx(0.8)
+    assert "| sst2 | SMP-S | 0.89x (ideal 1.11x; CSR 0.80x) |" in text and "CSR: the same pruned model" in text
     again = FakeTrainer()
     runner.run_benchmark(config, runner=again)
     assert again.calls == []  # done, and its report names the same teacher
@@ -527,3 +534,20 @@ def test_timing_can_name_the_methods_it_times(tmp_path):
     assert [job.method.name for job in runner.plan(config) if job.timing] == ["kprune"]
     with pytest.raises(runner.BenchConfigError, match=r"timing.methods=\['grain'\]: expected a non-empty list of"):
         make_config(tmp_path, timing={"task": "sst2", "samples": 32, "budget": 0.5, "methods": ["grain"]})
+
+
+def test_metric_plots_share_one_budget_axis():
+    """Budgets 3x apart or more go on a log axis, ticked at the budgets; a panel with one run is not zoomed onto
+    it; the most pruned end is on the right."""
+    plt = tables._pyplot()
+    fig, (wide, narrow) = plt.subplots(1, 2)
+    tables._budget_axis(wide, [0.0492, 0.0475, 0.2], [0.2, 0.1, 0.05], "x")
+    assert wide.get_xscale() == "log" and wide.get_xlim() == pytest.approx((0.23, 0.0475 / 1.15))
+    assert [t.get_text() for t in wide.get_xticklabels()] == ["20%", "10%", "5%"]
+    tables._budget_axis(narrow, [0.5, 0.49], [0.5], "x")
+    assert narrow.get_xscale() == "linear"
+    left, right = narrow.get_xlim()
+    assert left > 0.5 and right < 0.49 and left - right > 0.05
+    plt.close(fig)
+    assert tables._x_setting({"budget_setting": ["params_kept"]})[0] == "params_kept"
+    assert tables._x_setting({"budget_setting": ["flops_kept"]})[0] == "flops_kept"
