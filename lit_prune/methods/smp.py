@@ -490,13 +490,13 @@ class _StaticModelPruning:
         student = self.model(**inputs, **labels)
         loss = student.loss
         size = batch["input_ids"].shape[0]
+        self.log("train/task_loss", loss, batch_size=size)
         if self._teacher is not None:
             with torch.no_grad():
                 teacher = self._teacher(**inputs)
             kd = self._teacher_loss(student, teacher)
             self.log("train/kd_loss", kd, batch_size=size)
             loss = self.distill_alpha * kd + (1 - self.distill_alpha) * loss
-        self.log("train/task_loss", loss, batch_size=size)
         if self.regularization > 0:
             regularizer = score_regularizer(self._scores())
             loss = loss + self.regularization * (self.keep / self.params_kept) * regularizer
