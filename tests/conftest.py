@@ -110,11 +110,18 @@ def tiny_model_type(request) -> str:
 
 
 def tiny_model(model_type: str, kind: str = "sequence_classification", seed: int = 0, **overrides):
-    """A tiny random model in eval mode; ``kind`` is "sequence_classification", "question_answering" or "base"."""
+    """A tiny random model in eval mode; ``kind`` is "sequence_classification", "question_answering", "base" or
+    "label_words" (its masked-LM head classifying through two label words, ids 7 and 9; mask token id 4)."""
     from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)
+    if kind == "label_words":
+        from lit_prune.core.hf_modeling.modeling_lit_pruned import LABEL_WORD_CLASSES, LABEL_WORDS_KEY
+
+        config.num_labels = 2
+        setattr(config, LABEL_WORDS_KEY, {"words": ["no", "yes"], "ids": [7, 9], "mask_token_id": 4})
+        return LABEL_WORD_CLASSES[model_type](config).eval()
     cls = {"sequence_classification": AutoModelForSequenceClassification,
            "question_answering": AutoModelForQuestionAnswering, "base": AutoModel}[kind]
     return cls.from_config(config).eval()

@@ -19,7 +19,8 @@ from lit_prune.core.compact import compact
 from lit_prune.core.io import NotAPrunedModelError, is_pruned_folder, load_pruned, read_pruned_config, save_pruned
 
 AUTO = {"base": "AutoModel", "sequence_classification": "AutoModelForSequenceClassification",
-        "question_answering": "AutoModelForQuestionAnswering"}
+        "question_answering": "AutoModelForQuestionAnswering",
+        "label_words": "AutoModelForSequenceClassification"}  # a masked-LM classifier (SMP) loads as a classifier
 
 # Runs in `python -I` (no PYTHONPATH, no current folder on sys.path) with an import blocker on top, so the
 # folders must load from their own modelling file alone.
@@ -121,6 +122,35 @@ def test_folder_layout_and_config(saved):
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}  # and nothing of lit_prune
     assert is_pruned_folder(folder)
+
+
+def test_a_label_word_classifier_is_saved_and_loaded_as_one(saved):
+    """A masked-LM model classifying through label words (SMP's head) keeps its words, its mask token and its
+    class; AutoModelForSequenceClassification and load_pruned(kind="sequence_classification") give it back; its
+    logits are the MLM head's scores of the label words at the mask token, or at the first token without one."""
+    from transformers import AutoModelForMaskedLM
+
+    _, cases = saved
+    model, folder, _, _, _ = cases["roberta-label_words"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["RobertaForLabelWordClassification"]
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == (
+        "modeling_lit_pruned.LitPrunedRobertaForLabelWordClassification")
+    assert config["lit_prune_label_words"] == {"words": ["no", "yes"], "ids": [7, 9], "mask_token_id": 4}
+    loaded = load_pruned(folder, kind="sequence_classification")
+    assert type(loaded).__name__ == "LitPrunedRobertaForLabelWordClassification"
+    for model_type in ("bert", "roberta", "distilbert"):
+        dense = tiny_model(model_type, "label_words")
+        mlm = AutoModelForMaskedLM.from_config(dense.config).eval()
+        mlm.load_state_dict(dense.state_dict())
+        inputs = tiny_inputs(seed=3)
+        inputs["input_ids"][1, 5] = 4  # a mask token in the second input
+        with torch.no_grad():
+            scores = mlm(**inputs).logits
+            out = dense(**inputs, labels=torch.tensor([0, 1, 1]))
+        expected = torch.stack([scores[0, 0, [7, 9]], scores[1, 5, [7, 9]], scores[2, 0, [7, 9]]])
+        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, torch.tensor([0, 1, 1])))
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])

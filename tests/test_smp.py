@@ -219,6 +219,79 @@ def test_teacher_head_and_distillation(pretrained_folder, tmp_path):
     assert report["settings"]["distill"] is True and report["settings"]["head"] == "teacher"
 
 
+@pytest.fixture(scope="module")
+def mlm_folder(tmp_path_factory, minilm_l3):
+    """A tiny BERT saved with its masked-LM head, and MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from conftest import tiny_config
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
+    folder = tmp_path_factory.mktemp("smp_mlm")
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_config("bert", vocab_size=tokenizer.vocab_size)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_mlm_head_classifies_through_frozen_label_words(mlm_folder, tmp_path):
+    """head='mlm' (the paper's classifier): the checkpoint's own MLM head, frozen, scores RTE's label words "Yes" and
+    "No" at the first token (the inputs carry no mask token); only the scores train; the smaller folder loads with
+    plain transformers as the same classifier."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM
+
+    module, trainer, data = _fit(mlm_folder, tmp_path, params_kept=0.3, head="mlm")
+    tokenizer = AutoTokenizer.from_pretrained(mlm_folder)
+    ids = tokenizer.convert_tokens_to_ids(["yes", "no"])
+    assert module.label_words == ["Yes", "No"] and module.model.config.lit_prune_label_words["ids"] == ids
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all("scores" in n for n in trainable)  # no new task parameters
+    batch = {k: v for k, v in tokenizer(["a b c", "it rains"], padding=True, return_tensors="pt").items()}
+    mlm = BertForMaskedLM.from_pretrained(mlm_folder).eval()
+    module.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.model(**batch).logits, mlm(**batch).logits[:, 0, ids])
+    module.model.train()
+    head = {n: p.detach().clone() for n, p in module.model.named_parameters() if n.startswith("cls.")}
+    trainer.fit(module, datamodule=data)
+    assert all(torch.equal(p, head[n]) for n, p in module.model.named_parameters() if n in head)
+    report = read_report(tmp_path / "run")
+    assert report["settings"]["head"] == "mlm" and report["settings"]["label_words"] == ["Yes", "No"]
+    assert set(report["metrics"]["pruned"]) == {"accuracy"}
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "pruned_model",
+                                                                  trust_remote_code=True).eval()
+    assert type(reloaded).__name__ == "LitPrunedBertForLabelWordClassification"
+    module.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, module.model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"head": "mlm"}, "carries no masked-LM head (its cls.predictions."),
+    ({"head": "mlm", "label_words": ["Yes"]}, "label_words=['Yes']: expected 2 word(s), one per label of rte"),
+    ({"head": "trainable", "label_words": ["Yes", "No"]}, "used by head='mlm' only (head='trainable')"),
+])
+def test_mlm_head_needs_an_mlm_checkpoint_and_one_word_per_label(pretrained_folder, settings, message):
+    with pytest.raises(ValueError) as error:
+        SMPSequenceClassificationModule(str(pretrained_folder), task="rte", **settings)
+    assert message in str(error.value)
+
+
+def test_label_words_must_be_single_distinct_tokens(mlm_folder):
+    with pytest.raises(ValueError, match=r"'antidisestablishmentarianism' is 8 tokens \(\['anti', '##dis', "):
+        SMPSequenceClassificationModule(str(mlm_folder), task="rte", head="mlm",
+                                        label_words=["Yes", "antidisestablishmentarianism"])
+    with pytest.raises(ValueError, match="two words share a token"):
+        SMPSequenceClassificationModule(str(mlm_folder), task="rte", head="mlm", label_words=["Yes", "yes"])
+
+
+def test_mlm_head_is_for_glue_only(mlm_folder):
+    from lit_prune.methods.smp import SMPQuestionAnsweringModule
+
+    with pytest.raises(ValueError, match="head='mlm': offered for GLUE tasks only"):
+        SMPQuestionAnsweringModule(str(mlm_folder), task="squad_v1", head="mlm")
+
+
 def test_recipe_under_ddp(minilm_l3, tmp_path):
     """configs/smp/mrpc.yaml on the real paraphrase-MiniLM-L3-v2, briefly, with two processes: they end with the same
     weight masks (checked by digest), and the smaller folder loads with plain transformers."""

@@ -29,7 +29,7 @@ from lit_prune.core.arch import STRUCTURE_KEY, get_adapter
 from lit_prune.core.atomic import atomic_directory, atomic_write_text
 from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
 
-Kind = Literal["base", "sequence_classification", "question_answering"]
+Kind = Literal["base", "sequence_classification", "question_answering", "label_words"]
 
 MODELING_FILE = "modeling_lit_pruned.py"
 WEIGHTS_FILE = "model.safetensors"
@@ -83,8 +83,11 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> 
         config = json.loads((tmp / "config.json").read_text())
         config["architectures"] = [hf.PRUNED_CLASSES[(model_type, kind)].__bases__[-1].__name__]
         module = Path(MODELING_FILE).stem
+        # every kind loads the folder (a classifier's encoder as a base model, say); a label-word classifier is
+        # what AutoModelForSequenceClassification gives for a folder saved as one
+        kinds = [k for k in hf.KINDS if k != "label_words"] + (["label_words"] if kind == "label_words" else [])
         config["auto_map"] = {hf.AUTO_CLASSES[k]: f"{module}.{hf.PRUNED_CLASSES[(model_type, k)].__name__}"
-                              for k in hf.KINDS}
+                              for k in kinds}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         shutil.copyfile(hf.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
@@ -164,7 +167,9 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
 
     Args:
         folder: a folder written by :func:`save_pruned`.
-        kind: "base", "sequence_classification" or "question_answering"; ``None`` loads the kind that was saved.
+        kind: "base", "sequence_classification", "question_answering" or "label_words" (a classifier through
+            masked-LM label words; "sequence_classification" also loads a folder saved as one); ``None`` loads the
+            kind that was saved.
         **from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``dtype``, ``attn_implementation``).
 
     Raises:
@@ -180,4 +185,6 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
                              f"{list(hf.KINDS)}")
     if kind not in hf.KINDS:
         raise ValueError(f"kind={kind!r} is not one of {list(hf.KINDS)}")
+    if kind == "sequence_classification" and saved_kind(config) == "label_words":
+        kind = "label_words"  # the classifier that was saved: its label words are its classification head
     return hf.PRUNED_CLASSES[(config.model_type, kind)].from_pretrained(folder, **from_pretrained_kwargs)

@@ -13,7 +13,12 @@ ACL 2023. Reference code: kongds/SMP (movement-pruning lineage: ``emmental/modul
   among the others in proportion to R (so the type as a whole keeps exactly v of its weights).
 * **Schedule**: cubic, v_t = v_f + (1 − v_f)(1 − t/N)³ over the N training steps, no warm-up.
 * **Regulariser**: λ_R · (v_t / v_f) · R̄(S), with R̄ the mean over matrices of the mean σ(S) (the reference code's
-  "l1" regularisation), λ_R = 400.
+  "l1" regularisation), λ_R = 400. The weight is the paper's; the reference code ramps it instead from 0 to λ_R as
+  λ_R · (1 − (1 − t/N)³).
+* **Classifier**: ``head="mlm"`` is the paper's, the checkpoint's frozen MLM head scoring one label word per class
+  (:data:`LABEL_WORDS`, the reference code's) at the first mask token, or the first token when the input has none
+  (GLUE inputs have none there); ``"trainable"`` (a new head that trains with the scores) and ``"teacher"`` (the
+  fine-tuned teacher's head, frozen) serve checkpoints without an MLM head, such as the bundled ones.
 
 Pure functions first (:func:`local_counts`, :func:`global_counts`, :func:`topk_mask`, :func:`cubic_keep`,
 :func:`score_regularizer`); the Lightning module and the export follow.
@@ -50,8 +55,15 @@ from lit_prune.tasks.qa import QuestionAnsweringModule
 
 MATRIX_TYPES = ("query", "key", "value", "attn_out", "ffn_up", "ffn_down")
 Masking = Literal["global", "local"]
-Head = Literal["trainable", "teacher"]
+Head = Literal["trainable", "teacher", "mlm"]
 WEIGHT_MASKS_FILE = "weight_masks.safetensors"
+#: ``head: mlm``'s label words by GLUE task, one per label in label order (those of SMP's code; MNLI's in the
+#: order entailment, neutral, contradiction, CoLA's unacceptable, acceptable); STS-B regresses one word's score.
+LABEL_WORDS: dict[str, tuple[str, ...]] = {
+    "cola": ("incorrect", "correct"), "sst2": ("terrible", "great"), "mrpc": ("No", "Yes"), "stsb": ("Yes",),
+    "qqp": ("No", "Yes"), "mnli": ("Yes", "Maybe", "No"), "qnli": ("Yes", "No"), "rte": ("Yes", "No"),
+    "wnli": ("No", "Yes"),
+}
 
 
 # ------------------------------------------------------------------------------------------------ counts
@@ -316,6 +328,68 @@ def sparse_copy(model: nn.Module) -> nn.Module:
     return sparse
 
 
+# ------------------------------------------------------------------------------------------------ MLM head
+def label_word_ids(tokenizer: Any, words: Sequence[str], setting: str = "label_words") -> list[int]:
+    """The vocabulary id of each label word, read as a word after a space (" great"), as SMP's code does.
+
+    Raises:
+        ValueError: a word that is not exactly one token, named with its tokens; two words with the same id.
+    """
+    ids, problems = [], []
+    for word in words:
+        tokens = tokenizer.encode(" " + word, add_special_tokens=False)
+        if len(tokens) != 1:
+            problems.append(f"{word!r} is {len(tokens)} tokens ({tokenizer.convert_ids_to_tokens(tokens)})")
+        else:
+            ids.append(tokens[0])
+    if not problems and len(set(ids)) != len(ids):
+        problems.append(f"two words share a token ({tokenizer.convert_ids_to_tokens(ids)})")
+    if problems:
+        raise ValueError(f"{setting}={list(words)!r}: each label word must be one distinct token of the tokenizer; "
+                         + "; ".join(problems))
+    return ids
+
+
+def label_word_classifier(location: str, name_or_path: str, task: Any, words: Sequence[str],
+                          tokenizer: Any) -> nn.Module:
+    """The checkpoint at ``location`` with its masked-LM head as the classifier of GLUE ``task`` (a spec) through
+    ``words``: a :class:`~lit_prune.core.hf_modeling.modeling_lit_pruned.BertForLabelWordClassification` (or its
+    RoBERTa / DistilBERT kin), in float32 and train mode.
+
+    Raises:
+        ValueError: the model type has no masked-LM class here, the checkpoint carries no masked-LM head (its head
+            weights would be new random ones), or a label word is not one token.
+    """
+    from transformers import AutoConfig
+
+    from lit_prune.core.hf_modeling.modeling_lit_pruned import LABEL_WORD_CLASSES, LABEL_WORDS_KEY
+
+    config = AutoConfig.from_pretrained(location)
+    model_class = LABEL_WORD_CLASSES.get(config.model_type)
+    if model_class is None:
+        raise ValueError(f"head='mlm': model type {config.model_type!r} of {name_or_path!r} has no masked-LM "
+                         f"classifier here; supported: {', '.join(sorted(LABEL_WORD_CLASSES))}")
+    ids = label_word_ids(tokenizer, words)
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"head='mlm': the tokenizer of {name_or_path!r} has no mask token")
+    model, info = model_class.from_pretrained(location, num_labels=len(ids), dtype=torch.float32,
+                                              output_loading_info=True)
+    new = sorted(k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix + "."))
+    if new:
+        raise ValueError(f"head='mlm': model.name_or_path={name_or_path!r} carries no masked-LM head (its "
+                         f"{', '.join(new[:3])}{', ...' if len(new) > 3 else ''} would start random); give a checkpoint "
+                         "saved with its MLM head (bert-base-uncased, roberta-base, ...), or use head 'trainable' or "
+                         "'teacher'")
+    setattr(model.config, LABEL_WORDS_KEY, {"words": list(words), "ids": ids,
+                                            "mask_token_id": int(tokenizer.mask_token_id)})
+    model.config.finetuning_task = task.name
+    model.config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    if not task.is_regression and task.label_names:
+        model.config.id2label = dict(enumerate(task.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
+    return model.train()
+
+
 # ------------------------------------------------------------------------------------------------ modules
 class _StaticModelPruning:
     """What both SMP task modules add to their task module (a mixin; the task module comes second)."""
@@ -326,7 +400,8 @@ class _StaticModelPruning:
 
     def _setup_smp(self, task_class: type, params_kept: float, masking: Masking, regularization: float,
                    scores_learning_rate: float, head: Head, teacher: str | None, distill: bool, temperature: float,
-                   distill_alpha: float, latency_batch_size: int, latency_repeats: int, time_steps: int) -> None:
+                   distill_alpha: float, latency_batch_size: int, latency_repeats: int, time_steps: int,
+                   label_words: Sequence[str] | None = None) -> None:
         problems = []
         try:
             _check_keep(params_kept, "params_kept")
@@ -338,9 +413,25 @@ class _StaticModelPruning:
             problems.append(f"regularization={regularization!r}: expected a number >= 0 (0 switches it off)")
         if not (isinstance(scores_learning_rate, (int, float)) and scores_learning_rate > 0):
             problems.append(f"scores_learning_rate={scores_learning_rate!r}: expected a number > 0")
-        if head not in ("trainable", "teacher"):
-            problems.append(f"head={head!r}: expected 'trainable' or 'teacher' (the bundled checkpoints carry no MLM "
-                            "head, so the paper's frozen MLM-head classifier is not offered)")
+        if head not in ("trainable", "teacher", "mlm"):
+            problems.append(f"head={head!r}: expected 'trainable', 'teacher' or 'mlm' (the checkpoint's frozen MLM "
+                            "head through label words, the paper's classifier)")
+        elif head == "mlm" and task_class is not SequenceClassificationModule:
+            problems.append("head='mlm': offered for GLUE tasks only (SMP's code reads SQuAD's start and end scores "
+                            "from two label words at every token; lit_prune does not); use 'trainable' or 'teacher'")
+        words = None
+        if label_words is not None:
+            expected = getattr(getattr(self, "spec", None), "num_labels", None)
+            if head != "mlm":
+                problems.append(f"label_words={label_words!r}: used by head='mlm' only (head={head!r})")
+            elif (isinstance(label_words, str) or not all(isinstance(w, str) and w.strip() for w in label_words)
+                  or len(label_words) != expected):
+                problems.append(f"label_words={label_words!r}: expected {expected} word(s), one per label of "
+                                f"{self.task} in label order")
+            else:
+                words = list(label_words)
+        elif head == "mlm" and task_class is SequenceClassificationModule:
+            words = list(LABEL_WORDS[self.task])
         if (head == "teacher" or distill) and teacher is None:
             problems.append(f"head={head!r}, distill={distill}: both need teacher, a fine-tuned checkpoint of the "
                             "task")
@@ -362,6 +453,12 @@ class _StaticModelPruning:
         if teacher is not None:
             teacher_model = task_class(name_or_path=teacher, task=self.task, save_final_model=False).model
             teacher_model.eval().requires_grad_(False)
+        self.label_words = words
+        if head == "mlm":  # the checkpoint's own MLM head, frozen, scoring one word per label
+            from lit_prune.data.base import load_tokenizer
+
+            self.model = label_word_classifier(self.resolved.location, self.name_or_path, self.spec, words,
+                                               load_tokenizer(self.resolved.location, setting="model.name_or_path"))
         if head == "teacher":  # the fine-tuned classifier (and pooler) on top of the pretrained encoder
             encoder_keys = {name for name, _ in self.model.base_model.named_parameters()}
             prefix = self.model.base_model_prefix
@@ -577,7 +674,8 @@ class _StaticModelPruning:
                                             for kind, masks_ in self.score_masks.items()}
         report["structure_removed"] = {"bias_folds": folds}
         report["settings"] = {"params_kept": self.params_kept, "masking": self.masking,
-                              "regularization": self.regularization, "head": self.head, "distill": self.distill}
+                              "regularization": self.regularization, "head": self.head, "distill": self.distill,
+                              "label_words": self.label_words}
         self.report = report
         folder = Path(trainer.default_root_dir)
         if trainer.is_global_zero:
@@ -598,8 +696,11 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         masking: ``"global"`` (SMP-S) or ``"local"`` (SMP-L).
         regularization: λ_R of the score regulariser (SMP: 400; 0 switches it off).
         scores_learning_rate: Adam learning rate of the scores (SMP: 2e-2).
-        head: ``"trainable"`` (a new classifier trained with the scores) or ``"teacher"`` (the fine-tuned
-            ``teacher``'s classifier and pooler, frozen).
+        head: ``"trainable"`` (a new classifier trained with the scores), ``"teacher"`` (the fine-tuned
+            ``teacher``'s classifier and pooler, frozen) or ``"mlm"`` (the paper's: the checkpoint's own masked-LM
+            head, frozen, scoring one label word per class; needs a checkpoint saved with its MLM head).
+        label_words: ``head="mlm"``'s words, one per label in label order (one for STS-B); ``None`` takes
+            :data:`LABEL_WORDS` (SMP's), e.g. SST-2 "terrible", "great". Each must be one token.
         teacher: a fine-tuned checkpoint of the task (for ``head="teacher"`` and for ``distill``).
         distill: add distillation from ``teacher`` (KL at ``temperature``, weight ``distill_alpha``; the task loss
             gets 1 − ``distill_alpha``).
@@ -625,6 +726,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         regularization: float = 400.0,
         scores_learning_rate: float = 2e-2,
         head: Head = "trainable",
+        label_words: list[str] | None = None,
         teacher: str | None = None,
         distill: bool = False,
         temperature: float = 2.0,
@@ -643,7 +745,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
                          save_final_model=save_final_model)
         self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
-                        time_steps)
+                        time_steps, label_words)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in batch.items() if name not in LABEL_KEYS}
@@ -699,6 +801,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         return (terms[0] + terms[1]) / 2
 
 
-__all__ = ["MATRIX_TYPES", "CSRLinear", "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule", "ScoreMask",
-           "cubic_keep", "encoder_linears", "global_counts", "install_scores", "local_count", "score_regularizer",
-           "set_counts", "sparse_copy", "straight_through_mask", "structure_from_zeros", "topk_mask"]
+__all__ = ["LABEL_WORDS", "MATRIX_TYPES", "CSRLinear", "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule",
+           "ScoreMask", "cubic_keep", "encoder_linears", "global_counts", "install_scores", "label_word_classifier",
+           "label_word_ids", "local_count", "score_regularizer", "set_counts", "sparse_copy", "straight_through_mask",
+           "structure_from_zeros", "topk_mask"]

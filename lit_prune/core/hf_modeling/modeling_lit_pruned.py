@@ -3,7 +3,9 @@
 This file is copied into every pruned model folder and named in the folder's ``config.json`` ``auto_map``, so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
 ``AutoModelForQuestionAnswering``) rebuild the pruned architecture on a machine without lit_prune. It imports
-only ``torch`` and ``transformers``.
+only ``torch`` and ``transformers``. A model that classifies through its masked-LM head's label words (SMP's
+classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and ``AutoModelForSequenceClassification``
+loads it as that classifier.
 
 The pruned structure lives in the config under ``lit_prune_structure``::
 
@@ -33,16 +35,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    BertForMaskedLM,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertModel,
+    DistilBertForMaskedLM,
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
     DistilBertModel,
+    RobertaForMaskedLM,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaModel,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 STRUCTURE_KEY = "lit_prune_structure"
 FORMAT_VERSION = 1
@@ -93,12 +99,15 @@ LAYOUTS: dict[str, dict[str, str]] = {
 }
 LAYOUTS["roberta"] = dict(LAYOUTS["bert"])
 
-KINDS = ("base", "sequence_classification", "question_answering")
+KINDS = ("base", "sequence_classification", "question_answering", "label_words")
 AUTO_CLASSES = {
     "base": "AutoModel",
     "sequence_classification": "AutoModelForSequenceClassification",
     "question_answering": "AutoModelForQuestionAnswering",
+    # a classifier too: a folder of this kind maps AutoModelForSequenceClassification to it
+    "label_words": "AutoModelForSequenceClassification",
 }
+LABEL_WORDS_KEY = "lit_prune_label_words"
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -524,6 +533,88 @@ class LitPrunedDistilBertForQuestionAnswering(_Pruned, DistilBertForQuestionAnsw
     """A pruned :class:`transformers.DistilBertForQuestionAnswering`."""
 
 
+# ------------------------------------------------------------------------------------------------ label words
+class _LabelWordClassification:
+    """A masked-LM model used as a sequence classifier through label words (SMP's classifier): the logits are the
+    MLM head's scores of one vocabulary word per class, at each input's first mask token (at its first token when it
+    has none, as in SMP's code, whose GLUE inputs carry no mask token).
+
+    ``config.lit_prune_label_words`` is ``{"words": [...], "ids": [...], "mask_token_id": id}`` with one word per
+    label (``config.num_labels``); a regression task (one label) reads its one word's score. The loss is the
+    cross-entropy over the label words (mean squared error for regression). Returns a ``SequenceClassifierOutput``.
+    """
+
+    def label_word_ids(self) -> list[int]:
+        words = getattr(self.config, LABEL_WORDS_KEY, None)
+        if not words or len(words.get("ids", [])) != self.config.num_labels:
+            raise ValueError(f"{type(self).__name__}: config.{LABEL_WORDS_KEY} must give one word id per label "
+                             f"(num_labels={self.config.num_labels}); got {words!r}")
+        return list(words["ids"])
+
+    def _mlm_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        for name in ("cls", "lm_head"):  # BERT, RoBERTa
+            head = getattr(self, name, None)
+            if head is not None:
+                return head(hidden)
+        hidden = self.vocab_layer_norm(self.activation(self.vocab_transform(hidden)))  # DistilBERT
+        return self.vocab_projector(hidden)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **kwargs: Any) -> SequenceClassifierOutput:
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        outputs = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = outputs[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        position = torch.zeros_like(rows)
+        mask_token_id = getattr(self.config, LABEL_WORDS_KEY, {}).get("mask_token_id")
+        if input_ids is not None and mask_token_id is not None:
+            is_mask = input_ids == mask_token_id
+            position = torch.where(is_mask.any(1), is_mask.int().argmax(1), position)
+        ids = torch.tensor(self.label_word_ids(), device=hidden.device)
+        logits = self._mlm_scores(hidden[rows, position]).index_select(-1, ids)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+            else:
+                loss = F.cross_entropy(logits, labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None),
+                                        attentions=getattr(outputs, "attentions", None))
+
+
+class BertForLabelWordClassification(_LabelWordClassification, BertForMaskedLM):
+    """:class:`transformers.BertForMaskedLM` classifying through label words (see :class:`_LabelWordClassification`)."""
+
+
+class RobertaForLabelWordClassification(_LabelWordClassification, RobertaForMaskedLM):
+    """:class:`transformers.RobertaForMaskedLM` classifying through label words."""
+
+
+class DistilBertForLabelWordClassification(_LabelWordClassification, DistilBertForMaskedLM):
+    """:class:`transformers.DistilBertForMaskedLM` classifying through label words."""
+
+
+LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
+    "bert": BertForLabelWordClassification,
+    "roberta": RobertaForLabelWordClassification,
+    "distilbert": DistilBertForLabelWordClassification,
+}
+
+
+class LitPrunedBertForLabelWordClassification(_Pruned, BertForLabelWordClassification):
+    """A pruned :class:`BertForLabelWordClassification`."""
+
+
+class LitPrunedRobertaForLabelWordClassification(_Pruned, RobertaForLabelWordClassification):
+    """A pruned :class:`RobertaForLabelWordClassification`."""
+
+
+class LitPrunedDistilBertForLabelWordClassification(_Pruned, DistilBertForLabelWordClassification):
+    """A pruned :class:`DistilBertForLabelWordClassification`."""
+
+
 PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "base"): LitPrunedBertModel,
     ("bert", "sequence_classification"): LitPrunedBertForSequenceClassification,
@@ -534,4 +625,7 @@ PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("distilbert", "base"): LitPrunedDistilBertModel,
     ("distilbert", "sequence_classification"): LitPrunedDistilBertForSequenceClassification,
     ("distilbert", "question_answering"): LitPrunedDistilBertForQuestionAnswering,
+    ("bert", "label_words"): LitPrunedBertForLabelWordClassification,
+    ("roberta", "label_words"): LitPrunedRobertaForLabelWordClassification,
+    ("distilbert", "label_words"): LitPrunedDistilBertForLabelWordClassification,
 }
