@@ -359,7 +359,8 @@ def plot_metric(results: dict[str, Any], path: Path) -> Path:
     tasks = results["tasks"]
     key, label = _x_setting(results)
     ticks = [float(b) for b in results["budgets"]]
-    everything = [cell[key] for task in tasks for method in results["methods"] for _, cell in _cells(results, task, method)]
+    everything = [cell[key] for task in tasks for method in results["methods"]
+                  for _, cell in _cells(results, task, method)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(METRIC_PANEL[0] * len(tasks), METRIC_PANEL[1]), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         point = results["points"][task]

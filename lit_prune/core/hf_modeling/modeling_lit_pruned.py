@@ -4,8 +4,8 @@ This file is copied into every pruned model folder and named in the folder's ``c
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
 ``AutoModelForQuestionAnswering``) rebuild the pruned architecture on a machine without lit_prune. It imports
 only ``torch`` and ``transformers``. A model that classifies through its masked-LM head's label words (SMP's
-classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and ``AutoModelForSequenceClassification``
-loads it as that classifier.
+classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and
+``AutoModelForSequenceClassification`` loads it as that classifier.
 
 The pruned structure lives in the config under ``lit_prune_structure``::
 
