@@ -83,11 +83,11 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> 
         config = json.loads((tmp / "config.json").read_text())
         config["architectures"] = [hf.PRUNED_CLASSES[(model_type, kind)].__bases__[-1].__name__]
         module = Path(MODELING_FILE).stem
-        # every kind loads the folder (a classifier's encoder as a base model, say); a label-word classifier is
-        # what AutoModelForSequenceClassification gives for a folder saved as one
-        kinds = [k for k in hf.KINDS if k != "label_words"] + (["label_words"] if kind == "label_words" else [])
-        config["auto_map"] = {hf.AUTO_CLASSES[k]: f"{module}.{hf.PRUNED_CLASSES[(model_type, k)].__name__}"
-                              for k in kinds}
+        # every Auto class loads the folder (a classifier's encoder as a base model, say); the saved kind is what
+        # its own Auto class gives
+        kinds = {**hf.DEFAULT_KINDS, hf.AUTO_CLASSES[kind]: kind}
+        config["auto_map"] = {auto: f"{module}.{hf.PRUNED_CLASSES[(model_type, k)].__name__}"
+                              for auto, k in kinds.items()}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         shutil.copyfile(hf.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
@@ -185,6 +185,7 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
                              f"{list(hf.KINDS)}")
     if kind not in hf.KINDS:
         raise ValueError(f"kind={kind!r} is not one of {list(hf.KINDS)}")
-    if kind == "sequence_classification" and saved_kind(config) == "label_words":
-        kind = "label_words"  # the classifier that was saved: its label words are its classification head
+    saved = saved_kind(config)
+    if saved is not None and hf.AUTO_CLASSES[saved] == hf.AUTO_CLASSES[kind]:
+        kind = saved  # asked for the Auto class the saved model fills (a label-word classifier is a classifier)
     return hf.PRUNED_CLASSES[(config.model_type, kind)].from_pretrained(folder, **from_pretrained_kwargs)

@@ -50,7 +50,7 @@ from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.methods.common import (LABEL_KEYS, check_same_on_all_ranks, evaluate_module, latency_comparison,
                                       phase, publish, shared_report)
-from lit_prune.tasks.classification import SequenceClassificationModule
+from lit_prune.tasks.classification import SequenceClassificationModule, configure_for_task
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
 MATRIX_TYPES = ("query", "key", "value", "attn_out", "ffn_up", "ffn_down")
@@ -372,21 +372,17 @@ def label_word_classifier(location: str, name_or_path: str, task: Any, words: Se
     ids = label_word_ids(tokenizer, words)
     if tokenizer.mask_token_id is None:
         raise ValueError(f"head='mlm': the tokenizer of {name_or_path!r} has no mask token")
-    model, info = model_class.from_pretrained(location, num_labels=len(ids), dtype=torch.float32,
-                                              output_loading_info=True)
+    config.num_labels = len(ids)
+    model, info = model_class.from_pretrained(location, config=config, dtype=torch.float32, output_loading_info=True)
     new = sorted(k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix + "."))
     if new:
         raise ValueError(f"head='mlm': model.name_or_path={name_or_path!r} carries no masked-LM head (its "
                          f"{', '.join(new[:3])}{', ...' if len(new) > 3 else ''} would start random); give a checkpoint "
                          "saved with its MLM head (bert-base-uncased, roberta-base, ...), or use head 'trainable' or "
                          "'teacher'")
+    configure_for_task(model.config, task)
     setattr(model.config, LABEL_WORDS_KEY, {"words": list(words), "ids": ids,
                                             "mask_token_id": int(tokenizer.mask_token_id)})
-    model.config.finetuning_task = task.name
-    model.config.problem_type = "regression" if task.is_regression else "single_label_classification"
-    if not task.is_regression and task.label_names:
-        model.config.id2label = dict(enumerate(task.label_names))
-        model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
     return model.train()
 
 
@@ -740,12 +736,17 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         trust_remote_code: bool = False,
         save_final_model: bool = False,
     ) -> None:
+        self._mlm_head = head == "mlm"  # read by _load_model, which the task module calls in its __init__
         super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
                          warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
                          save_final_model=save_final_model)
         self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
                         time_steps, label_words)
+
+    def _load_model(self, classifier_dropout: float | None) -> nn.Module | None:
+        # head="mlm": the masked-LM checkpoint is loaded once, by _setup_smp, after the settings are checked
+        return None if self._mlm_head else super()._load_model(classifier_dropout)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in batch.items() if name not in LABEL_KEYS}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchmetrics
 from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
@@ -22,6 +24,16 @@ def glue_metrics(task: GlueTask) -> torchmetrics.MetricCollection:
         "spearman": lambda: SpearmanCorrCoef(),
     }
     return torchmetrics.MetricCollection({name: factories[name]() for name in task.metrics})
+
+
+def configure_for_task(config: Any, task: GlueTask) -> None:
+    """Give a model config the head of GLUE ``task``: its label count, problem type, task name and label names."""
+    config.num_labels = task.num_labels
+    config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    config.finetuning_task = task.name
+    if not task.is_regression and task.label_names:
+        config.id2label = dict(enumerate(task.label_names))
+        config.label2id = {name: i for i, name in enumerate(task.label_names)}
 
 
 def split_prefix(split: str) -> str:
@@ -82,14 +94,9 @@ class SequenceClassificationModule(TaskModule):
                                  f"{config.num_labels} labels; task {spec.name!r} needs {spec.num_labels}.")
             if fixed_head:
                 return
-            config.num_labels = spec.num_labels
-            config.problem_type = "regression" if spec.is_regression else "single_label_classification"
-            config.finetuning_task = spec.name
+            configure_for_task(config, spec)
             if classifier_dropout is not None:
                 config.classifier_dropout = classifier_dropout
-            if not spec.is_regression and spec.label_names:
-                config.id2label = dict(enumerate(spec.label_names))
-                config.label2id = {name: i for i, name in enumerate(spec.label_names)}
 
         return self.load_hf_model(AutoModelForSequenceClassification, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
                                   "sequence_classification", configure)

@@ -104,9 +104,11 @@ AUTO_CLASSES = {
     "base": "AutoModel",
     "sequence_classification": "AutoModelForSequenceClassification",
     "question_answering": "AutoModelForQuestionAnswering",
-    # a classifier too: a folder of this kind maps AutoModelForSequenceClassification to it
+    # a classifier too: a folder saved as this kind gives it for AutoModelForSequenceClassification
     "label_words": "AutoModelForSequenceClassification",
 }
+#: the kind each Auto class loads from a folder, unless the folder was saved as another kind of that Auto class
+DEFAULT_KINDS = {auto: kind for kind, auto in reversed(AUTO_CLASSES.items())}
 LABEL_WORDS_KEY = "lit_prune_label_words"
 
 
@@ -551,13 +553,18 @@ class _LabelWordClassification:
                              f"(num_labels={self.config.num_labels}); got {words!r}")
         return list(words["ids"])
 
-    def _mlm_scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        for name in ("cls", "lm_head"):  # BERT, RoBERTa
-            head = getattr(self, name, None)
-            if head is not None:
-                return head(hidden)
-        hidden = self.vocab_layer_norm(self.activation(self.vocab_transform(hidden)))  # DistilBERT
-        return self.vocab_projector(hidden)
+    def _label_scores(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The MLM head's scores of the vocabulary entries ``ids`` only: its transform, then those rows of the
+        decoder (a pruned small model would otherwise spend much of its time scoring the whole vocabulary)."""
+        if hasattr(self, "cls"):  # BERT
+            hidden = self.cls.predictions.transform(hidden)
+        elif hasattr(self, "lm_head"):  # RoBERTa
+            head = self.lm_head
+            hidden = head.layer_norm(F.gelu(head.dense(hidden)))
+        else:  # DistilBERT
+            hidden = self.vocab_layer_norm(self.activation(self.vocab_transform(hidden)))
+        decoder = self.get_output_embeddings()
+        return F.linear(hidden, decoder.weight.index_select(0, ids), decoder.bias.index_select(0, ids))
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -573,7 +580,7 @@ class _LabelWordClassification:
             is_mask = input_ids == mask_token_id
             position = torch.where(is_mask.any(1), is_mask.int().argmax(1), position)
         ids = torch.tensor(self.label_word_ids(), device=hidden.device)
-        logits = self._mlm_scores(hidden[rows, position]).index_select(-1, ids)
+        logits = self._label_scores(hidden[rows, position], ids)
         loss = None
         if labels is not None:
             if self.config.num_labels == 1:
