@@ -30,7 +30,9 @@ registered method (ablations) with their own settings.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +40,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +168,8 @@ CONFIG_KEYS = {
     "teacher_seed": "the fine-tuning seed of the teachers",
     "accelerator": f"one of {ACCELERATORS}",
     "devices": "devices per run",
+    "jobs": "pruning runs at once (CPU only; default 1): each gets cpu_count // jobs intra-op threads, so every "
+            "latency and step time of the benchmark is measured at that thread count, beside the other runs",
     "calibration": "calibration size per task family: {glue: examples, squad: windows}; null keeps the recipes'",
     "latency_repeats": "timed passes of each model for the latency comparison",
     "dense_metrics": "'measure' (every run evaluates the dense teacher) or 'teacher' (methods that can take them get "
@@ -195,6 +200,7 @@ class BenchConfig:
     teacher_seed: int = 42
     accelerator: str = "cpu"
     devices: int = 1
+    jobs: int = 1
     calibration: dict[str, int | None] = dataclasses.field(default_factory=dict)
     latency_repeats: int = 10
     timing: dict[str, Any] | None = None
@@ -320,6 +326,12 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
     devices = raw.get("devices", 1)
     if not isinstance(devices, int) or devices < 1:
         raise BenchConfigError(f"{_where(source, 'devices')}={devices!r}: a positive integer")
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise BenchConfigError(f"{_where(source, 'jobs')}={jobs!r}: a positive integer")
+    if jobs > 1 and accelerator != "cpu":
+        raise BenchConfigError(f"{_where(source, 'jobs')}={jobs}: parallel runs are for accelerator 'cpu' (they "
+                               f"split its cores); accelerator is {accelerator!r}, allowed jobs: 1")
     calibration = raw.get("calibration") or {}
     if not isinstance(calibration, dict) or set(calibration) - {"glue", "squad"} or not all(
             v is None or (isinstance(v, int) and v > 0) for v in calibration.values()):
@@ -352,7 +364,7 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
     return BenchConfig(name=name, model=str(raw["model"]), tasks=list(tasks), methods=methods, budgets=budgets,
                        title=str(raw.get("title", name)), description=str(raw.get("description", "")).strip(),
                        seeds=list(seeds), teacher_seed=int(raw.get("teacher_seed", 42)), accelerator=accelerator,
-                       devices=devices, calibration=dict(calibration), latency_repeats=latency_repeats,
+                       devices=devices, jobs=jobs, calibration=dict(calibration), latency_repeats=latency_repeats,
                        timing=timing, dense_metrics=dense_metrics, source=source, **paths)
 
 
@@ -405,18 +417,22 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-Runner = Callable[[list[str], Path], None]
+Runner = Callable[..., None]
+"""``runner(command, log_file)`` runs one ``train.py`` command; with a config's ``jobs`` > 1 it is also given
+``threads=`` (each run's intra-op threads), as :func:`run_command` takes it."""
 
 
-def run_command(command: list[str], log_file: Path) -> None:
-    """Run ``command`` from the repository root, its output into ``log_file``.
+def run_command(command: list[str], log_file: Path, threads: int | None = None) -> None:
+    """Run ``command`` from the repository root, its output into ``log_file``; ``threads``: its intra-op thread
+    count (``OMP_NUM_THREADS``, which torch reads at start), ``None`` for torch's default.
 
     Raises:
         RuntimeError: it failed; the message holds the end of its output.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(log_file, "w") as handle:
-        result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, text=True, env=env)
     if result.returncode != 0:
         tail = log_file.read_text()[-4000:]
         raise RuntimeError(f"{' '.join(command[1:4])} ... failed (exit {result.returncode}); log {log_file}:\n{tail}")
@@ -791,6 +807,49 @@ def run_job(config: BenchConfig, job: PruneJob, teacher: Path | None, runner: Ru
     return report
 
 
+def run_parallel(config: BenchConfig, jobs: list[PruneJob], teachers: dict[str, Path | None],
+                 runner: Runner = run_command) -> None:
+    """Run ``jobs`` ``config.jobs`` at a time, each with ``cpu_count // jobs`` intra-op threads (so the runs share
+    the cores instead of fighting over them), in plan order. A matched job waits for its reference run. Timing jobs
+    run afterwards, one at a time with every thread: they measure costs, which a neighbouring run would distort.
+
+    Raises:
+        RuntimeError: ``jobs`` exceeds the machine's cores; or a run failed (the first failure, after the runs
+            already going have finished; nothing new starts after a failure).
+    """
+    cores = os.cpu_count() or 1
+    if config.jobs > cores:
+        raise RuntimeError(f"{config.source or 'benchmark config'}: jobs={config.jobs} is more runs at once than this "
+                           f"machine's {cores} CPU cores; allowed 1..{cores}")
+    threads = max(1, cores // config.jobs)
+    _log(f"{config.name}: {config.jobs} runs at a time, {threads} thread(s) each")
+    split = functools.partial(runner, threads=threads)
+    futures: dict[Path, concurrent.futures.Future] = {}
+    failed = threading.Event()
+
+    def one(job: PruneJob) -> None:
+        if failed.is_set():
+            return
+        if job.reference is not None and job.reference in futures:
+            futures[job.reference].result()  # submitted earlier, so running or done: no deadlock
+        try:
+            run_job(config, job, teachers[job.task], split)
+        except BaseException:
+            failed.set()
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=config.jobs, thread_name_prefix="run") as pool:
+        for job in (j for j in jobs if not j.timing):
+            futures[job.folder] = pool.submit(one, job)
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        if len(errors) > 1:
+            _log(f"{config.name}: {len(errors)} runs failed; the first error follows")
+        raise errors[0]
+    for job in (j for j in jobs if j.timing):
+        run_job(config, job, teachers[job.task], runner)
+
+
 # --------------------------------------------------------------------------------------------------- main
 
 
@@ -816,8 +875,11 @@ def run_benchmark(config: BenchConfig, runner: Runner = run_command, dry_run: bo
         teachers.update({task: ensure_teacher(config, task, runner, dry_run) for task in pending})
         done = sum((job.folder / REPORT_FILE).is_file() for job in jobs)
         _log(f"{config.name}: {len(jobs)} pruning runs, {done} already done")
-        for job in jobs:
-            run_job(config, job, teachers[job.task], runner, dry_run)
+        if config.jobs > 1 and not dry_run:
+            run_parallel(config, jobs, teachers, runner)
+        else:
+            for job in jobs:
+                run_job(config, job, teachers[job.task], runner, dry_run)
     if dry_run:
         return None
     missing = [job for job in jobs if not (job.folder / REPORT_FILE).is_file()]
@@ -869,4 +931,4 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["BenchConfig", "BenchConfigError", "METHODS", "MethodRun", "MethodSpec", "PruneJob", "config_differences",
            "achieved", "archive_report", "archived_report", "ensure_teacher", "load_config", "main", "method_budgets",
            "parse_config", "plan", "register_method", "report_mismatches", "resolve", "restore_from_archive",
-           "run_benchmark", "run_job", "teacher_key"]
+           "run_benchmark", "run_job", "run_parallel", "teacher_key"]

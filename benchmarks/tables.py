@@ -116,7 +116,7 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]], pending: list[
         "methods": {m.name: {"label": m.label, "method": m.spec.name, "settings": m.settings, "budget": m.spec.budget,
                              "budgets": None if m.budgets is None else [f"{b:g}" for b in m.budgets]}
                     for m in config.methods},
-        "calibration": dict(config.calibration), "hardware": next(iter(hardware.values()))[0],
+        "calibration": dict(config.calibration), "hardware": next(iter(hardware.values()))[0], "jobs": config.jobs,
         "points": points, "means": means,
         "teacher_mean": None if any(points[t] is None for t in config.tasks)
         else _mean([scale(t, points[t]["teacher"]) for t in config.tasks]),
@@ -201,7 +201,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
                   "run not done yet, and means over tasks wait for every task. The command above runs the rest "
                   "(it resumes where it stopped) and replaces this section.", ""]
     seeds = results["seeds"]
-    lines += [f"Model: {results['model']}. Hardware: {hardware_label(results['hardware'])}. Seeds: "
+    alongside = (f", {results['jobs']} runs at a time (each run's timings beside the others')"
+                 if results.get("jobs", 1) > 1 else "")
+    lines += [f"Model: {results['model']}. Hardware: {hardware_label(results['hardware'])}{alongside}. Seeds: "
               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else "") + ".", ""]
     for method, reference in results.get("matched", {}).items():
         lines += [f"{_label(results, method)} runs, in each column, at the "

@@ -54,7 +54,8 @@ def hardware_label(summary: dict[str, Any]) -> str:
     if summary.get("gpu"):
         return f"GPU: {summary['gpu']} ({summary.get('device', 'cuda')}), torch {torch_version}"
     cpu = summary.get("cpu_model") or summary.get("cpu") or "unknown CPU"
-    return (f"CPU: {cpu} ({summary.get('cpu_count', '?')} cores), {summary.get('threads', '?')} threads, "
+    threads = summary.get("threads", "?")
+    return (f"CPU: {cpu} ({summary.get('cpu_count', '?')} cores), {threads} thread{'' if threads == 1 else 's'}, "
             f"torch {torch_version}")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -49,10 +52,12 @@ class FakeTrainer:
 
     def __init__(self, hardware: dict | None = None):
         self.calls: list[list[str]] = []
+        self.kwargs: list[dict] = []
         self.hardware = hardware
 
-    def __call__(self, command: list[str], log_file: Path) -> None:
+    def __call__(self, command: list[str], log_file: Path, **kwargs) -> None:
         self.calls.append(command)
+        self.kwargs.append(kwargs)
         args = dict(zip(command[3::2], command[4::2]))
         if "--trainer.callbacks.init_args.seed" not in args and "--model.init_args.params_kept" not in args:
             out = Path(args["--trainer.default_root_dir"])  # a teacher fine-tune
@@ -138,6 +143,8 @@ def test_every_benchmark_config_parses():
     ({"budget": [0.5]}, "budget: unknown key(s); allowed: name"),
     ({"methods": [{"name": "kwon no tune", "method": "kwon"}]}, "must be a folder name"),
     ({"methods": ["kwon", {"name": "kwon"}]}, "names repeat"),
+    ({"jobs": 0}, "jobs=0: a positive integer"),
+    ({"jobs": 2, "accelerator": "gpu"}, "jobs=2: parallel runs are for accelerator 'cpu'"),
 ])
 def test_bad_configs_name_the_setting_the_value_and_what_is_allowed(tmp_path, override, message):
     with pytest.raises(runner.BenchConfigError) as error:
@@ -551,3 +558,100 @@ def test_metric_plots_share_one_budget_axis():
     plt.close(fig)
     assert tables._x_setting({"budget_setting": ["params_kept"]})[0] == "params_kept"
     assert tables._x_setting({"budget_setting": ["flops_kept"]})[0] == "flops_kept"
+
+
+# ------------------------------------------------------------------------------------------------- parallel runs
+
+
+class SlowTrainer(FakeTrainer):
+    """A FakeTrainer whose pruning runs take a little while and record how many ran at once."""
+
+    def __init__(self, fail: str | None = None):
+        super().__init__()
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+        self.fail = fail
+        self.order: list[tuple[str, str]] = []
+
+    def __call__(self, command: list[str], log_file: Path, **kwargs) -> None:
+        args = dict(zip(command[3::2], command[4::2]))
+        if "configs/finetune" in args["--config"]:
+            return super().__call__(command, log_file, **kwargs)
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.order.append(("start", args["--trainer.default_root_dir"]))
+        try:
+            time.sleep(0.05)
+            if self.fail and self.fail in args["--trainer.default_root_dir"]:
+                raise RuntimeError(f"run {self.fail} failed")
+            super().__call__(command, log_file, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.order.append(("end", args["--trainer.default_root_dir"]))
+
+
+def test_parallel_runs_split_the_cores_and_give_the_same_results(tmp_path, no_adoption, monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    sequential = runner.run_benchmark(make_config(tmp_path / "one"), runner=FakeTrainer())
+    config = make_config(tmp_path / "two", jobs=2)
+    fake = SlowTrainer()
+    results = runner.run_benchmark(config, runner=fake)
+    assert fake.most == 2
+    pruning = [(c, k) for c, k in zip(fake.calls, fake.kwargs) if "--trainer.callbacks.init_args.seed" in c]
+    timing = [k for c, k in pruning if "--trainer.callbacks.init_args.time_reference_pass" in c]
+    assert len(timing) == 2 and all(k == {} for k in timing)  # timing runs: alone, every thread
+    assert all(k == {"threads": 2} for c, k in pruning if "--trainer.callbacks.init_args.time_reference_pass" not in c)
+    assert results["points"] == sequential["points"] and results["jobs"] == 2
+    assert "2 runs at a time" in (tmp_path / "two" / "BENCHMARKS.md").read_text()
+    assert "runs at a time" not in (tmp_path / "one" / "BENCHMARKS.md").read_text()
+
+
+def test_a_parallel_matched_run_waits_for_its_reference(tmp_path, no_adoption, monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    config = make_config(tmp_path, tasks=["sst2"], budgets=[0.2, 0.1], seeds=[0], timing=None, jobs=2,
+                         methods=["grain", {"name": "kprune_at_grain", "method": "kprune", "match": "grain"}])
+    fake = SlowTrainer()
+    results = runner.run_benchmark(config, runner=fake)
+    for budget in ("0.2", "0.1"):
+        reference = str(tmp_path / "runs" / "grain" / "sst2" / budget / "seed0")
+        matched = str(tmp_path / "runs" / "kprune_at_grain" / "sst2" / budget / "seed0")
+        assert fake.order.index(("end", reference)) < fake.order.index(("start", matched))
+    assert results["points"]["sst2"]["methods"]["kprune_at_grain"]["0.2"]["flops_kept"] == pytest.approx(0.3)
+
+
+def test_a_failed_parallel_run_stops_the_benchmark(tmp_path, no_adoption, monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    config = make_config(tmp_path, jobs=2, timing=None)
+    fake = SlowTrainer(fail=str(Path("kwon") / "sst2" / "0.7" / "seed0"))
+    with pytest.raises(RuntimeError, match="run kwon.sst2.0.7.seed0 failed"):
+        runner.run_benchmark(config, runner=fake)
+    started = [path for what, path in fake.order if what == "start"]
+    assert len(started) <= 3  # the failed run, the one beside it, at most one that started before the failure
+    again = FakeTrainer()
+    runner.run_benchmark(config, runner=again)  # resumes: the runs that finished are not repeated
+    assert len([c for c in again.calls if "--trainer.callbacks.init_args.seed" in c]) == 16 - len(started) + 1
+
+
+def test_more_parallel_runs_than_cores_is_refused_before_any_run(tmp_path, no_adoption, monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    config = make_config(tmp_path, jobs=3)
+    fake = FakeTrainer()
+    with pytest.raises(RuntimeError, match=r"jobs=3 is more runs at once than this machine's 2 CPU cores; allowed 1..2"):
+        runner.run_benchmark(config, runner=fake)
+    assert not [c for c in fake.calls if "--trainer.callbacks.init_args.seed" in c]
+
+
+def test_run_command_sets_the_thread_count(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(command, **kwargs):
+        seen.update(kwargs)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    runner.run_command(["python", "train.py"], tmp_path / "log.txt", threads=1)
+    assert seen["env"]["OMP_NUM_THREADS"] == "1" and seen["env"]["MKL_NUM_THREADS"] == "1"
+    runner.run_command(["python", "train.py"], tmp_path / "log.txt")
+    assert seen["env"] is None
