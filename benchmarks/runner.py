@@ -413,8 +413,12 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    with _LOG_LOCK:  # parallel runs log from several threads: one whole line each
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 Runner = Callable[..., None]

@@ -76,7 +76,8 @@ def resolve_model(name_or_path: str, setting: str = "name_or_path") -> ResolvedM
                                      "expected a Hugging Face model folder (config.json + weights + tokenizer).")
         return ResolvedModel(str(path.resolve()), "path")
     tried.append(f"path {path}")
-    if name_or_path.startswith((".", "/", "~")):
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.strip("/").count("/") > 1:
+        # a hub id is "name" or "owner/name": a longer relative path can only be a folder
         raise AssetNotFoundError(f"{setting}={name_or_path!r}: no such folder (tried {path.resolve()}).")
     root = assets_root()
     if root is not None:

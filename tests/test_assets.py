@@ -49,6 +49,13 @@ def test_missing_explicit_path(tmp_path):
         resolve_model("./nowhere", setting="model.name_or_path")
 
 
+def test_a_relative_path_deeper_than_a_hub_id_is_a_missing_folder(monkeypatch):
+    """``owner/name`` may be a hub id; ``runs/finetune/mrpc/final_model`` can only be a folder, even online."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(AssetNotFoundError, match=r"teacher='runs/nowhere/final_model': no such folder"):
+        resolve_model("runs/nowhere/final_model", setting="teacher")
+
+
 def test_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AssetNotFoundError, match="holds no config.json"):

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from conftest import tiny_inputs, tiny_model
 from lit_prune.core.compact import compact
 from lit_prune.data.glue import GlueDataModule
-from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPSequenceClassificationModule, cubic_keep, encoder_linears,
-                                   global_counts, local_count, score_regularizer, set_counts, sparse_copy,
+from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPQuestionAnsweringModule, SMPSequenceClassificationModule,
+                                   cubic_keep, encoder_linears, global_counts, local_count, score_regularizer, set_counts, sparse_copy,
                                    straight_through_mask, structure_from_zeros, topk_mask)
 from lit_prune.report import REPORT_KEYS, read_report
 from test_glue import write_rte
@@ -195,6 +195,21 @@ def test_bad_smp_settings(pretrained_folder):
         assert part in message
 
 
+def test_a_missing_teacher_is_named_before_the_student_loads(tmp_path, monkeypatch):
+    from lit_prune.assets import AssetNotFoundError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the student was loaded before the teacher was checked")
+
+    monkeypatch.setattr(SMPSequenceClassificationModule, "_load_model", no_loading)
+    missing = str(tmp_path / "finetune" / "final_model")
+    with pytest.raises(AssetNotFoundError, match=r"teacher='.*final_model': no such folder.*configs/finetune/<task>"
+                                                  r".yaml.*head='trainable', distill=false, teacher=null"):
+        SMPSequenceClassificationModule(str(tmp_path), task="rte", head="teacher", teacher=missing)
+    with pytest.raises(AssetNotFoundError, match="teacher='runs/nowhere/final_model': no such folder"):
+        SMPQuestionAnsweringModule(str(tmp_path), task="squad_v1", head="teacher", teacher="runs/nowhere/final_model")
+
+
 def test_teacher_head_and_distillation(pretrained_folder, tmp_path):
     """head='teacher' copies and freezes the teacher's classifier; distillation trains against the teacher; the
     report scores the teacher as the dense reference."""
@@ -286,21 +301,24 @@ def test_label_words_must_be_single_distinct_tokens(mlm_folder):
 
 
 def test_mlm_head_is_for_glue_only(mlm_folder):
-    from lit_prune.methods.smp import SMPQuestionAnsweringModule
-
     with pytest.raises(ValueError, match="head='mlm': offered for GLUE tasks only"):
         SMPQuestionAnsweringModule(str(mlm_folder), task="squad_v1", head="mlm")
 
 
 def test_recipe_under_ddp(minilm_l3, tmp_path):
     """configs/smp/mrpc.yaml on the real paraphrase-MiniLM-L3-v2, briefly, with two processes: they end with the same
-    weight masks (checked by digest), and the smaller folder loads with plain transformers."""
+    weight masks (checked by digest), and the smaller folder loads with plain transformers. The recipe's frozen
+    teacher head comes from a stand-in teacher: the same checkpoint with a seeded classifier."""
     from transformers import AutoModelForSequenceClassification
 
     from test_cli import run_train
 
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher"
+    AutoModelForSequenceClassification.from_pretrained(minilm_l3, num_labels=2).save_pretrained(teacher)
     out = tmp_path / "ddp"
     result = run_train("fit", "--config", "configs/smp/mrpc.yaml", "--model.name_or_path", str(minilm_l3),
+                       "--model.teacher", str(teacher),
                        "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
                        "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
                        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
@@ -314,8 +332,11 @@ def test_recipe_under_ddp(minilm_l3, tmp_path):
     assert report["world_size"] == 2 and report["ranks"]["weight_masks_identical"] is True
     assert set(report["metrics"]["pruned"]) == {"accuracy", "f1"}
     assert report["step_time"] is None  # timed in a single process only
+    assert report["settings"]["head"] == "teacher"
     model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
+    expected = AutoModelForSequenceClassification.from_pretrained(teacher).classifier.weight
+    assert torch.equal(model.classifier.weight, expected)  # the teacher's head, frozen through training
 
 
 def test_non_finite_scores_stop_the_run(pretrained_folder):

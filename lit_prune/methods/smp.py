@@ -42,6 +42,7 @@ from torch import nn
 from safetensors.torch import save as save_safetensors
 from torch.nn.utils import parametrize
 
+from lit_prune.assets import AssetNotFoundError, resolve_model
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_write_bytes
 from lit_prune.core.compact import compact
@@ -173,6 +174,20 @@ def score_regularizer(scores: Sequence[torch.Tensor]) -> torch.Tensor:
     if not scores:
         raise ValueError("score_regularizer: no score matrices")
     return torch.stack([torch.sigmoid(s).mean() for s in scores]).mean()
+
+
+def _check_teacher(teacher: str | None) -> None:
+    """Fail on a ``teacher`` that names no model before the student loads (a recipe's teacher folder that the
+    fine-tuning recipe has not left yet, a typo), naming the setting."""
+    if teacher is None:
+        return
+    try:
+        resolve_model(teacher, setting="teacher")
+    except AssetNotFoundError as error:
+        raise AssetNotFoundError(f"{error} The teacher is a fine-tuned checkpoint of the task, such as the folder "
+                                 "`python train.py fit --config configs/finetune/<task>.yaml` leaves in "
+                                 "runs/finetune/<task>/final_model; without one, use head='trainable', "
+                                 "distill=false, teacher=null.") from None
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -736,6 +751,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         trust_remote_code: bool = False,
         save_final_model: bool = False,
     ) -> None:
+        _check_teacher(teacher)
         self._mlm_head = head == "mlm"  # read by _load_model, which the task module calls in its __init__
         super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
                          warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
@@ -785,6 +801,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         trust_remote_code: bool = False,
         save_final_model: bool = False,
     ) -> None:
+        _check_teacher(teacher)
         super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
                          warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
                          save_final_model=save_final_model)
