@@ -15,8 +15,9 @@ from conftest import tiny_inputs, tiny_model
 from lit_prune.core.compact import compact
 from lit_prune.data.glue import GlueDataModule
 from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPQuestionAnsweringModule, SMPSequenceClassificationModule,
-                                   cubic_keep, encoder_linears, global_counts, local_count, score_regularizer, set_counts, sparse_copy,
-                                   straight_through_mask, structure_from_zeros, topk_mask)
+                                   cubic_keep, encoder_linears, global_counts, local_count, regularization_weight,
+                                   score_regularizer, set_counts, sparse_copy, straight_through_mask,
+                                   structure_from_zeros, topk_mask)
 from lit_prune.report import REPORT_KEYS, read_report
 from test_glue import write_rte
 
@@ -86,6 +87,19 @@ def test_cubic_schedule():
     assert cubic_keep(150, 100, 0.1) == pytest.approx(0.1)
     values = [cubic_keep(t, 40, 0.03) for t in range(41)]
     assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_regularization_weight_rises_with_the_pruned_fraction_or_falls_with_the_kept_one():
+    keeps = [cubic_keep(t, 40, 0.1) for t in range(41)]
+    rising = [regularization_weight(k, 0.1, "rising") for k in keeps]
+    falling = [regularization_weight(k, 0.1, "falling") for k in keeps]
+    assert rising[0] == 0 and rising[-1] == pytest.approx(1) and all(a < b for a, b in zip(rising, rising[1:]))
+    assert falling[0] == pytest.approx(10) and falling[-1] == pytest.approx(1)
+    # SMP's code: λ_R · (1 − (1 − t/N)³), the same cubic as the schedule
+    assert rising[20] == pytest.approx(1 - 0.5 ** 3)
+    assert regularization_weight(1.0, 1.0, "rising") == 1.0
+    with pytest.raises(ValueError, match="regularization_ramp='up'"):
+        regularization_weight(0.5, 0.1, "up")
 
 
 def test_regularizer_is_the_mean_sigmoid():
@@ -186,12 +200,34 @@ def test_straight_through_training_changes_the_scores(pretrained_folder, tmp_pat
     assert any(not torch.equal(b, a) for b, a in zip(before, module._scores()))
 
 
+@pytest.mark.parametrize("ramp", ["falling", "rising"])
+def test_final_hold_reaches_the_budget_early_and_keeps_it(pretrained_folder, tmp_path, ramp):
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append((module.keep, module.kept_fraction()))
+
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.25, final_hold=0.5,
+                                 regularization_ramp=ramp, time_steps=0)
+    trainer.callbacks.append(Record())
+    trainer.fit(module, datamodule=data)  # 12 steps: the cubic schedule over the first 6, then 6 at the budget
+    keeps = [keep for keep, _ in seen]
+    assert len(keeps) == 12 and keeps[0] == 1.0
+    assert all(a > b for a, b in zip(keeps[:6], keeps[1:7]))
+    assert keeps[6:] == [pytest.approx(0.25)] * 6
+    assert all(kept == pytest.approx(0.25, abs=1e-3) for _, kept in seen[6:])
+    assert module.regularization_ramp == ramp
+    assert read_report(tmp_path / "run")["settings"]["final_hold"] == 0.5
+
+
 def test_bad_smp_settings(pretrained_folder):
     with pytest.raises(ValueError) as error:
         SMPSequenceClassificationModule(str(pretrained_folder), task="rte", params_kept=0, masking="row",
-                                        regularization=-1, head="teacher")
+                                        regularization=-1, regularization_ramp="up", final_hold=1.0, head="teacher")
     message = str(error.value)
-    for part in ("params_kept=0", "masking='row'", "regularization=-1", "both need teacher"):
+    for part in ("params_kept=0", "masking='row'", "regularization=-1", "regularization_ramp='up'", "final_hold=1.0",
+                 "both need teacher"):
         assert part in message
 
 
@@ -307,8 +343,8 @@ def test_mlm_head_is_for_glue_only(mlm_folder):
 
 def test_recipe_under_ddp(minilm_l3, tmp_path):
     """configs/smp/mrpc.yaml on the real paraphrase-MiniLM-L3-v2, briefly, with two processes: they end with the same
-    weight masks (checked by digest), and the smaller folder loads with plain transformers. The recipe's frozen
-    teacher head comes from a stand-in teacher: the same checkpoint with a seeded classifier."""
+    weight masks (checked by digest), and the smaller folder loads with plain transformers. The recipe's teacher (the
+    dense reference) is a stand-in: the same checkpoint with a seeded classifier; the recipe's head trains."""
     from transformers import AutoModelForSequenceClassification
 
     from test_cli import run_train
@@ -332,11 +368,12 @@ def test_recipe_under_ddp(minilm_l3, tmp_path):
     assert report["world_size"] == 2 and report["ranks"]["weight_masks_identical"] is True
     assert set(report["metrics"]["pruned"]) == {"accuracy", "f1"}
     assert report["step_time"] is None  # timed in a single process only
-    assert report["settings"]["head"] == "teacher"
+    assert report["settings"]["head"] == "trainable"
     model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
-    expected = AutoModelForSequenceClassification.from_pretrained(teacher).classifier.weight
-    assert torch.equal(model.classifier.weight, expected)  # the teacher's head, frozen through training
+    teacher_head = AutoModelForSequenceClassification.from_pretrained(teacher).classifier.weight
+    assert model.classifier.weight.shape == teacher_head.shape
+    assert not torch.equal(model.classifier.weight, teacher_head)  # a new head, trained with the scores
 
 
 def test_non_finite_scores_stop_the_run(pretrained_folder):

@@ -57,6 +57,7 @@ from lit_prune.tasks.qa import QuestionAnsweringModule
 MATRIX_TYPES = ("query", "key", "value", "attn_out", "ffn_up", "ffn_down")
 Masking = Literal["global", "local"]
 Head = Literal["trainable", "teacher", "mlm"]
+Ramp = Literal["rising", "falling"]
 WEIGHT_MASKS_FILE = "weight_masks.safetensors"
 #: ``head: mlm``'s label words by GLUE task, one per label in label order (those of SMP's code; MNLI's in the
 #: order entailment, neutral, contradiction, CoLA's unacceptable, acceptable); STS-B regresses one word's score.
@@ -167,6 +168,17 @@ def cubic_keep(step: int, total_steps: int, final: float) -> float:
         raise ValueError(f"total_steps={total_steps}: expected at least 1")
     progress = min(max(step / total_steps, 0.0), 1.0)
     return final + (1 - final) * (1 - progress) ** 3
+
+
+def regularization_weight(keep: float, final: float, ramp: Ramp) -> float:
+    """The factor on λ_R at keep ratio ``keep`` (final ratio ``final``): ``"falling"``, the paper's v_t / v_f (1 / v_f
+    at the start, 1 at the end); ``"rising"``, SMP's code, (1 − v_t) / (1 − v_f) (0 at the start, 1 at the end: the
+    pruned fraction's share of its final value)."""
+    if ramp == "falling":
+        return keep / final
+    if ramp == "rising":
+        return 1.0 if final >= 1 else (1 - keep) / (1 - final)
+    raise ValueError(f"regularization_ramp={ramp!r}: expected 'rising' or 'falling'")
 
 
 def score_regularizer(scores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -412,7 +424,8 @@ class _StaticModelPruning:
     def _setup_smp(self, task_class: type, params_kept: float, masking: Masking, regularization: float,
                    scores_learning_rate: float, head: Head, teacher: str | None, distill: bool, temperature: float,
                    distill_alpha: float, latency_batch_size: int, latency_repeats: int, time_steps: int,
-                   label_words: Sequence[str] | None = None) -> None:
+                   label_words: Sequence[str] | None = None, regularization_ramp: Ramp = "falling",
+                   final_hold: float = 0.0) -> None:
         problems = []
         try:
             _check_keep(params_kept, "params_kept")
@@ -422,6 +435,9 @@ class _StaticModelPruning:
             problems.append(f"masking={masking!r}: expected 'global' (SMP-S) or 'local' (SMP-L)")
         if not (isinstance(regularization, (int, float)) and regularization >= 0):
             problems.append(f"regularization={regularization!r}: expected a number >= 0 (0 switches it off)")
+        if regularization_ramp not in ("rising", "falling"):
+            problems.append(f"regularization_ramp={regularization_ramp!r}: expected 'rising' (SMP's code: from 0 up to "
+                            "λ_R as the pruned fraction grows) or 'falling' (the paper's formula: λ_R · v_t / v_f)")
         if not (isinstance(scores_learning_rate, (int, float)) and scores_learning_rate > 0):
             problems.append(f"scores_learning_rate={scores_learning_rate!r}: expected a number > 0")
         if head not in ("trainable", "teacher", "mlm"):
@@ -450,15 +466,19 @@ class _StaticModelPruning:
             problems.append(f"temperature={temperature!r}: expected a number > 0")
         if not (isinstance(distill_alpha, (int, float)) and 0 <= distill_alpha <= 1):
             problems.append(f"distill_alpha={distill_alpha!r}: expected a weight in [0, 1]")
+        if isinstance(final_hold, bool) or not (isinstance(final_hold, (int, float)) and 0 <= final_hold < 1):
+            problems.append(f"final_hold={final_hold!r}: expected a fraction of the training steps in [0, 1)")
         if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 0:
             problems.append(f"time_steps={time_steps!r}: expected an integer >= 0 (0 skips the step timing)")
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.params_kept, self.masking, self.regularization = float(params_kept), masking, float(regularization)
+        self.regularization_ramp = regularization_ramp
         self.scores_learning_rate, self.head, self.distill = float(scores_learning_rate), head, distill
         self.temperature, self.distill_alpha = float(temperature), float(distill_alpha)
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
         self.time_steps = time_steps
+        self.final_hold = float(final_hold)
         self.step_time: dict[str, float] | None = None
         teacher_model = None
         if teacher is not None:
@@ -576,17 +596,20 @@ class _StaticModelPruning:
         return {"smp_ms": smp_ms, "finetune_ms": finetune_ms, "ratio": smp_ms / finetune_ms, "repeats": repeats,
                 "batch_size": int(inputs["input_ids"].shape[0])}
 
-    def set_counts_for(self, step: int) -> None:
+    def _schedule_steps(self) -> int:
+        """N of the cubic schedule: the training steps but the last ``final_hold`` of them, spent at the final ratio."""
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        self.keep = cubic_keep(step, total, self.params_kept)
+        return max(1, round(total * (1 - self.final_hold)))
+
+    def set_counts_for(self, step: int) -> None:
+        self.keep = cubic_keep(step, self._schedule_steps(), self.params_kept)
         self.counts = set_counts(self.score_masks, self.keep, self.masking)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # single process only: a backward outside DDP's forward would wait for the other processes' gradients
         if self.time_steps and self.step_time is None and self.trainer.world_size == 1:
             self.step_time = self.step_times(batch, self.time_steps)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        self.keep = cubic_keep(self.global_step, total, self.params_kept)
+        self.keep = cubic_keep(self.global_step, self._schedule_steps(), self.params_kept)
         self.counts = set_counts(self.score_masks, self.keep, self.masking)
 
     def _teacher_loss(self, student: Any, teacher: Any) -> torch.Tensor:
@@ -607,7 +630,8 @@ class _StaticModelPruning:
             loss = self.distill_alpha * kd + (1 - self.distill_alpha) * loss
         if self.regularization > 0:
             regularizer = score_regularizer(self._scores())
-            loss = loss + self.regularization * (self.keep / self.params_kept) * regularizer
+            weight = self.regularization * regularization_weight(self.keep, self.params_kept, self.regularization_ramp)
+            loss = loss + weight * regularizer
             self.log("train/regularizer", regularizer, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("smp/keep", self.keep, batch_size=size)
@@ -685,7 +709,9 @@ class _StaticModelPruning:
                                             for kind, masks_ in self.score_masks.items()}
         report["structure_removed"] = {"bias_folds": folds}
         report["settings"] = {"params_kept": self.params_kept, "masking": self.masking,
-                              "regularization": self.regularization, "head": self.head, "distill": self.distill,
+                              "regularization": self.regularization,
+                              "regularization_ramp": self.regularization_ramp, "final_hold": self.final_hold,
+                              "head": self.head, "distill": self.distill,
                               "label_words": self.label_words}
         self.report = report
         folder = Path(trainer.default_root_dir)
@@ -706,6 +732,10 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         params_kept: the final fraction of the encoder Linear weights kept (the paper's "remaining weights").
         masking: ``"global"`` (SMP-S) or ``"local"`` (SMP-L).
         regularization: λ_R of the score regulariser (SMP: 400; 0 switches it off).
+        regularization_ramp: how the regulariser's weight moves with the schedule: ``"falling"``, λ_R · v_t / v_f
+            (the paper's formula); ``"rising"``, λ_R · (1 − v_t) / (1 − v_f), from 0 up to λ_R (SMP's code).
+        final_hold: the fraction of the training steps, at the end, spent at ``params_kept`` (the cubic schedule
+            runs over the others; SMP's code holds the final ratio for its last 30,000 steps; 0: none, the paper's).
         scores_learning_rate: Adam learning rate of the scores (SMP: 2e-2).
         head: ``"trainable"`` (a new classifier trained with the scores), ``"teacher"`` (the fine-tuned
             ``teacher``'s classifier and pooler, frozen) or ``"mlm"`` (the paper's: the checkpoint's own masked-LM
@@ -735,6 +765,8 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         params_kept: float = 0.1,
         masking: Masking = "global",
         regularization: float = 400.0,
+        regularization_ramp: Ramp = "falling",
+        final_hold: float = 0.0,
         scores_learning_rate: float = 2e-2,
         head: Head = "trainable",
         label_words: list[str] | None = None,
@@ -758,7 +790,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
                          save_final_model=save_final_model)
         self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
-                        time_steps, label_words)
+                        time_steps, label_words, regularization_ramp, final_hold)
 
     def _load_model(self, classifier_dropout: float | None) -> nn.Module | None:
         # head="mlm": the masked-LM checkpoint is loaded once, by _setup_smp, after the settings are checked
@@ -786,6 +818,8 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         params_kept: float = 0.1,
         masking: Masking = "global",
         regularization: float = 400.0,
+        regularization_ramp: Ramp = "falling",
+        final_hold: float = 0.0,
         scores_learning_rate: float = 2e-2,
         head: Head = "trainable",
         teacher: str | None = None,
@@ -807,7 +841,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
                          save_final_model=save_final_model)
         self._setup_smp(QuestionAnsweringModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
-                        time_steps)
+                        time_steps, regularization_ramp=regularization_ramp, final_hold=final_hold)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self._inputs(batch).items() if name not in LABEL_KEYS}
