@@ -200,16 +200,14 @@ def test_straight_through_training_changes_the_scores(pretrained_folder, tmp_pat
     assert any(not torch.equal(b, a) for b, a in zip(before, module._scores()))
 
 
-@pytest.mark.parametrize("ramp", ["falling", "rising"])
-def test_final_hold_reaches_the_budget_early_and_keeps_it(pretrained_folder, tmp_path, ramp):
+def test_final_hold_reaches_the_budget_early_and_keeps_it(pretrained_folder, tmp_path):
     seen = []
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             seen.append((module.keep, module.kept_fraction()))
 
-    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.25, final_hold=0.5,
-                                 regularization_ramp=ramp, time_steps=0)
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.25, final_hold=0.5, time_steps=0)
     trainer.callbacks.append(Record())
     trainer.fit(module, datamodule=data)  # 12 steps: the cubic schedule over the first 6, then 6 at the budget
     keeps = [keep for keep, _ in seen]
@@ -217,8 +215,23 @@ def test_final_hold_reaches_the_budget_early_and_keeps_it(pretrained_folder, tmp
     assert all(a > b for a, b in zip(keeps[:6], keeps[1:7]))
     assert keeps[6:] == [pytest.approx(0.25)] * 6
     assert all(kept == pytest.approx(0.25, abs=1e-3) for _, kept in seen[6:])
-    assert module.regularization_ramp == ramp
     assert read_report(tmp_path / "run")["settings"]["final_hold"] == 0.5
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("ramp, weight", [("falling", 4.0), ("rising", 0.0)])
+def test_the_loss_weighs_the_regulariser_by_the_ramp(pretrained_folder, tmp_path, ramp, weight):
+    """At the first step (v = 1, scores 0, so the mean σ is 1/2) the loss adds λ_R · w · 1/2, w = 1 / v_f falling
+    and 0 rising."""
+    module, _, data = _fit(pretrained_folder, tmp_path, params_kept=0.25, regularization=400.0,
+                           regularization_ramp=ramp)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.model.eval()  # no dropout: the same task loss twice
+    loss = module.training_step(batch, 0)
+    task_loss = module.model(**batch).loss
+    assert module.keep == 1.0
+    assert (loss - task_loss).item() == pytest.approx(400.0 * weight * 0.5, abs=1e-3)
 
 
 def test_bad_smp_settings(pretrained_folder):
@@ -373,7 +386,7 @@ def test_recipe_under_ddp(minilm_l3, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
     teacher_head = AutoModelForSequenceClassification.from_pretrained(teacher).classifier.weight
     assert model.classifier.weight.shape == teacher_head.shape
-    assert not torch.equal(model.classifier.weight, teacher_head)  # a new head, trained with the scores
+    assert not torch.equal(model.classifier.weight, teacher_head)  # the student's own head, not the teacher's
 
 
 def test_non_finite_scores_stop_the_run(pretrained_folder):

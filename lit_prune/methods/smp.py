@@ -609,8 +609,7 @@ class _StaticModelPruning:
         # single process only: a backward outside DDP's forward would wait for the other processes' gradients
         if self.time_steps and self.step_time is None and self.trainer.world_size == 1:
             self.step_time = self.step_times(batch, self.time_steps)
-        self.keep = cubic_keep(self.global_step, self._schedule_steps(), self.params_kept)
-        self.counts = set_counts(self.score_masks, self.keep, self.masking)
+        self.set_counts_for(self.global_step)
 
     def _teacher_loss(self, student: Any, teacher: Any) -> torch.Tensor:
         raise NotImplementedError
