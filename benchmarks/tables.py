@@ -187,6 +187,18 @@ def _seconds_per_run(results: dict[str, Any], method: str, tasks: list[str]) -> 
     return _mean(seconds) if seconds else float("nan")
 
 
+def _cost_ratio(results: dict[str, Any], method: str, reference: str) -> float | None:
+    """Mean pruning seconds of ``method`` over the (task, budget) cells that both it and ``reference`` ran, over
+    ``reference``'s mean on the same cells; ``None`` when they share none (a run not done yet). Comparing like with
+    like matters where a variant runs at one budget or an interim table misses a task."""
+    mine = {(t, b): cell["prune_seconds"] for t in results["tasks"] for b, cell in _cells(results, t, method)}
+    theirs = {(t, b): cell["prune_seconds"] for t in results["tasks"] for b, cell in _cells(results, t, reference)}
+    shared = [key for key in mine if key in theirs]
+    if not shared or _mean([theirs[k] for k in shared]) <= 0:
+        return None
+    return _mean([mine[k] for k in shared]) / _mean([theirs[k] for k in shared])
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, command: str = "") -> str:
     """The benchmark's section of ``BENCHMARKS.md``."""
     tasks, budgets, methods = results["tasks"], results["budgets"], list(results["methods"])
@@ -269,14 +281,14 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
             lines.append(f"| {task} | {_label(results, method)} | " + " | ".join(cells) + " |")
     lines += ["", "### Pruning time (seconds per run, mean over budgets)", ""]
     first = methods[0]
-    lines.append("| method | " + " | ".join(tasks) + f" | per run / {_label(results, first)}'s |")
+    lines.append("| method | " + " | ".join(tasks) + f" | per run / {_label(results, first)}'s on the same runs |")
     lines.append("|---|" + "---:|" * (len(tasks) + 1))
-    per_run = {m: _seconds_per_run(results, m, tasks) for m in methods}
     for method in methods:
         cells = [PENDING if math.isnan(v) else f"{v:.1f}"
                  for v in (_seconds_per_run(results, method, [t]) for t in tasks)]
-        ratio = per_run[method] / per_run[first] if per_run[first] > 0 else float("nan")
-        lines.append(f"| {_label(results, method)} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+        ratio = _cost_ratio(results, method, first)
+        lines.append(f"| {_label(results, method)} | " + " | ".join(cells)
+                     + f" | {PENDING if ratio is None else f'{ratio:.2f}x'} |")
     step_times = results.get("step_time")
     if step_times:
         lines += ["", "### Training step time against a plain fine-tuning step", "",

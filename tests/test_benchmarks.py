@@ -343,6 +343,7 @@ def test_an_interim_table_of_the_runs_done(tmp_path, no_adoption):
     assert "| | KPrune | 85.6 | · |" in text  # 88.6 - 3
     assert "| stsb | (no run done yet) | · | · |" in text
     assert "| | Kwon et al. | **·** |" not in text and "| | Kwon et al. | · | · |" in text
+    assert "| KPrune | 30.0 | · | 3.00x |" in text  # pruning seconds per run, against Kwon's on sst2 at 0.7 only
     assert (tmp_path / "results" / "synthetic_metric.png").is_file()
     with pytest.raises(SystemExit):
         runner.main(["--partial"])
@@ -351,6 +352,23 @@ def test_an_interim_table_of_the_runs_done(tmp_path, no_adoption):
             shutil.rmtree(job.folder)
     with pytest.raises(RuntimeError, match="no run of 'synthetic' is done yet"):
         runner.run_benchmark(config, runner=FakeTrainer(), collect_only=True, partial=True)
+
+
+def test_the_cost_ratio_compares_the_runs_both_methods_did():
+    """A variant at one budget (or an interim table missing a task) is timed against the reference's same cells."""
+    def cell(seconds):
+        return {"prune_seconds": seconds}
+
+    results = {"tasks": ["stsb", "mrpc"], "budgets": ["0.5", "0.1"],
+               "points": {"stsb": {"methods": {"smp": {"0.5": cell(10.0), "0.1": cell(30.0)},
+                                               "noreg": {"0.5": None, "0.1": cell(15.0)},
+                                               "kd": {"0.5": None, "0.1": None}}},
+                          "mrpc": {"methods": {"smp": {"0.5": cell(100.0), "0.1": cell(100.0)},
+                                               "noreg": {"0.5": None, "0.1": None},
+                                               "kd": {"0.5": None, "0.1": None}}}}}
+    assert tables._cost_ratio(results, "noreg", "smp") == pytest.approx(0.5)  # 15 / 30, not 15 / 60
+    assert tables._cost_ratio(results, "smp", "smp") == pytest.approx(1.0)
+    assert tables._cost_ratio(results, "kd", "smp") is None  # no run yet: shown as pending, never as nan
 
 
 def test_plots_open_with_the_expected_size(tmp_path, no_adoption):
