@@ -194,9 +194,8 @@ def _cost_ratio(results: dict[str, Any], method: str, reference: str) -> float |
     mine = {(t, b): cell["prune_seconds"] for t in results["tasks"] for b, cell in _cells(results, t, method)}
     theirs = {(t, b): cell["prune_seconds"] for t in results["tasks"] for b, cell in _cells(results, t, reference)}
     shared = [key for key in mine if key in theirs]
-    if not shared or _mean([theirs[k] for k in shared]) <= 0:
-        return None
-    return _mean([mine[k] for k in shared]) / _mean([theirs[k] for k in shared])
+    reference_seconds = _mean([theirs[k] for k in shared]) if shared else 0.0
+    return _mean([mine[k] for k in shared]) / reference_seconds if reference_seconds > 0 else None
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, command: str = "") -> str:

@@ -228,6 +228,7 @@ def test_the_loss_weighs_the_regulariser_by_the_ramp(pretrained_folder, tmp_path
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     module.model.eval()  # no dropout: the same task loss twice
+    module.set_counts_for(0)  # what the batch hook does before the first step
     loss = module.training_step(batch, 0)
     task_loss = module.model(**batch).loss
     assert module.keep == 1.0
