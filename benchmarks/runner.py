@@ -78,6 +78,8 @@ class MethodSpec:
         seed_arg: the init arg of the run's seed; ``None``: the seed goes to ``--seed_everything``.
         dense_metrics_arg: the init arg that takes the dense model's known metrics and skips its evaluation
             (``None``: the method measures them itself); used with the config's ``dense_metrics: teacher``.
+        trains: whether the method trains (so a variant's ``trainer`` settings, its training length, mean
+            something); the retraining-free methods calibrate in a fit that trains nothing.
     """
 
     name: str
@@ -91,6 +93,7 @@ class MethodSpec:
     teacher_arg: str | None = None
     seed_arg: str | None = "seed"
     dense_metrics_arg: str | None = None
+    trains: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -119,10 +122,11 @@ register_method(MethodSpec(
     name="gpruner", label="G-Pruner", config="configs/gpruner/{task}.yaml", dense_metrics_arg="dense_metrics",
     calibration=lambda n: {"num_samples": n}))
 register_method(MethodSpec(
-    name="grain", label="GRAIN", config="configs/grain/{task}.yaml", budget="params_kept"))
+    name="grain", label="GRAIN", config="configs/grain/{task}.yaml", budget="params_kept", trains=True))
 register_method(MethodSpec(
     name="smp", label="SMP-S", config="configs/smp/{task}.yaml", budget="params_kept",
-    arg_prefix="--model.init_args.", starts_from="pretrained", teacher_arg="teacher", seed_arg=None))
+    arg_prefix="--model.init_args.", starts_from="pretrained", teacher_arg="teacher", seed_arg=None,
+    trains=True))
 
 
 def achieved(report: dict[str, Any], setting: str) -> float:
@@ -151,6 +155,7 @@ class MethodRun:
     settings: dict[str, Any]
     match: str | None = None  # run at what this earlier method achieved at each budget (its FLOPs, say)
     budgets: tuple[float, ...] | None = None  # only these of the config's budgets (an ablation); None: all
+    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)  # Trainer settings of its own (max_epochs)
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -161,8 +166,9 @@ CONFIG_KEYS = {
     "description": "a paragraph under the title",
     "model": "the pretrained model the teachers are fine-tuned from (assets name, folder or hub id)",
     "tasks": "task names with a recipe configs/finetune/<task>.yaml",
-    "methods": "registered method names, or {name, method, label, settings, match, budgets} for a variant (budgets: "
-               "only these of the config's budgets)",
+    "methods": "registered method names, or {name, method, label, settings, match, budgets, trainer} for a variant "
+               "(budgets: only these of the config's budgets; trainer: Trainer settings of its own, such as "
+               "max_epochs, for the methods that train)",
     "budgets": "budget values in (0, 1] (each method's budget setting, e.g. flops_kept)",
     "seeds": "pruning seeds (the calibration sample's draw); results are averaged over them",
     "teacher_seed": "the fine-tuning seed of the teachers",
@@ -231,10 +237,10 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry!r} is neither a method name nor a mapping "
                                    "with name, method, label, settings")
-        unknown = set(entry) - {"name", "method", "label", "settings", "match", "budgets"}
+        unknown = set(entry) - {"name", "method", "label", "settings", "match", "budgets", "trainer"}
         if unknown:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has unknown keys {sorted(unknown)}; "
-                                   "allowed: name, method, label, settings, match, budgets")
+                                   "allowed: name, method, label, settings, match, budgets, trainer")
         method = entry.get("method", entry["name"])
         if method not in METHODS:
             raise BenchConfigError(f"{_where(source, 'methods')}: method {method!r} is not registered; registered: "
@@ -246,6 +252,7 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
         settings = entry.get("settings") or {}
         if not isinstance(settings, dict):
             raise BenchConfigError(f"{_where(source, 'methods')}: settings of {entry['name']!r} must be a mapping")
+        trainer = _trainer_settings(entry, spec, source)
         match = entry.get("match")
         if match is not None and match not in [run.name for run in runs]:
             raise BenchConfigError(f"{_where(source, 'methods')}: {entry['name']!r} has match={match!r}, which is not "
@@ -257,11 +264,37 @@ def _method_runs(value: Any, source: str) -> list[MethodRun]:
                                        "expected a non-empty list (or leave it out for all the config's budgets)")
             budgets = tuple(_budget(b, f"methods.{entry['name']}.budgets", source) for b in budgets)
         runs.append(MethodRun(str(entry["name"]), spec, str(entry.get("label", spec.label)), dict(settings),
-                              None if match is None else str(match), budgets))
+                              None if match is None else str(match), budgets, trainer))
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise BenchConfigError(f"{_where(source, 'methods')}: names repeat: {names}")
     return runs
+
+
+TRAINER_KEYS = {
+    "max_epochs": "epochs of training (a positive integer)",
+    "max_steps": "training steps (a positive integer; -1: max_epochs decides)",
+    "accumulate_grad_batches": "batches per optimiser step (a positive integer)",
+}
+
+
+def _trainer_settings(entry: dict[str, Any], spec: MethodSpec, source: str) -> dict[str, Any]:
+    """A variant's own Trainer settings (:data:`TRAINER_KEYS`), for methods that train (SMP's training length)."""
+    trainer = entry.get("trainer") or {}
+    where = f"{_where(source, 'methods')}: trainer of {entry['name']!r}"
+    if not isinstance(trainer, dict):
+        raise BenchConfigError(f"{where}={trainer!r}: expected a mapping such as {{max_epochs: 12}}")
+    if trainer and not spec.trains:
+        raise BenchConfigError(f"{where}: {spec.name} does not train (it calibrates in a fit that trains nothing), "
+                               "so Trainer settings would change nothing")
+    for key, value in trainer.items():
+        if key not in TRAINER_KEYS:
+            raise BenchConfigError(f"{where}: unknown setting {key!r}; allowed: "
+                                   + "; ".join(f"{k} ({v})" for k, v in TRAINER_KEYS.items()))
+        allowed_minus_one = key == "max_steps" and value == -1
+        if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and not allowed_minus_one):
+            raise BenchConfigError(f"{where}: {key}={value!r}: expected {TRAINER_KEYS[key]}")
+    return dict(trainer)
 
 
 def _budget(value: Any, key: str, source: str) -> float:
@@ -615,6 +648,8 @@ class PruneJob:
                 args += ["--seed_everything", cli_value(value)]
             else:
                 args += [spec.arg_prefix + (spec.seed_arg if key == "seed" else key), cli_value(value)]
+        for key, value in self.method.trainer.items():
+            args += [f"--trainer.{key}", cli_value(value)]
         if dense_metrics is not None:
             args += [spec.arg_prefix + spec.dense_metrics_arg, json.dumps(dense_metrics)]
         return args
@@ -683,6 +718,10 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | Non
     for key, value in job.settings.items():
         if key in recorded and not _same(recorded[key], value):
             problems.append(f"{key}={recorded[key]!r}, asked {value!r}")
+    training = report.get("training") or {}
+    for key, value in job.method.trainer.items():
+        if key in training and not _same(training[key], value):
+            problems.append(f"trainer {key}={training[key]!r}, asked {value!r}")
     if job.timing and "reference_pass" not in (report.get("seconds") or {}):
         problems.append("no timed reference pass, asked time_reference_pass=True")
     device = str((report.get("hardware") or {}).get("device", "")).split(":")[0]

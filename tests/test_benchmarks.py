@@ -464,6 +464,42 @@ def test_bad_method_budgets(tmp_path, methods, message):
     assert message in str(error.value)
 
 
+def test_a_variant_trains_for_its_own_length_and_a_report_of_another_length_is_refused(tmp_path):
+    config = make_config(tmp_path, tasks=["stsb"], budgets=[0.1], seeds=[0], timing=None, methods=[
+        "smp", {"name": "smp_long", "method": "smp", "label": "SMP-S, 12 epochs", "trainer": {"max_epochs": 12}}])
+    short, long = runner.plan(config)
+    assert short.method.trainer == {} and long.method.trainer == {"max_epochs": 12}
+    assert "--trainer.max_epochs" not in short.command(config, tmp_path / "teacher")
+    command = long.command(config, tmp_path / "teacher")
+    assert command[command.index("--trainer.max_epochs") + 1] == "12"
+    assert long.folder == tmp_path / "runs" / "smp_long" / "stsb" / "0.1" / "seed0"
+    report = {"task": "stsb", "teacher": str(tmp_path / "teacher"), "settings": {"params_kept": 0.1},
+              "training": {"max_epochs": 3, "steps": 540}, "hardware": {"device": "cpu"}}
+    assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == ["trainer max_epochs=3, asked 12"]
+    report["training"]["max_epochs"] = 12
+    assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == []
+
+
+@pytest.mark.parametrize("trainer, message", [
+    ([12], "trainer of 'v'=[12]: expected a mapping such as {max_epochs: 12}"),
+    ({"max_time": 5}, "trainer of 'v': unknown setting 'max_time'; allowed: max_epochs"),
+    ({"max_epochs": 0}, "trainer of 'v': max_epochs=0: expected epochs of training (a positive integer)"),
+    ({"max_epochs": 2.5}, "max_epochs=2.5: expected"),
+    ({"max_steps": -2}, "max_steps=-2: expected training steps"),
+])
+def test_bad_trainer_settings_of_a_variant(tmp_path, trainer, message):
+    with pytest.raises(runner.BenchConfigError) as error:
+        make_config(tmp_path, methods=[{"name": "v", "method": "smp", "trainer": trainer}])
+    assert message in str(error.value)
+
+
+def test_trainer_settings_are_refused_for_a_method_that_does_not_train(tmp_path):
+    with pytest.raises(runner.BenchConfigError, match="kwon does not train"):
+        make_config(tmp_path, methods=[{"name": "v", "method": "kwon", "trainer": {"max_epochs": 3}}])
+    config = make_config(tmp_path, methods=[{"name": "v", "method": "grain", "trainer": {"max_steps": -1}}])
+    assert config.methods[0].trainer == {"max_steps": -1}
+
+
 def test_match_must_name_an_earlier_method(tmp_path):
     with pytest.raises(runner.BenchConfigError, match="match='grain', which is not a method listed before it"):
         make_config(tmp_path, methods=[{"name": "k", "method": "kprune", "match": "grain"}, "grain"])

@@ -229,6 +229,7 @@ def test_end_to_end_prunes_compacts_and_reports(student_folder, tmp_path):
     assert set(REPORT_KEYS) <= set(report) and report["method"] == "grain"
     assert report["params"]["target"] == 0.3 and report["params"]["kept"] <= 0.3
     assert report["schedule"]["total_steps"] == 20
+    assert report["training"]["steps"] == 20 and report["training"]["max_steps"] == -1
     assert (report["schedule"]["start_step"], report["schedule"]["end_step"]) == (4, 8)
     steps = [entry["step"] for entry in report["schedule"]["history"]]
     assert steps[0] == 5 and steps[-1] == 8  # first cut after step 4, the target at step 8

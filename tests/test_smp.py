@@ -174,6 +174,8 @@ def test_training_moves_scores_only_and_exports_a_smaller_model(pretrained_folde
     assert set(REPORT_KEYS) <= set(report) and report["method"] == "smp"
     assert report["params"]["kept"] == pytest.approx(0.2, abs=1e-3)  # exact counts (rounding per matrix)
     assert report["settings"]["masking"] == masking
+    assert report["training"] == {"max_epochs": 2, "max_steps": -1, "accumulate_grad_batches": 1, "steps": 12,
+                                  "schedule_steps": 12}
     masks = load_file(tmp_path / "run" / WEIGHT_MASKS_FILE)
     assert len(masks) == 6 * 2
     if masking == "local":

@@ -292,6 +292,12 @@ def shared_report(method: str, pl_module: L.LightningModule, trainer: L.Trainer,
     }
 
 
+def training_summary(trainer: L.Trainer) -> dict[str, Any]:
+    """How long a method that trains trained: the Trainer's length settings and the optimiser steps taken."""
+    return {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches, "steps": int(trainer.global_step)}
+
+
 def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: dict[str, Any], tokenizer: Any,
                   save_model: bool) -> None:
     """Write the pruned folder (when ``save_model``), the binary masks and the report into ``folder``, and print a

@@ -60,7 +60,7 @@ from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (agree_across_ranks, evaluate_module, find_encoder_model, latency_comparison,
-                                      phase, publish, setup_problems, shared_report)
+                                      phase, publish, setup_problems, shared_report, training_summary)
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +556,7 @@ class GrainCallback(Callback):
             "encoder_linear"]
         report["params"]["target"] = self.params_kept
         report.update({"settings": self.settings(), "importance_from": self.importance_source,
-                       "embeddings": self.embedding_info,
+                       "embeddings": self.embedding_info, "training": training_summary(trainer),
                        "schedule": {"total_steps": self.total_steps, "start_step": int(self.start * self.total_steps),
                                     "end_step": int(self.end * self.total_steps), "history": self.history},
                        "warnings": warnings_})

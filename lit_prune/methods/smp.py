@@ -50,7 +50,7 @@ from lit_prune.core.masks import PruningMasks
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.methods.common import (LABEL_KEYS, check_same_on_all_ranks, evaluate_module, latency_comparison,
-                                      phase, publish, shared_report)
+                                      phase, publish, shared_report, training_summary)
 from lit_prune.tasks.classification import SequenceClassificationModule, configure_for_task
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
@@ -699,6 +699,7 @@ class _StaticModelPruning:
                                {"dense": dense_metrics, "pruned": metrics}, seconds, latency, masks.binary())
         report["teacher"] = self.teacher_path
         report["step_time"] = self.step_time
+        report["training"] = {**training_summary(trainer), "schedule_steps": self._schedule_steps()}
         total = sum(m.numel() for m in weight_masks.values())
         report["params"]["kept"] = sum(float(m.sum()) for m in weight_masks.values()) / total
         report["params"]["target"] = self.params_kept
