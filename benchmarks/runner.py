@@ -700,6 +700,17 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def expected_training(job: PruneJob) -> dict[str, Any]:
+    """The training length a run of a method that trains should record: the recipe's Trainer settings among
+    :data:`TRAINER_KEYS`, with the variant's own on top (empty for a method that does not train). So a run of a
+    recipe whose length changed since is not reused either."""
+    if not job.method.spec.trains:
+        return {}
+    recipe = yaml.safe_load((REPO / job.method.spec.config.format(task=job.task)).read_text()) or {}
+    trainer = recipe.get("trainer") or {}
+    return {**{k: trainer[k] for k in TRAINER_KEYS if k in trainer}, **job.method.trainer}
+
+
 def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | None, accelerator: str) -> list[str]:
     """What an existing report records differently from what ``job`` asks for (empty: it is this run).
 
@@ -719,7 +730,7 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | Non
         if key in recorded and not _same(recorded[key], value):
             problems.append(f"{key}={recorded[key]!r}, asked {value!r}")
     training = report.get("training") or {}
-    for key, value in job.method.trainer.items():
+    for key, value in expected_training(job).items():
         if key in training and not _same(training[key], value):
             problems.append(f"trainer {key}={training[key]!r}, asked {value!r}")
     if job.timing and "reference_pass" not in (report.get("seconds") or {}):

@@ -476,8 +476,12 @@ def test_a_variant_trains_for_its_own_length_and_a_report_of_another_length_is_r
     report = {"task": "stsb", "teacher": str(tmp_path / "teacher"), "settings": {"params_kept": 0.1},
               "training": {"max_epochs": 3, "steps": 540}, "hardware": {"device": "cpu"}}
     assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == ["trainer max_epochs=3, asked 12"]
+    assert runner.report_mismatches(report, short, tmp_path / "teacher", "cpu") == []  # the recipe's 3 epochs
     report["training"]["max_epochs"] = 12
     assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == []
+    # a run of the recipe when it trained for another length is not taken for a run of the recipe as it is now
+    assert runner.report_mismatches(report, short, tmp_path / "teacher", "cpu") == ["trainer max_epochs=12, asked 3"]
+    assert runner.expected_training(short) == {"max_epochs": 3}
 
 
 @pytest.mark.parametrize("trainer, message", [
