@@ -473,15 +473,48 @@ def test_a_variant_trains_for_its_own_length_and_a_report_of_another_length_is_r
     command = long.command(config, tmp_path / "teacher")
     assert command[command.index("--trainer.max_epochs") + 1] == "12"
     assert long.folder == tmp_path / "runs" / "smp_long" / "stsb" / "0.1" / "seed0"
+    epochs = yaml.safe_load((runner.REPO / "configs" / "smp" / "stsb.yaml").read_text())["trainer"]["max_epochs"]
+    assert epochs != 12
     report = {"task": "stsb", "teacher": str(tmp_path / "teacher"), "settings": {"params_kept": 0.1},
-              "training": {"max_epochs": 3, "steps": 540}, "hardware": {"device": "cpu"}}
-    assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == ["trainer max_epochs=3, asked 12"]
-    assert runner.report_mismatches(report, short, tmp_path / "teacher", "cpu") == []  # the recipe's 3 epochs
+              "training": {"max_epochs": epochs, "steps": 180 * epochs}, "hardware": {"device": "cpu"}}
+    assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == \
+        [f"trainer max_epochs={epochs}, asked 12"]
+    assert runner.report_mismatches(report, short, tmp_path / "teacher", "cpu") == []  # the recipe's length
     report["training"]["max_epochs"] = 12
     assert runner.report_mismatches(report, long, tmp_path / "teacher", "cpu") == []
     # a run of the recipe when it trained for another length is not taken for a run of the recipe as it is now
-    assert runner.report_mismatches(report, short, tmp_path / "teacher", "cpu") == ["trainer max_epochs=12, asked 3"]
-    assert runner.expected_training(short) == {"max_epochs": 3}
+    assert runner.report_mismatches(report, short, tmp_path / "teacher", "cpu") == \
+        [f"trainer max_epochs=12, asked {epochs}"]
+    assert runner.expected_training(short) == {"max_epochs": epochs}
+
+
+def test_a_variant_can_train_each_task_for_its_own_length(tmp_path):
+    config = make_config(tmp_path, tasks=["stsb", "mrpc"], budgets=[0.1], seeds=[0], timing=None, methods=[
+        {"name": "smp_short", "method": "smp", "trainer": {"max_epochs": {"stsb": 3, "mrpc": 5},
+                                                           "accumulate_grad_batches": 2}}])
+    stsb, mrpc = runner.plan(config)
+    for job, epochs in ((stsb, "3"), (mrpc, "5")):
+        command = job.command(config, tmp_path / "teacher")
+        assert command[command.index("--trainer.max_epochs") + 1] == epochs
+        assert command[command.index("--trainer.accumulate_grad_batches") + 1] == "2"
+    assert runner.expected_training(mrpc) == {"max_epochs": 5, "accumulate_grad_batches": 2}
+    report = {"task": "mrpc", "teacher": str(tmp_path / "teacher"), "settings": {"params_kept": 0.1},
+              "training": {"max_epochs": 3}, "hardware": {"device": "cpu"}}
+    assert runner.report_mismatches(report, mrpc, tmp_path / "teacher", "cpu") == ["trainer max_epochs=3, asked 5"]
+
+
+@pytest.mark.parametrize("trainer, message", [
+    ({"max_epochs": {"stsb": 3}}, "max_epochs={'stsb': 3} gives no value for ['mrpc']; a per-task value is given "
+                                  "for each of the config's tasks ['stsb', 'mrpc']"),
+    ({"max_epochs": {"stsb": 3, "mrpc": 5, "sst2": 1}}, "names tasks the config does not run: ['sst2']"),
+    ({"max_epochs": {"stsb": 3, "mrpc": 0}}, "max_epochs={'stsb': 3, 'mrpc': 0}: expected epochs of training"),
+    ({"max_epochs": {}}, "max_epochs={}: expected epochs of training (a positive integer), or a mapping of the "
+                         "config's tasks"),
+])
+def test_bad_per_task_trainer_settings(tmp_path, trainer, message):
+    with pytest.raises(runner.BenchConfigError) as error:
+        make_config(tmp_path, tasks=["stsb", "mrpc"], methods=[{"name": "v", "method": "smp", "trainer": trainer}])
+    assert message in str(error.value)
 
 
 @pytest.mark.parametrize("trainer, message", [
