@@ -8,7 +8,7 @@ For each model this measures, after each layer (0: the embeddings), how much the
 from one input to another: the standard deviation across the examples of each hidden unit, averaged over the units;
 the same for the mean over the tokens, for contrast; and, for a classifier, the spread of its outputs across the
 examples (a model that answers the same for every input has none). Writes ``benchmarks/results/first_token.json``
-and ``first_token.md`` (``--out`` changes the folder).
+and ``first_token.md`` (``--out`` changes the folder, ``--name`` the file names).
 """
 
 from __future__ import annotations
@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=None, help="the tokenizer (default: the first model's)")
     parser.add_argument("--data-dir", default=None, help="the task's GLUE folder (default: the assets' or the hub's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSON and table go")
+    parser.add_argument("--name", default="first_token", help="their file name, without .json / .md "
+                                                              "(default first_token)")
     args = parser.parse_args(argv)
+    if not args.name or Path(args.name).name != args.name:
+        parser.error(f"--name {args.name!r}: a file name without folders, e.g. first_token_mrpc")
     if args.samples < 2:
         parser.error(f"--samples {args.samples}: at least 2 examples are needed for a spread")
     started = time.perf_counter()
@@ -112,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "first_token.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "first_token.md", markdown(results))
+    atomic_write_text(out / f"{args.name}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / f"{args.name}.md", markdown(results))
     print(markdown(results))
     return 0
 

@@ -34,9 +34,16 @@ def test_the_first_token_spread_per_layer_and_a_constant_classifier(minilm_l3, t
     table = (out / "first_token.md").read_text()
     assert "| model | state | embeddings | layer 1 | layer 2 | layer 3 | output std |" in table
     assert "0.000, 0.000" in table
+    assert first_token.main(["--task", "rte", "--samples", "4", "--data-dir", str(data), "--out", str(out),
+                             "--name", "first_token_rte", "--models", str(constant)]) == 0
+    assert json.loads((out / "first_token_rte.json").read_text())["samples"] == 4
+    assert (out / "first_token_rte.md").is_file() and (out / "first_token.md").read_text() == table
 
 
 def test_too_few_samples_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         first_token.main(["--samples", "1", "--models", "x", "--out", str(tmp_path)])
     assert "--samples 1: at least 2 examples" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        first_token.main(["--name", "a/b", "--models", "x", "--out", str(tmp_path)])
+    assert "--name 'a/b': a file name without folders" in capsys.readouterr().err
