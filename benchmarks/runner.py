@@ -155,12 +155,7 @@ class MethodRun:
     settings: dict[str, Any]
     match: str | None = None  # run at what this earlier method achieved at each budget (its FLOPs, say)
     budgets: tuple[float, ...] | None = None  # only these of the config's budgets (an ablation); None: all
-    # Trainer settings of its own (max_epochs), each one value or a {task: value} mapping
-    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def trainer_for(self, task: str) -> dict[str, Any]:
-        """This variant's own Trainer settings for ``task`` (a per-task value taken for that task)."""
-        return {key: value[task] if isinstance(value, dict) else value for key, value in self.trainer.items()}
+    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)  # Trainer settings of its own (max_epochs)
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -173,7 +168,7 @@ CONFIG_KEYS = {
     "tasks": "task names with a recipe configs/finetune/<task>.yaml",
     "methods": "registered method names, or {name, method, label, settings, match, budgets, trainer} for a variant "
                "(budgets: only these of the config's budgets; trainer: Trainer settings of its own, such as "
-               "max_epochs: 12 or one per task, max_epochs: {stsb: 3, mrpc: 5}, for the methods that train)",
+               "max_epochs, for the methods that train)",
     "budgets": "budget values in (0, 1] (each method's budget setting, e.g. flops_kept)",
     "seeds": "pruning seeds (the calibration sample's draw); results are averaged over them",
     "teacher_seed": "the fine-tuning seed of the teachers",
@@ -296,23 +291,10 @@ def _trainer_settings(entry: dict[str, Any], spec: MethodSpec, source: str) -> d
         if key not in TRAINER_KEYS:
             raise BenchConfigError(f"{where}: unknown setting {key!r}; allowed: "
                                    + "; ".join(f"{k} ({v})" for k, v in TRAINER_KEYS.items()))
-        for one in value.values() if isinstance(value, dict) and value else [value]:
-            allowed_minus_one = key == "max_steps" and one == -1
-            if isinstance(one, bool) or not isinstance(one, int) or (one < 1 and not allowed_minus_one):
-                raise BenchConfigError(f"{where}: {key}={value!r}: expected {TRAINER_KEYS[key]}, or a mapping of "
-                                       "the config's tasks to such values")
+        allowed_minus_one = key == "max_steps" and value == -1
+        if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and not allowed_minus_one):
+            raise BenchConfigError(f"{where}: {key}={value!r}: expected {TRAINER_KEYS[key]}")
     return dict(trainer)
-
-
-def _check_trainer_tasks(method: MethodRun, tasks: list[str], source: str) -> None:
-    """A variant's per-task Trainer values name exactly the config's tasks."""
-    for key, value in method.trainer.items():
-        if isinstance(value, dict) and set(value) != set(tasks):
-            missing, extra = sorted(set(tasks) - set(value)), sorted(set(value) - set(tasks))
-            raise BenchConfigError(
-                f"{_where(source, 'methods')}: trainer of {method.name!r}: {key}={value!r} "
-                + (f"gives no value for {missing}" if missing else f"names tasks the config does not run: {extra}")
-                + f"; a per-task value is given for each of the config's tasks {tasks}")
 
 
 def _budget(value: Any, key: str, source: str) -> float:
@@ -349,7 +331,6 @@ def parse_config(raw: dict[str, Any], source: str = "") -> BenchConfig:
                                    f"configs/finetune/{task}.yaml; tasks with one: {recipes}")
     methods = _method_runs(raw["methods"], source)
     for method in methods:
-        _check_trainer_tasks(method, tasks, source)
         for task in tasks:
             if not (REPO / method.spec.config.format(task=task)).is_file():
                 raise BenchConfigError(f"{_where(source, 'methods')}: {method.name} has no recipe for {task} "
@@ -667,7 +648,7 @@ class PruneJob:
                 args += ["--seed_everything", cli_value(value)]
             else:
                 args += [spec.arg_prefix + (spec.seed_arg if key == "seed" else key), cli_value(value)]
-        for key, value in self.method.trainer_for(self.task).items():
+        for key, value in self.method.trainer.items():
             args += [f"--trainer.{key}", cli_value(value)]
         if dense_metrics is not None:
             args += [spec.arg_prefix + spec.dense_metrics_arg, json.dumps(dense_metrics)]
@@ -727,7 +708,7 @@ def expected_training(job: PruneJob) -> dict[str, Any]:
         return {}
     recipe = yaml.safe_load((REPO / job.method.spec.config.format(task=job.task)).read_text()) or {}
     trainer = recipe.get("trainer") or {}
-    return {**{k: trainer[k] for k in TRAINER_KEYS if k in trainer}, **job.method.trainer_for(job.task)}
+    return {**{k: trainer[k] for k in TRAINER_KEYS if k in trainer}, **job.method.trainer}
 
 
 def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | None, accelerator: str) -> list[str]:

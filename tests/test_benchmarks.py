@@ -488,35 +488,6 @@ def test_a_variant_trains_for_its_own_length_and_a_report_of_another_length_is_r
     assert runner.expected_training(short) == {"max_epochs": epochs}
 
 
-def test_a_variant_can_train_each_task_for_its_own_length(tmp_path):
-    config = make_config(tmp_path, tasks=["stsb", "mrpc"], budgets=[0.1], seeds=[0], timing=None, methods=[
-        {"name": "smp_short", "method": "smp", "trainer": {"max_epochs": {"stsb": 3, "mrpc": 5},
-                                                           "accumulate_grad_batches": 2}}])
-    stsb, mrpc = runner.plan(config)
-    for job, epochs in ((stsb, "3"), (mrpc, "5")):
-        command = job.command(config, tmp_path / "teacher")
-        assert command[command.index("--trainer.max_epochs") + 1] == epochs
-        assert command[command.index("--trainer.accumulate_grad_batches") + 1] == "2"
-    assert runner.expected_training(mrpc) == {"max_epochs": 5, "accumulate_grad_batches": 2}
-    report = {"task": "mrpc", "teacher": str(tmp_path / "teacher"), "settings": {"params_kept": 0.1},
-              "training": {"max_epochs": 3}, "hardware": {"device": "cpu"}}
-    assert runner.report_mismatches(report, mrpc, tmp_path / "teacher", "cpu") == ["trainer max_epochs=3, asked 5"]
-
-
-@pytest.mark.parametrize("trainer, message", [
-    ({"max_epochs": {"stsb": 3}}, "max_epochs={'stsb': 3} gives no value for ['mrpc']; a per-task value is given "
-                                  "for each of the config's tasks ['stsb', 'mrpc']"),
-    ({"max_epochs": {"stsb": 3, "mrpc": 5, "sst2": 1}}, "names tasks the config does not run: ['sst2']"),
-    ({"max_epochs": {"stsb": 3, "mrpc": 0}}, "max_epochs={'stsb': 3, 'mrpc': 0}: expected epochs of training"),
-    ({"max_epochs": {}}, "max_epochs={}: expected epochs of training (a positive integer), or a mapping of the "
-                         "config's tasks"),
-])
-def test_bad_per_task_trainer_settings(tmp_path, trainer, message):
-    with pytest.raises(runner.BenchConfigError) as error:
-        make_config(tmp_path, tasks=["stsb", "mrpc"], methods=[{"name": "v", "method": "smp", "trainer": trainer}])
-    assert message in str(error.value)
-
-
 @pytest.mark.parametrize("trainer, message", [
     ([12], "trainer of 'v'=[12]: expected a mapping such as {max_epochs: 12}"),
     ({"max_time": 5}, "trainer of 'v': unknown setting 'max_time'; allowed: max_epochs"),
