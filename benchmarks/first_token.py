@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     tokenizer = args.tokenizer or resolve_model(args.models[0], setting="--models").location
     inputs = dev_batch(args.task, tokenizer, args.samples, args.data_dir)
-    command = "python -m benchmarks.first_token " + " ".join(sys.argv[1:] if argv is None else argv)
+    assets = os.environ.get("LIT_PRUNE_ASSETS")  # names such as all-MiniLM-L6-v2 resolve under it: part of the command
+    command = (f"LIT_PRUNE_ASSETS={shlex.quote(assets)} " if assets else "") + "python -m benchmarks.first_token " + \
+        " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results = {"task": args.task, "samples": args.samples, "command": command,
                "hardware": hardware_summary(torch.device("cpu")),
                "models": [spread(name, inputs) for name in args.models]}

@@ -11,7 +11,7 @@ from benchmarks import first_token
 from test_glue import write_rte
 
 
-def test_the_first_token_spread_per_layer_and_a_constant_classifier(minilm_l3, tmp_path):
+def test_the_first_token_spread_per_layer_and_a_constant_classifier(minilm_l3, tmp_path, monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     constant = tmp_path / "constant"  # a classifier whose output cannot depend on the input
@@ -37,6 +37,15 @@ def test_the_first_token_spread_per_layer_and_a_constant_classifier(minilm_l3, t
     assert first_token.main(["--task", "rte", "--samples", "4", "--data-dir", str(data), "--out", str(out),
                              "--name", "first_token_rte", "--models", str(constant)]) == 0
     assert json.loads((out / "first_token_rte.json").read_text())["samples"] == 4
+    for assets, prefix in (("../shared/assets", "LIT_PRUNE_ASSETS=../shared/assets "), (None, "")):
+        if assets:  # the command to reproduce names the assets folder the model names resolved under
+            monkeypatch.setenv("LIT_PRUNE_ASSETS", assets)
+        else:
+            monkeypatch.delenv("LIT_PRUNE_ASSETS")
+        assert first_token.main(["--task", "rte", "--samples", "2", "--data-dir", str(data), "--out", str(out),
+                                 "--name", "command", "--models", str(constant)]) == 0
+        assert json.loads((out / "command.json").read_text())["command"].startswith(
+            prefix + "python -m benchmarks.first_token --task rte --samples 2")
     assert (out / "first_token_rte.md").is_file() and (out / "first_token.md").read_text() == table
 
 
