@@ -711,12 +711,31 @@ def expected_training(job: PruneJob) -> dict[str, Any]:
     return {**{k: trainer[k] for k in TRAINER_KEYS if k in trainer}, **job.method.trainer}
 
 
+def recipe_settings(job: PruneJob) -> dict[str, Any]:
+    """The recipe's own values of the init args the method's settings address (``model.init_args``, or the last
+    callback's, where ``--trainer.callbacks.init_args.*`` lands), but those the runner sets on every command (the
+    budget, model, teacher, seed, dense metrics). So a run of a recipe whose settings changed since is not reused."""
+    spec = job.method.spec
+    recipe = yaml.safe_load((REPO / spec.config.format(task=job.task)).read_text()) or {}
+    if spec.arg_prefix == "--model.init_args.":
+        args = (recipe.get("model") or {}).get("init_args") or {}
+    elif spec.arg_prefix == "--trainer.callbacks.init_args.":
+        callbacks = (recipe.get("trainer") or {}).get("callbacks") or []
+        callbacks = [callbacks] if isinstance(callbacks, dict) else callbacks
+        args = (callbacks[-1].get("init_args") if callbacks and isinstance(callbacks[-1], dict) else None) or {}
+    else:
+        return {}
+    set_by_runner = {spec.budget, "seed", "name_or_path", spec.seed_arg, spec.teacher_arg, spec.dense_metrics_arg}
+    return {key: value for key, value in args.items() if key not in set_by_runner}
+
+
 def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | None, accelerator: str) -> list[str]:
     """What an existing report records differently from what ``job`` asks for (empty: it is this run).
 
     Checked: the task, the teacher (unless ``teacher`` is ``None``: a benchmark whose runs of that task are all done
-    does not rebuild its teacher), every setting the method records in ``settings``, the timing pass and the device
-    kind. Settings a method does not record (latency repeats, ...) cannot be checked.
+    does not rebuild its teacher), every setting the method records in ``settings`` (the variant's, else the
+    recipe's: :func:`recipe_settings`), the training length, the timing pass and the device kind. Settings a method
+    does not record (latency repeats, ...) cannot be checked.
     """
     problems = []
     if report.get("task") != job.task:
@@ -726,7 +745,7 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | Non
     if teacher is not None and (model if model.is_absolute() else REPO / model).resolve() != teacher.resolve():
         problems.append(f"teacher {recorded_teacher!r}, asked {_relative(teacher)!r}")
     recorded = report.get("settings") or {}
-    for key, value in job.settings.items():
+    for key, value in {**recipe_settings(job), **job.settings}.items():
         if key in recorded and not _same(recorded[key], value):
             problems.append(f"{key}={recorded[key]!r}, asked {value!r}")
     training = report.get("training") or {}
@@ -984,5 +1003,5 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["BenchConfig", "BenchConfigError", "METHODS", "MethodRun", "MethodSpec", "PruneJob", "config_differences",
            "achieved", "archive_report", "archived_report", "ensure_teacher", "load_config", "main", "method_budgets",
-           "parse_config", "plan", "register_method", "report_mismatches", "resolve", "restore_from_archive",
-           "run_benchmark", "run_job", "run_parallel", "teacher_key"]
+           "parse_config", "plan", "recipe_settings", "register_method", "report_mismatches", "resolve",
+           "restore_from_archive", "run_benchmark", "run_job", "run_parallel", "teacher_key"]

@@ -488,6 +488,31 @@ def test_a_variant_trains_for_its_own_length_and_a_report_of_another_length_is_r
     assert runner.expected_training(short) == {"max_epochs": epochs}
 
 
+def test_a_report_of_the_recipe_with_other_settings_is_refused(tmp_path):
+    """A recipe setting changed since a run (SMP's regulariser, GRAIN's callback) makes that run another run; the
+    settings the runner sets on every command (budget, model, teacher, seed) are not the recipe's to compare."""
+    config = make_config(tmp_path, tasks=["mrpc"], budgets=[0.1], seeds=[0], timing=None, methods=[
+        "smp", {"name": "smp_noreg", "method": "smp", "settings": {"regularization": 0.0}}, "grain"])
+    smp, noreg, grain = runner.plan(config)
+    recipe = yaml.safe_load((runner.REPO / "configs" / "smp" / "mrpc.yaml").read_text())["model"]["init_args"]
+    expected = runner.recipe_settings(smp)
+    assert expected["regularization"] == recipe["regularization"] and expected["masking"] == recipe["masking"]
+    assert not {"params_kept", "name_or_path", "teacher"} & set(expected)
+    grain_recipe = yaml.safe_load((runner.REPO / "configs" / "grain" / "mrpc.yaml").read_text())["trainer"]
+    assert runner.recipe_settings(grain)["alpha"] == grain_recipe["callbacks"][-1]["init_args"]["alpha"]
+    assert "params_kept" not in runner.recipe_settings(grain)
+    epochs = yaml.safe_load((runner.REPO / "configs" / "smp" / "mrpc.yaml").read_text())["trainer"]["max_epochs"]
+    report = {"task": "mrpc", "teacher": str(tmp_path / "teacher"), "hardware": {"device": "cpu"},
+              "settings": {"params_kept": 0.1, "masking": recipe["masking"], "regularization": recipe["regularization"]},
+              "training": {"max_epochs": epochs}}
+    assert runner.report_mismatches(report, smp, tmp_path / "teacher", "cpu") == []
+    assert runner.report_mismatches(report, noreg, tmp_path / "teacher", "cpu") == \
+        [f"regularization={recipe['regularization']!r}, asked 0.0"]  # the variant's own setting wins
+    report["settings"]["regularization"] = 40.0  # a run of the recipe when it had another regulariser weight
+    assert runner.report_mismatches(report, smp, tmp_path / "teacher", "cpu") == \
+        [f"regularization=40.0, asked {recipe['regularization']!r}"]
+
+
 @pytest.mark.parametrize("trainer, message", [
     ([12], "trainer of 'v'=[12]: expected a mapping such as {max_epochs: 12}"),
     ({"max_time": 5}, "trainer of 'v': unknown setting 'max_time'; allowed: max_epochs"),
