@@ -700,14 +700,18 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def method_recipe(job: PruneJob) -> dict[str, Any]:
+    """The method's recipe for the job's task (``configs/<method>/<task>.yaml``), as written."""
+    return yaml.safe_load((REPO / job.method.spec.config.format(task=job.task)).read_text()) or {}
+
+
 def expected_training(job: PruneJob) -> dict[str, Any]:
     """The training length a run of a method that trains should record: the recipe's Trainer settings among
     :data:`TRAINER_KEYS`, with the variant's own on top (empty for a method that does not train). So a run of a
     recipe whose length changed since is not reused either."""
     if not job.method.spec.trains:
         return {}
-    recipe = yaml.safe_load((REPO / job.method.spec.config.format(task=job.task)).read_text()) or {}
-    trainer = recipe.get("trainer") or {}
+    trainer = method_recipe(job).get("trainer") or {}
     return {**{k: trainer[k] for k in TRAINER_KEYS if k in trainer}, **job.method.trainer}
 
 
@@ -716,7 +720,7 @@ def recipe_settings(job: PruneJob) -> dict[str, Any]:
     callback's, where ``--trainer.callbacks.init_args.*`` lands), but those the runner sets on every command (the
     budget, model, teacher, seed, dense metrics). So a run of a recipe whose settings changed since is not reused."""
     spec = job.method.spec
-    recipe = yaml.safe_load((REPO / spec.config.format(task=job.task)).read_text()) or {}
+    recipe = method_recipe(job)
     if spec.arg_prefix == "--model.init_args.":
         args = (recipe.get("model") or {}).get("init_args") or {}
     elif spec.arg_prefix == "--trainer.callbacks.init_args.":

@@ -494,14 +494,14 @@ def test_a_report_of_the_recipe_with_other_settings_is_refused(tmp_path):
     config = make_config(tmp_path, tasks=["mrpc"], budgets=[0.1], seeds=[0], timing=None, methods=[
         "smp", {"name": "smp_noreg", "method": "smp", "settings": {"regularization": 0.0}}, "grain"])
     smp, noreg, grain = runner.plan(config)
-    recipe = yaml.safe_load((runner.REPO / "configs" / "smp" / "mrpc.yaml").read_text())["model"]["init_args"]
+    raw = yaml.safe_load((runner.REPO / "configs" / "smp" / "mrpc.yaml").read_text())
+    recipe, epochs = raw["model"]["init_args"], raw["trainer"]["max_epochs"]
     expected = runner.recipe_settings(smp)
     assert expected["regularization"] == recipe["regularization"] and expected["masking"] == recipe["masking"]
     assert not {"params_kept", "name_or_path", "teacher"} & set(expected)
     grain_recipe = yaml.safe_load((runner.REPO / "configs" / "grain" / "mrpc.yaml").read_text())["trainer"]
     assert runner.recipe_settings(grain)["alpha"] == grain_recipe["callbacks"][-1]["init_args"]["alpha"]
     assert "params_kept" not in runner.recipe_settings(grain)
-    epochs = yaml.safe_load((runner.REPO / "configs" / "smp" / "mrpc.yaml").read_text())["trainer"]["max_epochs"]
     report = {"task": "mrpc", "teacher": str(tmp_path / "teacher"), "hardware": {"device": "cpu"},
               "settings": {"params_kept": 0.1, "masking": recipe["masking"], "regularization": recipe["regularization"]},
               "training": {"max_epochs": epochs}}
