@@ -73,8 +73,10 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]], pending: list[
         if len(teachers) > 1:
             raise ValueError(f"benchmark {config.name!r}, task {task}: the dense teacher scores differ across runs "
                              f"({sorted(teachers)}); the runs did not start from one teacher")
-        entry: dict[str, Any] = {"metric": main_metric, "teacher": task_pairs[0][1]["metrics"]["dense"][main_metric],
-                                 "methods": {}}
+        dense = task_pairs[0][1]["metrics"]["dense"]
+        entry: dict[str, Any] = {"metric": main_metric, "teacher": dense[main_metric], "methods": {},
+                                 # the task's other metrics (MRPC's accuracy beside its F1, STS-B's Spearman)
+                                 "teacher_other": {name: value for name, value in dense.items() if name != main_metric}}
         for method in config.methods:
             by_budget: dict[str, Any] = {}
             for budget in config.budgets:
@@ -89,6 +91,9 @@ def collect(config: Any, pairs: list[tuple[Any, dict[str, Any]]], pending: list[
                 scores = [report["metrics"]["pruned"][main_metric] for report in reports]
                 by_budget[f"{budget:g}"] = {
                     "metric": _mean(scores), "metric_std": _std(scores), "seeds": len(reports),
+                    "other_metrics": {name: _mean([r["metrics"]["pruned"][name] for r in reports])
+                                      for name in entry["teacher_other"]
+                                      if all(name in r["metrics"]["pruned"] for r in reports)},
                     "flops_kept": _mean([r["flops"]["kept"] for r in reports]),
                     "params_kept": _mean([achieved(r, "params_kept") for r in reports]),
                     "speedup": _mean([r["latency"]["speedup"] for r in reports]),
@@ -198,6 +203,32 @@ def _cost_ratio(results: dict[str, Any], method: str, reference: str) -> float |
     return _mean([mine[k] for k in shared]) / reference_seconds if reference_seconds > 0 else None
 
 
+def _other_metrics_table(results: dict[str, Any]) -> list[str]:
+    """Lines of the table of each task's other metrics (none when no task has one). A main metric can hide what
+    the other shows: a model answering MRPC's majority class keeps an F1 of 81.2 while its accuracy falls to the
+    class share, 68.4."""
+    tasks, budgets, methods = results["tasks"], results["budgets"], list(results["methods"])
+    rows = [(task, name) for task in tasks if results["points"][task] is not None
+            for name in results["points"][task].get("teacher_other", {})]
+    if not rows:
+        return []
+    lines = ["", "### Other metrics of the same runs, x 100", "",
+             "| task (metric) | method | " + " | ".join(budgets) + " |", "|---|---|" + "---:|" * len(budgets)]
+    for task, name in rows:
+        point = results["points"][task]
+        lines.append(f"| {task} ({name}) | teacher | "
+                     + " | ".join(f"{scale(task, point['teacher_other'][name]):.1f}" for _ in budgets) + " |")
+        for method in methods:
+            cells = []
+            for b in budgets:
+                cell = point["methods"][method][b]
+                value = None if cell is None else cell.get("other_metrics", {}).get(name)
+                cells.append(_missing(results, method, b) if cell is None
+                             else PENDING if value is None else f"{scale(task, value):.1f}")
+            lines.append(f"| | {_label(results, method)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, command: str = "") -> str:
     """The benchmark's section of ``BENCHMARKS.md``."""
     tasks, budgets, methods = results["tasks"], results["budgets"], list(results["methods"])
@@ -262,6 +293,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
                 lines += ["", f"{_label(results, method)} − {_label(results, first)}, mean over tasks (points): "
                           + ", ".join(f"{b}: {results['means'][method][b] - results['means'][first][b]:+.1f}"
                                       for b in both)]
+    lines += _other_metrics_table(results)
     lines += ["", "### Measured speedup beside the FLOPs ideal", "",
               "Dense / pruned median latency on a batch of the evaluation split, measured interleaved in the same run; "
               "the ideal is 1 / flops_kept (actual FLOPs kept)."

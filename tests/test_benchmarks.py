@@ -20,6 +20,7 @@ HARDWARE = {"device": "cpu", "cpu_model": "Test CPU @ 1.00GHz", "cpu": "x86_64",
             "torch": "2.13.0+cpu", "gpu": None}
 TEACHER = {"sst2": 0.886, "stsb": 0.860}
 MAIN = {"sst2": "accuracy", "stsb": "pearson"}
+OTHER = {"stsb": {"spearman": 0.85}}  # a task's metrics besides its main one
 
 
 def synthetic_metric(task: str, method: str, budget: float, seed: int) -> float:
@@ -37,7 +38,9 @@ def synthetic_report(task: str, method: str, budget: float, seed: int, teacher: 
         "method": method, "model": teacher, "task": task, "seed": seed, "world_size": 1,
         "flops": {"dense": 100.0, "pruned": 100.0 * budget, "kept": budget, "seq_len": 30.0, "target": budget},
         "params": {"dense": {"total": 1000, "encoder_linear": 800}, "pruned": {"total": 600, "encoder_linear": 400}},
-        "metrics": {"dense": {MAIN[task]: TEACHER[task]}, "pruned": {MAIN[task]: synthetic_metric(task, method, budget, seed)},
+        "metrics": {"dense": {MAIN[task]: TEACHER[task], **OTHER.get(task, {})},
+                    "pruned": {MAIN[task]: synthetic_metric(task, method, budget, seed),
+                               **{name: synthetic_metric(task, method, budget, seed) - 0.01 for name in OTHER.get(task, {})}},
                     "main": MAIN[task]},
         "seconds": seconds,
         "latency": {"dense_ms": 100.0, "pruned_ms": 100.0 * budget * 1.25, "speedup": 1 / (budget * 1.25)},
@@ -313,6 +316,10 @@ def test_tables_hold_the_reports_numbers(tmp_path, no_adoption):
     assert "| | Kwon et al. | 83.1 ± 0.7 | 77.1 ± 0.7 |" in text  # 88.6 - 6 + 0.5, 88.6 - 12 + 0.5; std of +-0.5
     assert "KPrune − Kwon et al., mean over tasks (points): 0.7: +3.0, 0.4: +6.0" in text
     assert "| sst2 | Kwon et al. | 1.14x (ideal 1.43x) | 2.00x (ideal 2.50x) |" in text
+    # the other metrics of the runs (STS-B's Spearman), in their own table; SST-2 has none
+    assert "### Other metrics of the same runs, x 100" in text and "| sst2 (" not in text.split("Other metrics")[1]
+    assert "| stsb (spearman) | teacher | 85.0 | 85.0 |" in text
+    assert "| | Kwon et al. | 79.5 | 73.5 |" in text  # the mean over seeds: 86.0 - 6 + 0.5 - 1, 86.0 - 12 + 0.5 - 1
     assert "| Kwon et al. | 10.0 | 5.0 | **2.00** | <= 4 |" in text
     assert "| KPrune | 30.0 | 5.0 | **6.00** | <= 2 x 12 + 2 = 26 |" in text
     assert "Test CPU @ 1.00GHz (2 cores), 2 threads" in text
