@@ -4,6 +4,7 @@ the cubic schedule and the score regulariser."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import lightning as L
@@ -339,8 +340,29 @@ def test_mlm_head_classifies_through_frozen_label_words(mlm_folder, tmp_path):
     ({"head": "trainable", "label_words": ["Yes", "No"]}, "used by head='mlm' only (head='trainable')"),
 ])
 def test_mlm_head_needs_an_mlm_checkpoint_and_one_word_per_label(pretrained_folder, settings, message):
-    with pytest.raises(ValueError) as error:
-        SMPSequenceClassificationModule(str(pretrained_folder), task="rte", **settings)
+    from transformers.utils import logging as transformers_logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    records, verbosity = Records(), transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
+    transformers_logging.get_logger().addHandler(records)
+    try:
+        with pytest.raises(ValueError) as error:
+            SMPSequenceClassificationModule(str(pretrained_folder), task="rte", **settings)
+        # head='mlm': transformers' own load report (the MLM head weights it would start random) is not printed
+        # before our error; a trainable head's report (its new classifier) is transformers' to print
+        assert any("LOAD REPORT" in m for m in records.messages) == (settings["head"] != "mlm")
+        assert transformers_logging.get_verbosity() == transformers_logging.WARNING
+    finally:
+        transformers_logging.get_logger().removeHandler(records)
+        transformers_logging.set_verbosity(verbosity)
     assert message in str(error.value)
 
 

@@ -392,6 +392,7 @@ def label_word_classifier(location: str, name_or_path: str, task: Any, words: Se
             weights would be new random ones), or a label word is not one token.
     """
     from transformers import AutoConfig
+    from transformers.utils import logging as transformers_logging
 
     from lit_prune.core.hf_modeling.modeling_lit_pruned import LABEL_WORD_CLASSES, LABEL_WORDS_KEY
 
@@ -404,7 +405,13 @@ def label_word_classifier(location: str, name_or_path: str, task: Any, words: Se
     if tokenizer.mask_token_id is None:
         raise ValueError(f"head='mlm': the tokenizer of {name_or_path!r} has no mask token")
     config.num_labels = len(ids)
-    model, info = model_class.from_pretrained(location, config=config, dtype=torch.float32, output_loading_info=True)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report would print before the error below: ours says more
+    try:
+        model, info = model_class.from_pretrained(location, config=config, dtype=torch.float32,
+                                                  output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     new = sorted(k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix + "."))
     if new:
         raise ValueError(f"head='mlm': model.name_or_path={name_or_path!r} carries no masked-LM head (its "
