@@ -515,9 +515,10 @@ def test_a_report_of_the_recipe_with_other_settings_is_refused(tmp_path):
     assert runner.report_mismatches(report, smp, tmp_path / "teacher", "cpu") == []
     assert runner.report_mismatches(report, noreg, tmp_path / "teacher", "cpu") == \
         [f"regularization={recipe['regularization']!r}, asked 0.0"]  # the variant's own setting wins
-    report["settings"]["regularization"] = 40.0  # a run of the recipe when it had another regulariser weight
+    other = 10 * recipe["regularization"]  # a run of the recipe when it had another regulariser weight
+    report["settings"]["regularization"] = other
     assert runner.report_mismatches(report, smp, tmp_path / "teacher", "cpu") == \
-        [f"regularization=40.0, asked {recipe['regularization']!r}"]
+        [f"regularization={other!r}, asked {recipe['regularization']!r}"]
 
 
 @pytest.mark.parametrize("trainer, message", [
