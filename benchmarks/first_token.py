@@ -14,9 +14,6 @@ and ``first_token.md`` (``--out`` changes the folder, ``--name`` the file names)
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,8 +21,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.outputs import reproduce_command, write_outputs
 from lit_prune.assets import resolve_model
-from lit_prune.core.atomic import atomic_write_text
 from lit_prune.data.glue import GLUE_TASKS, GlueDataModule
 from lit_prune.hardware import hardware_summary
 
@@ -111,18 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     tokenizer = args.tokenizer or resolve_model(args.models[0], setting="--models").location
     inputs = dev_batch(args.task, tokenizer, args.samples, args.data_dir)
-    assets = os.environ.get("LIT_PRUNE_ASSETS")  # names such as all-MiniLM-L6-v2 resolve under it: part of the command
-    command = (f"LIT_PRUNE_ASSETS={shlex.quote(assets)} " if assets else "") + "python -m benchmarks.first_token " + \
-        " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    results = {"task": args.task, "samples": args.samples, "command": command,
+    results = {"task": args.task, "samples": args.samples, "command": reproduce_command("benchmarks.first_token", argv),
                "hardware": hardware_summary(torch.device("cpu")),
                "models": [spread(name, inputs) for name in args.models]}
     results["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{args.name}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / f"{args.name}.md", markdown(results))
-    print(markdown(results))
+    write_outputs(args.out, args.name, results, markdown(results))
     return 0
 
 

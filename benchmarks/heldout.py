@@ -23,9 +23,9 @@ import yaml
 from torch.utils.data import DataLoader, Subset
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
+from benchmarks.outputs import write_outputs
 from benchmarks.runner import REPO, BenchConfig, load_config, plan
 from benchmarks.tables import scale
-from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.io import load_pruned
 from lit_prune.data.base import TaskDataModule
 from lit_prune.methods.common import model_batch
@@ -139,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1:
         parser.error(f"--samples={args.samples}: expected an integer >= 1")
     results = measure(config, tasks, budgets, args.samples, args.seed)
-    out = Path(config.results)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{config.name}_heldout.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / f"{config.name}_heldout.md", markdown(results))
-    print(markdown(results))
+    write_outputs(config.results, f"{config.name}_heldout", results, markdown(results))
     return 0
 
 

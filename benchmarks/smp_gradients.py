@@ -17,9 +17,6 @@ and the regulariser's mean at the start and at the end of the schedule. Writes `
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import statistics
 import sys
 import time
@@ -30,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from lit_prune.core.atomic import atomic_write_text
+from benchmarks.outputs import reproduce_command, write_outputs
 from lit_prune.data.glue import GLUE_TASKS, GlueDataModule
 from lit_prune.hardware import hardware_summary
 
@@ -163,20 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tasks {' '.join(missing)}: no SMP recipe (configs/smp/<task>.yaml) to take the batch size "
                      "from; give --batch-size")
     started = time.perf_counter()
-    assets = os.environ.get("LIT_PRUNE_ASSETS")  # names such as all-MiniLM-L6-v2 resolve under it: part of the command
-    command = (f"LIT_PRUNE_ASSETS={shlex.quote(assets)} " if assets else "") + "python -m benchmarks.smp_gradients " + \
-        " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    results = {"model": args.model, "command": command, "batches": args.batches, "seed": args.seed,
+    results = {"model": args.model, "command": reproduce_command("benchmarks.smp_gradients", argv), "batches": args.batches, "seed": args.seed,
                "regularization": args.regularization, "params_kept": args.params_kept,
                "hardware": hardware_summary(torch.device("cpu")),
                "tasks": [measure(args.model, task, sizes[task], args.batches, args.regularization, args.params_kept,
                                  args.seed, args.data_dir, steps) for task in args.tasks for steps in args.head_steps]}
     results["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{args.name}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / f"{args.name}.md", markdown(results))
-    print(markdown(results))
+    write_outputs(args.out, args.name, results, markdown(results))
     return 0
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +204,21 @@ def _cost_ratio(results: dict[str, Any], method: str, reference: str) -> float |
     return _mean([mine[k] for k in shared]) / reference_seconds if reference_seconds > 0 else None
 
 
+def _method_row(results: dict[str, Any], point: dict[str, Any], method: str,
+                text: Callable[[dict[str, Any]], str]) -> str:
+    """A method's table row for one task: ``text(cell)`` at each budget it ran, else what an empty cell shows."""
+    cells = [_missing(results, method, b) if point["methods"][method][b] is None
+             else text(point["methods"][method][b]) for b in results["budgets"]]
+    return f"| | {_label(results, method)} | " + " | ".join(cells) + " |"
+
+
 def _other_metrics_table(results: dict[str, Any]) -> list[str]:
     """Lines of the table of each task's other metrics (none when no task has one). A main metric can hide what
     the other shows: a model answering MRPC's majority class keeps an F1 of 81.2 while its accuracy falls to the
     class share, 68.4."""
     tasks, budgets, methods = results["tasks"], results["budgets"], list(results["methods"])
     rows = [(task, name) for task in tasks if results["points"][task] is not None
-            for name in results["points"][task].get("teacher_other", {})]
+            for name in results["points"][task]["teacher_other"]]
     if not rows:
         return []
     lines = ["", "### Other metrics of the same runs, x 100", "",
@@ -219,13 +228,11 @@ def _other_metrics_table(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {task} ({name}) | teacher | "
                      + " | ".join(f"{scale(task, point['teacher_other'][name]):.1f}" for _ in budgets) + " |")
         for method in methods:
-            cells = []
-            for b in budgets:
-                cell = point["methods"][method][b]
-                value = None if cell is None else cell.get("other_metrics", {}).get(name)
-                cells.append(_missing(results, method, b) if cell is None
-                             else PENDING if value is None else f"{scale(task, value):.1f}")
-            lines.append(f"| | {_label(results, method)} | " + " | ".join(cells) + " |")
+            def text(cell: dict[str, Any]) -> str:
+                value = cell["other_metrics"].get(name)  # absent: not every seed's report has it
+                return PENDING if value is None else f"{scale(task, value):.1f}"
+
+            lines.append(_method_row(results, point, method, text))
     return lines
 
 
@@ -266,17 +273,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str] | None = None, comma
         lines.append(f"| {task} ({point['metric']}) | teacher | "
                      + " | ".join(f"{scale(task, point['teacher']):.1f}" for _ in budgets) + " |")
         for method in methods:
-            cells = []
-            for b in budgets:
-                cell = point["methods"][method][b]
-                if cell is None:
-                    cells.append(_missing(results, method, b))
-                    continue
-                text = f"{scale(task, cell['metric']):.1f}"
-                if cell["seeds"] > 1:
-                    text += f" ± {scale(task, cell['metric_std']):.1f}"
-                cells.append(text)
-            lines.append(f"| | {_label(results, method)} | " + " | ".join(cells) + " |")
+            lines.append(_method_row(results, point, method, lambda cell, task=task: (
+                f"{scale(task, cell['metric']):.1f}"
+                + (f" ± {scale(task, cell['metric_std']):.1f}" if cell["seeds"] > 1 else ""))))
     teacher_mean = results["teacher_mean"]
     lines.append("| **mean** | teacher | " + " | ".join(PENDING if teacher_mean is None else f"{teacher_mean:.1f}"
                                                       for _ in budgets) + " |")
