@@ -80,6 +80,8 @@ class MethodSpec:
             (``None``: the method measures them itself); used with the config's ``dense_metrics: teacher``.
         trains: whether the method trains (so a variant's ``trainer`` settings, its training length, mean
             something); the retraining-free methods calibrate in a fit that trains nothing.
+        settings_since: settings the method's reports record that older reports lack, each with the value those
+            older runs ran at (the setting's default); a report without one is a run at that value.
     """
 
     name: str
@@ -94,6 +96,7 @@ class MethodSpec:
     seed_arg: str | None = "seed"
     dense_metrics_arg: str | None = None
     trains: bool = False
+    settings_since: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -126,7 +129,7 @@ register_method(MethodSpec(
 register_method(MethodSpec(
     name="smp", label="SMP-S", config="configs/smp/{task}.yaml", budget="params_kept",
     arg_prefix="--model.init_args.", starts_from="pretrained", teacher_arg="teacher", seed_arg=None,
-    trains=True))
+    trains=True, settings_since={"head_warmup_steps": 0}))
 
 
 def achieved(report: dict[str, Any], setting: str) -> float:
@@ -738,8 +741,9 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | Non
 
     Checked: the task, the teacher (unless ``teacher`` is ``None``: a benchmark whose runs of that task are all done
     does not rebuild its teacher), every setting the method records in ``settings`` (the variant's, else the
-    recipe's: :func:`recipe_settings`), the training length, the timing pass and the device kind. Settings a method
-    does not record (latency repeats, ...) cannot be checked.
+    recipe's: :func:`recipe_settings`; one the report predates at the value of ``spec.settings_since``), the
+    training length, the timing pass and the device kind. Settings a method does not record (latency repeats, ...)
+    cannot be checked.
     """
     problems = []
     if report.get("task") != job.task:
@@ -752,6 +756,10 @@ def report_mismatches(report: dict[str, Any], job: PruneJob, teacher: Path | Non
     for key, value in {**recipe_settings(job), **job.settings}.items():
         if key in recorded and not _same(recorded[key], value):
             problems.append(f"{key}={recorded[key]!r}, asked {value!r}")
+        elif key not in recorded and key in job.method.spec.settings_since:
+            before = job.method.spec.settings_since[key]
+            if not _same(before, value):
+                problems.append(f"{key}={before!r} (the run predates the setting), asked {value!r}")
     training = report.get("training") or {}
     for key, value in expected_training(job).items():
         if key in training and not _same(training[key], value):

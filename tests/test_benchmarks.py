@@ -521,6 +521,28 @@ def test_a_report_of_the_recipe_with_other_settings_is_refused(tmp_path):
         [f"regularization={other!r}, asked {recipe['regularization']!r}"]
 
 
+def test_a_report_that_predates_a_setting_ran_at_its_old_value(tmp_path):
+    """SMP's reports record head_warmup_steps since it exists; one without it is a run without warm-up, so it stands
+    for a job asking 0 (or nothing) and not for one asking a warm-up."""
+    config = make_config(tmp_path, tasks=["mrpc"], budgets=[0.2], seeds=[0], timing=None, methods=[
+        "smp", {"name": "smp_warmup", "method": "smp", "settings": {"head_warmup_steps": 100}},
+        {"name": "smp_warmup0", "method": "smp", "settings": {"head_warmup_steps": 0}}])
+    smp, warmup, warmup0 = runner.plan(config)
+    raw = yaml.safe_load((runner.REPO / "configs" / "smp" / "mrpc.yaml").read_text())
+    report = {"task": "mrpc", "teacher": str(tmp_path / "teacher"), "hardware": {"device": "cpu"},
+              "settings": {key: raw["model"]["init_args"][key] for key in ("masking", "regularization")},
+              "training": {"max_epochs": raw["trainer"]["max_epochs"]}}
+    assert "head_warmup_steps" not in report["settings"]
+    assert runner.report_mismatches(report, smp, tmp_path / "teacher", "cpu") == []
+    assert runner.report_mismatches(report, warmup0, tmp_path / "teacher", "cpu") == []
+    assert runner.report_mismatches(report, warmup, tmp_path / "teacher", "cpu") == \
+        ["head_warmup_steps=0 (the run predates the setting), asked 100"]
+    report["settings"]["head_warmup_steps"] = 100
+    assert runner.report_mismatches(report, warmup, tmp_path / "teacher", "cpu") == []
+    assert runner.report_mismatches(report, warmup0, tmp_path / "teacher", "cpu") == \
+        ["head_warmup_steps=100, asked 0"]
+
+
 @pytest.mark.parametrize("trainer, message", [
     ([12], "trainer of 'v'=[12]: expected a mapping such as {max_epochs: 12}"),
     ({"max_time": 5}, "trainer of 'v': unknown setting 'max_time'; allowed: max_epochs"),

@@ -221,6 +221,44 @@ def test_final_hold_reaches_the_budget_early_and_keeps_it(pretrained_folder, tmp
     assert read_report(tmp_path / "run")["settings"]["final_hold"] == 0.5
 
 
+def test_head_warmup_trains_the_classifier_alone_then_the_schedule_runs(pretrained_folder, tmp_path):
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
+            seen.append((module.keep, lrs, [s.detach().clone() for s in module._scores()],
+                         module.model.classifier.weight.detach().clone()))
+
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.25, head_warmup_steps=4, time_steps=0)
+    initial = module.model.classifier.weight.detach().clone()
+    trainer.callbacks.append(Record())
+    trainer.fit(module, datamodule=data)  # 12 steps: 4 of the head alone, the cubic schedule over the other 8
+    keeps = [keep for keep, *_ in seen]
+    assert keeps[:5] == [1.0] * 5 and all(a > b for a, b in zip(keeps[4:-1], keeps[5:]))
+    assert keeps[-1] == pytest.approx(0.25 + 0.75 * (1 / 8) ** 3)  # step 11: 7 of the schedule's 8 steps done
+    # the scores stay at 0 through the warm-up (no update, no optimiser state), the classifier trains
+    assert all(torch.count_nonzero(s) == 0 for _, _, scores, _ in seen[:4] for s in scores)
+    assert not torch.equal(seen[3][3], initial)
+    state = trainer.optimizers[0].state
+    assert all(state[s]["step"] == 8 for s in module._scores())
+    assert any(torch.count_nonzero(s) > 0 for s in seen[4][2])
+    # the scores' learning rate: 0 in the warm-up, then the full 2e-2 decaying linearly over the 8 steps after it;
+    # the head's decays over all 12 (the rates seen after each step are those of the next one)
+    assert [lrs[0] for _, lrs, _, _ in seen[:3]] == [0.0] * 3
+    assert seen[3][1][0] == pytest.approx(2e-2) and seen[4][1][0] == pytest.approx(2e-2 * 7 / 8)
+    assert seen[0][1][1] == pytest.approx(1e-3 * 11 / 12)
+    assert read_report(tmp_path / "run")["settings"]["head_warmup_steps"] == 4
+
+
+def test_head_warmup_must_leave_schedule_steps(pretrained_folder, tmp_path):
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.25, head_warmup_steps=9,
+                                 final_hold=0.25, time_steps=0)
+    with pytest.raises(ValueError, match=r"head_warmup_steps=9: expected fewer than the 9 steps of the sparsity "
+                                         r"schedule"):
+        trainer.fit(module, datamodule=data)
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 @pytest.mark.parametrize("ramp, weight", [("falling", 4.0), ("rising", 0.0)])
 def test_the_loss_weighs_the_regulariser_by_the_ramp(pretrained_folder, tmp_path, ramp, weight):
@@ -241,11 +279,15 @@ def test_the_loss_weighs_the_regulariser_by_the_ramp(pretrained_folder, tmp_path
 def test_bad_smp_settings(pretrained_folder):
     with pytest.raises(ValueError) as error:
         SMPSequenceClassificationModule(str(pretrained_folder), task="rte", params_kept=0, masking="row",
-                                        regularization=-1, regularization_ramp="up", final_hold=1.0, head="teacher")
+                                        regularization=-1, regularization_ramp="up", final_hold=1.0, head="teacher",
+                                        head_warmup_steps=10)
     message = str(error.value)
     for part in ("params_kept=0", "masking='row'", "regularization=-1", "regularization_ramp='up'", "final_hold=1.0",
-                 "both need teacher"):
+                 "both need teacher", "head_warmup_steps=10: trains a new classifier alone before the scores, so it "
+                 "needs head='trainable' (head='teacher' is frozen)"):
         assert part in message
+    with pytest.raises(ValueError, match=r"head_warmup_steps=-1: expected an integer >= 0"):
+        SMPSequenceClassificationModule(str(pretrained_folder), task="rte", head_warmup_steps=-1)
 
 
 def test_a_missing_teacher_is_named_before_the_student_loads(tmp_path, monkeypatch):

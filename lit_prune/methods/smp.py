@@ -11,7 +11,9 @@ ACL 2023. Reference code: kongds/SMP (movement-pruning lineage: ``emmental/modul
 * **SMP-S** (``masking="global"``): per matrix type, layer l keeps v_l = v · L · R(S_l) / Σ_l' R(S_l') with
   R(S) = Σ σ(S_ij), the matrices of one type being the same size; a ratio above 1 is capped and the excess shared
   among the others in proportion to R (so the type as a whole keeps exactly v of its weights).
-* **Schedule**: cubic, v_t = v_f + (1 − v_f)(1 − t/N)³ over the N training steps, no warm-up.
+* **Schedule**: cubic, v_t = v_f + (1 − v_f)(1 − t/N)³ over the N training steps, no warm-up. lit_prune's
+  ``head_warmup_steps`` (0 by default, the paper's) first trains a new classifier alone for that many steps, with
+  every weight kept and the scores still; the cubic schedule then runs over the steps after them.
 * **Regulariser**: λ_R · (v_t / v_f) · R̄(S), with R̄ the mean over matrices of the mean σ(S) (the reference code's
   "l1" regularisation), λ_R = 400. The weight is the paper's; the reference code ramps it instead from 0 to λ_R as
   λ_R · (1 − (1 − t/N)³).
@@ -436,7 +438,7 @@ class _StaticModelPruning:
                    scores_learning_rate: float, head: Head, teacher: str | None, distill: bool, temperature: float,
                    distill_alpha: float, latency_batch_size: int, latency_repeats: int, time_steps: int,
                    label_words: Sequence[str] | None = None, regularization_ramp: Ramp = "falling",
-                   final_hold: float = 0.0) -> None:
+                   final_hold: float = 0.0, head_warmup_steps: int = 0) -> None:
         problems = []
         try:
             _check_keep(params_kept, "params_kept")
@@ -479,6 +481,12 @@ class _StaticModelPruning:
             problems.append(f"distill_alpha={distill_alpha!r}: expected a weight in [0, 1]")
         if isinstance(final_hold, bool) or not (isinstance(final_hold, (int, float)) and 0 <= final_hold < 1):
             problems.append(f"final_hold={final_hold!r}: expected a fraction of the training steps in [0, 1)")
+        if isinstance(head_warmup_steps, bool) or not isinstance(head_warmup_steps, int) or head_warmup_steps < 0:
+            problems.append(f"head_warmup_steps={head_warmup_steps!r}: expected an integer >= 0 (0: none, the "
+                            "paper's)")
+        elif head_warmup_steps and head != "trainable":
+            problems.append(f"head_warmup_steps={head_warmup_steps}: trains a new classifier alone before the scores, "
+                            f"so it needs head='trainable' (head={head!r} is frozen)")
         if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 0:
             problems.append(f"time_steps={time_steps!r}: expected an integer >= 0 (0 skips the step timing)")
         if problems:
@@ -490,6 +498,7 @@ class _StaticModelPruning:
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
         self.time_steps = time_steps
         self.final_hold = float(final_hold)
+        self.head_warmup_steps = head_warmup_steps
         self.step_time: dict[str, float] | None = None
         teacher_model = None
         if teacher is not None:
@@ -534,9 +543,19 @@ class _StaticModelPruning:
         if others:
             groups.append({"params": others, "lr": self.learning_rate, "weight_decay": self.weight_decay})
         optimizer = torch.optim.AdamW(groups)
-        return {"optimizer": optimizer, "lr_scheduler": self.linear_schedule(optimizer)}
+        # the scores' linear schedule starts after the head's warm-up (the head's spans every step)
+        return {"optimizer": optimizer,
+                "lr_scheduler": self.linear_schedule(optimizer, starts=[self.head_warmup_steps, 0][:len(groups)])}
+
+    def in_head_warmup(self) -> bool:
+        """Whether the current step trains the classifier alone (scores still, every weight kept)."""
+        return self.global_step < self.head_warmup_steps
 
     def on_fit_start(self) -> None:
+        if self.head_warmup_steps >= self._schedule_steps():
+            raise ValueError(f"{type(self).__name__}: head_warmup_steps={self.head_warmup_steps}: expected fewer than "
+                             f"the {self._schedule_steps()} steps of the sparsity schedule (the training steps less "
+                             "final_hold's), which starts after the warm-up")
         super().on_fit_start()
         if self._teacher is not None:
             self._teacher.to(self.device).eval()
@@ -613,7 +632,8 @@ class _StaticModelPruning:
         return max(1, round(total * (1 - self.final_hold)))
 
     def set_counts_for(self, step: int) -> None:
-        self.keep = cubic_keep(step, self._schedule_steps(), self.params_kept)
+        start = self.head_warmup_steps
+        self.keep = cubic_keep(step - start, max(1, self._schedule_steps() - start), self.params_kept)
         self.counts = set_counts(self.score_masks, self.keep, self.masking)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -621,6 +641,14 @@ class _StaticModelPruning:
         if self.time_steps and self.step_time is None and self.trainer.world_size == 1:
             self.step_time = self.step_times(batch, self.time_steps)
         self.set_counts_for(self.global_step)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # the head's warm-up: AdamW skips a parameter without a gradient (no update, no moment, no step count), so
+        # the scores start their training after it as from step 0; dropped after backward, so that DDP still
+        # reduces every parameter's gradient each step
+        if self.in_head_warmup():
+            for scores in self._scores():
+                scores.grad = None
 
     def _teacher_loss(self, student: Any, teacher: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -638,13 +666,15 @@ class _StaticModelPruning:
             kd = self._teacher_loss(student, teacher)
             self.log("train/kd_loss", kd, batch_size=size)
             loss = self.distill_alpha * kd + (1 - self.distill_alpha) * loss
-        if self.regularization > 0:
+        if self.regularization > 0 and not self.in_head_warmup():
             regularizer = score_regularizer(self._scores())
             weight = self.regularization * regularization_weight(self.keep, self.params_kept, self.regularization_ramp)
             loss = loss + weight * regularizer
             self.log("train/regularizer", regularizer, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("smp/keep", self.keep, batch_size=size)
+        if self.head_warmup_steps:
+            self.log("smp/head_warmup", float(self.in_head_warmup()), batch_size=size)
         for kind, counts in self.counts.items():
             numel = self.score_masks[kind][0].scores.numel()
             self.log(f"smp/kept/{kind}", sum(counts) / (numel * len(counts)), batch_size=size)
@@ -722,7 +752,7 @@ class _StaticModelPruning:
         report["settings"] = {"params_kept": self.params_kept, "masking": self.masking,
                               "regularization": self.regularization,
                               "regularization_ramp": self.regularization_ramp, "final_hold": self.final_hold,
-                              "head": self.head, "distill": self.distill,
+                              "head_warmup_steps": self.head_warmup_steps, "head": self.head, "distill": self.distill,
                               "label_words": self.label_words}
         self.report = report
         folder = Path(trainer.default_root_dir)
@@ -747,6 +777,9 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
             (the paper's formula); ``"rising"``, λ_R · (1 − v_t) / (1 − v_f), from 0 up to λ_R (SMP's code).
         final_hold: the fraction of the training steps, at the end, spent at ``params_kept`` (the cubic schedule
             runs over the others; SMP's code holds the final ratio for its last 30,000 steps; 0: none, the paper's).
+        head_warmup_steps: train a new classifier (``head="trainable"``) alone for this many steps first, every weight
+            kept and the scores still, without the regulariser; the cubic schedule and the scores' learning-rate
+            schedule then run over the steps after them (0: none, the paper's; lit_prune's addition).
         scores_learning_rate: Adam learning rate of the scores (SMP: 2e-2).
         head: ``"trainable"`` (a new classifier trained with the scores), ``"teacher"`` (the fine-tuned
             ``teacher``'s classifier and pooler, frozen) or ``"mlm"`` (the paper's: the checkpoint's own masked-LM
@@ -778,6 +811,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         regularization: float = 400.0,
         regularization_ramp: Ramp = "falling",
         final_hold: float = 0.0,
+        head_warmup_steps: int = 0,
         scores_learning_rate: float = 2e-2,
         head: Head = "trainable",
         label_words: list[str] | None = None,
@@ -801,7 +835,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
                          save_final_model=save_final_model)
         self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
-                        time_steps, label_words, regularization_ramp, final_hold)
+                        time_steps, label_words, regularization_ramp, final_hold, head_warmup_steps)
 
     def _load_model(self, classifier_dropout: float | None) -> nn.Module | None:
         # head="mlm": the masked-LM checkpoint is loaded once, by _setup_smp, after the settings are checked
@@ -831,6 +865,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         regularization: float = 400.0,
         regularization_ramp: Ramp = "falling",
         final_hold: float = 0.0,
+        head_warmup_steps: int = 0,
         scores_learning_rate: float = 2e-2,
         head: Head = "trainable",
         teacher: str | None = None,
@@ -852,7 +887,8 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
                          save_final_model=save_final_model)
         self._setup_smp(QuestionAnsweringModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
-                        time_steps, regularization_ramp=regularization_ramp, final_hold=final_hold)
+                        time_steps, regularization_ramp=regularization_ramp, final_hold=final_hold,
+                        head_warmup_steps=head_warmup_steps)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self._inputs(batch).items() if name not in LABEL_KEYS}

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +135,35 @@ class TaskModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate)
         return {"optimizer": optimizer, "lr_scheduler": self.linear_schedule(optimizer)}
 
-    def linear_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Linear warm-up over ``warmup_ratio`` of the training steps, then linear decay to 0 (every param group)."""
+    def linear_schedule(self, optimizer: torch.optim.Optimizer,
+                        starts: Sequence[int] | None = None) -> dict[str, Any]:
+        """Linear warm-up over ``warmup_ratio`` of the training steps, then linear decay to 0 (every param group).
+
+        Args:
+            starts: per param group, the step its schedule starts at (learning rate 0 before it; the warm-up and the
+                decay then span the steps after it); ``None``: every group from step 0.
+        """
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
 
-        def linear(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
+        def linear(start: int) -> Callable[[int], float]:
+            steps = max(1, total - start)
+            warmup = int(self.warmup_ratio * steps)
 
-        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, linear), "interval": "step"}
+            def factor(step: int) -> float:
+                step -= start
+                if step < 0:
+                    return 0.0
+                if step < warmup:
+                    return (step + 1) / (warmup + 1)
+                return max(0.0, (steps - step) / max(1, steps - warmup))
+
+            return factor
+
+        starts = [0] * len(optimizer.param_groups) if starts is None else list(starts)
+        if len(starts) != len(optimizer.param_groups):
+            raise ValueError(f"linear_schedule: {len(starts)} start(s) for {len(optimizer.param_groups)} param groups")
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, [linear(s) for s in starts]),
+                "interval": "step"}
 
     # ------------------------------------------------------------------------------------------ loading
     def load_hf_model(self, auto_class: type, mapping_names: dict[str, str], kind: str,
