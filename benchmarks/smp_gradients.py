@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tasks {' '.join(missing)}: no SMP recipe (configs/smp/<task>.yaml) to take the batch size "
                      "from; give --batch-size")
     started = time.perf_counter()
-    results = {"model": args.model, "command": reproduce_command("benchmarks.smp_gradients", argv), "batches": args.batches, "seed": args.seed,
+    results = {"model": args.model, "command": reproduce_command("benchmarks.smp_gradients", argv),
+               "batches": args.batches, "seed": args.seed,
                "regularization": args.regularization, "params_kept": args.params_kept,
                "hardware": hardware_summary(torch.device("cpu")),
                "tasks": [measure(args.model, task, sizes[task], args.batches, args.regularization, args.params_kept,

@@ -544,8 +544,8 @@ class _StaticModelPruning:
             groups.append({"params": others, "lr": self.learning_rate, "weight_decay": self.weight_decay})
         optimizer = torch.optim.AdamW(groups)
         # the scores' linear schedule starts after the head's warm-up (the head's spans every step)
-        return {"optimizer": optimizer,
-                "lr_scheduler": self.linear_schedule(optimizer, starts=[self.head_warmup_steps, 0][:len(groups)])}
+        starts = [self.head_warmup_steps] + [0] * (len(groups) - 1)
+        return {"optimizer": optimizer, "lr_scheduler": self.linear_schedule(optimizer, starts=starts)}
 
     def in_head_warmup(self) -> bool:
         """Whether the current step trains the classifier alone (scores still, every weight kept)."""
