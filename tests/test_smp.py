@@ -196,6 +196,57 @@ def test_training_moves_scores_only_and_exports_a_smaller_model(pretrained_folde
     assert report["params"]["pruned"]["encoder_linear"] <= report["params"]["dense"]["encoder_linear"]
 
 
+def test_squad_run_exports_a_question_answering_model_that_matches_the_masked_one(pretrained_folder, tmp_path):
+    """configs/smp/squad_v1.yaml's module end to end on synthetic SQuAD: a new span head trains with the scores, the
+    report carries SQuAD's metrics, and the compacted folder loads as a plain question-answering model whose span
+    logits equal the masked model's at the end of training."""
+    from transformers import AutoModelForQuestionAnswering
+
+    from lit_prune.data.squad import SquadDataModule
+    from test_squad import SMALL, write_squad
+
+    L.seed_everything(0, verbose=False)
+    # local masking: the final counts do not depend on the scores, so the end-of-training masks are the exported ones
+    module = SMPQuestionAnsweringModule(str(pretrained_folder), task="squad_v1", params_kept=0.1, masking="local",
+                                        latency_batch_size=4, latency_repeats=2)
+    data = SquadDataModule(task="squad_v1", data_dir=str(write_squad(tmp_path / "squad", "v1.1", n_articles=6,
+                                                                      train_articles=3)),
+                           tokenizer=str(pretrained_folder), **SMALL)
+    head_before = module.model.qa_outputs.weight.detach().clone()
+    embeddings = module.model.bert.embeddings.word_embeddings.weight.detach().clone()
+    dense_params = sum(p.numel() for n, p in module.model.named_parameters() if "scores" not in n)
+    masked = {}
+
+    class MaskedOutputs(L.Callback):  # on_train_end runs before the module's on_fit_end, which exports
+        def on_train_end(self, trainer, pl_module):
+            set_counts(pl_module.score_masks, pl_module.params_kept, "local")  # the last step kept a little more
+            batch = pl_module._model_inputs(next(iter(trainer.datamodule.val_dataloader())))
+            pl_module.model.eval()
+            with torch.no_grad():
+                masked["batch"], masked["out"] = batch, pl_module.model(**batch)
+            pl_module.model.train()
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / "run",
+                        max_steps=8, limit_val_batches=2, callbacks=[MaskedOutputs()])
+    trainer.fit(module, datamodule=data)
+    report = read_report(tmp_path / "run")
+    assert report["method"] == "smp" and report["task"] == "squad_v1"
+    assert 0.0 <= report["metrics"]["pruned"]["exact_match"] <= report["metrics"]["pruned"]["f1"] <= 100.0
+    assert report["params"]["kept"] == pytest.approx(0.1, abs=1e-3)
+    assert report["training"]["steps"] == 8 and report["training"]["schedule_steps"] == 8
+    assert not torch.equal(module.model.qa_outputs.weight, head_before)  # the span head trained
+
+    reloaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "run" / "pruned_model",
+                                                             trust_remote_code=True).eval()
+    assert torch.equal(reloaded.state_dict()["bert.embeddings.word_embeddings.weight"], embeddings)  # frozen
+    assert sum(p.numel() for p in reloaded.parameters()) < dense_params  # emptied rows and columns are gone
+    with torch.no_grad():
+        got = reloaded(**masked["batch"])
+    torch.testing.assert_close(got.start_logits, masked["out"].start_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.end_logits, masked["out"].end_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_straight_through_training_changes_the_scores(pretrained_folder, tmp_path):
     module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.5)
     before = [s.detach().clone() for s in module._scores()]
