@@ -219,7 +219,7 @@ def test_squad_run_exports_a_question_answering_model_that_matches_the_masked_on
 
     class MaskedOutputs(L.Callback):  # on_train_end runs before the module's on_fit_end, which exports
         def on_train_end(self, trainer, pl_module):
-            set_counts(pl_module.score_masks, pl_module.params_kept, "local")  # the last step kept a little more
+            set_counts(pl_module.score_masks, pl_module.params_kept, pl_module.masking)  # the last step kept a bit more
             batch = pl_module._model_inputs(next(iter(trainer.datamodule.val_dataloader())))
             pl_module.model.eval()
             with torch.no_grad():
