@@ -28,8 +28,8 @@ from benchmarks.runner import REPO, BenchConfig, load_config, plan
 from benchmarks.tables import scale
 from lit_prune.core.io import load_pruned
 from lit_prune.data.base import TaskDataModule
-from lit_prune.methods.common import model_batch
-from lit_prune.methods.kprune import dense_predictions, distillation_loss, model_inputs
+from lit_prune.prune.batches import model_batch, model_inputs
+from lit_prune.prune.distill import dense_predictions, distillation_loss
 
 
 def datamodule_for(run: Path, teacher: Path) -> TaskDataModule:

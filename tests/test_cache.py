@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from lit_prune.methods import cache as cache_module
-from lit_prune.methods.cache import SpillCache
+from lit_prune.prune import cache as cache_module
+from lit_prune.prune.cache import SpillCache
 
 
 def tensors(n: int, size: int = 16) -> list[torch.Tensor]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lit_prune.data.glue import GlueDataModule
-from lit_prune.distill import (DistilledSequenceClassificationModule, HiddenStateMatcher, hidden_mse,
-                               soft_cross_entropy)
+from lit_prune.prune.distill import HiddenStateMatcher, hidden_mse, soft_cross_entropy
+from lit_prune.tasks.distilled import DistilledSequenceClassificationModule
 from test_glue import write_rte
 from test_tasks import tiny_folders  # noqa: F401  (a fixture)
 

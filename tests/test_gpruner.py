@@ -20,12 +20,12 @@ from lit_prune.methods.gpruner import (
     PPOSettings,
     bernoulli_entropy,
     bernoulli_log_prob,
-    cgs_solve,
     clipped_surrogate,
     ppo_search,
     ranking_logits,
 )
-from lit_prune.methods.kwon import LeastSquaresAccumulator, kwon_prune, search_masks
+from lit_prune.methods.kwon import kwon_prune, search_masks
+from lit_prune.prune.lstsq import LeastSquaresAccumulator, cgs_solve
 from lit_prune.report import read_report
 
 

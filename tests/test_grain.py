@@ -20,9 +20,9 @@ from lit_prune.core.flops import count_parameters, masks_parameters
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.data.glue import GlueDataModule
-from lit_prune.distill import DistilledSequenceClassificationModule
-from lit_prune.methods.grain import (GrainCallback, GrainImportance, GrainLayout, check_density, density_schedule,
-                                     select_units)
+from lit_prune.methods.grain import GrainCallback, GrainImportance, GrainLayout, check_density, select_units
+from lit_prune.prune.schedules import cubic_schedule
+from lit_prune.tasks.distilled import DistilledSequenceClassificationModule
 from lit_prune.report import REPORT_KEYS, read_report
 from test_glue import write_rte
 
@@ -45,18 +45,18 @@ def test_layout_counts_match_the_core(tiny_model_type):
 
 def test_cubic_schedule_at_chosen_steps():
     # T = 100: density 1 up to step 20, the target from step 40, cubic in between
-    assert density_schedule(0, 100, 0.1) == 1.0
-    assert density_schedule(20, 100, 0.1) == 1.0
-    assert density_schedule(30, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 ** 3)
-    assert density_schedule(35, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.25 ** 3)
-    assert density_schedule(40, 100, 0.1) == 0.1
-    assert density_schedule(99, 100, 0.1) == 0.1
-    values = [density_schedule(t, 100, 0.05) for t in range(100)]
+    assert cubic_schedule(0, 100, 0.1, start=0.2, end=0.4) == 1.0
+    assert cubic_schedule(20, 100, 0.1, start=0.2, end=0.4) == 1.0
+    assert cubic_schedule(30, 100, 0.1, start=0.2, end=0.4) == pytest.approx(0.1 + 0.9 * 0.5 ** 3)
+    assert cubic_schedule(35, 100, 0.1, start=0.2, end=0.4) == pytest.approx(0.1 + 0.9 * 0.25 ** 3)
+    assert cubic_schedule(40, 100, 0.1, start=0.2, end=0.4) == 0.1
+    assert cubic_schedule(99, 100, 0.1, start=0.2, end=0.4) == 0.1
+    values = [cubic_schedule(t, 100, 0.05, start=0.2, end=0.4) for t in range(100)]
     assert all(a >= b for a, b in zip(values, values[1:]))
-    with pytest.raises(ValueError, match="target=0"):
-        density_schedule(1, 10, 0)
+    with pytest.raises(ValueError, match="final=0"):
+        cubic_schedule(1, 10, 0, start=0.2, end=0.4)
     with pytest.raises(ValueError, match="start=0.5, end=0.4"):
-        density_schedule(1, 10, 0.5, start=0.5, end=0.4)
+        cubic_schedule(1, 10, 0.5, start=0.5, end=0.4)
 
 
 def _loss(model, masks):

@@ -14,8 +14,10 @@ from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget, flops_kept
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.kprune import (KnowledgeAccumulator, KPruneCallback, ProjectionSystem, dense_predictions,
-                                      distillation_loss, knowledge_step, kprune, search_sublayer, sublayer_of)
+from lit_prune.methods.kprune import KnowledgeAccumulator, KPruneCallback, knowledge_step, kprune, search_sublayer
+from lit_prune.prune.capture import sublayer_of
+from lit_prune.prune.distill import dense_predictions, distillation_loss
+from lit_prune.prune.lstsq import ProjectionSystem
 
 SEQ_LEN = 8.5
 

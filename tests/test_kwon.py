@@ -13,22 +13,21 @@ from conftest import tiny_inputs, tiny_model
 from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.cache import SpillCache
 from lit_prune.methods.kwon import (
     FisherStatistics,
-    LeastSquaresAccumulator,
     apply_scales,
     collect_sublayer,
     kwon_prune,
-    mask_gradients,
     rearrange_layer,
     rearrange_masks,
     rearrangement_objective,
     search_masks,
     teacher_budget,
     tune_masks,
-    unit_contributions,
 )
+from lit_prune.prune.cache import SpillCache
+from lit_prune.prune.importance import mask_gradients
+from lit_prune.prune.lstsq import LeastSquaresAccumulator, unit_contributions
 
 
 def half_pruned(model, seed: int = 0) -> PruningMasks:

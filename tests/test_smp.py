@@ -16,9 +16,10 @@ from conftest import tiny_inputs, tiny_model
 from lit_prune.core.compact import compact
 from lit_prune.data.glue import GlueDataModule
 from lit_prune.methods.smp import (WEIGHT_MASKS_FILE, SMPQuestionAnsweringModule, SMPSequenceClassificationModule,
-                                   cubic_keep, encoder_linears, global_counts, local_count, regularization_weight,
+                                   encoder_linears, global_counts, local_count, regularization_weight,
                                    score_regularizer, set_counts, sparse_copy, straight_through_mask,
                                    structure_from_zeros, topk_mask)
+from lit_prune.prune.schedules import cubic_schedule
 from lit_prune.report import REPORT_KEYS, read_report
 from test_glue import write_rte
 
@@ -82,16 +83,16 @@ def test_the_mask_passes_gradients_straight_through():
 
 
 def test_cubic_schedule():
-    assert cubic_keep(0, 100, 0.1) == 1.0
-    assert cubic_keep(50, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.125)
-    assert cubic_keep(100, 100, 0.1) == pytest.approx(0.1)
-    assert cubic_keep(150, 100, 0.1) == pytest.approx(0.1)
-    values = [cubic_keep(t, 40, 0.03) for t in range(41)]
+    assert cubic_schedule(0, 100, 0.1) == 1.0
+    assert cubic_schedule(50, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.125)
+    assert cubic_schedule(100, 100, 0.1) == pytest.approx(0.1)
+    assert cubic_schedule(150, 100, 0.1) == pytest.approx(0.1)
+    values = [cubic_schedule(t, 40, 0.03) for t in range(41)]
     assert all(a > b for a, b in zip(values, values[1:]))
 
 
 def test_regularization_weight_rises_with_the_pruned_fraction_or_falls_with_the_kept_one():
-    keeps = [cubic_keep(t, 40, 0.1) for t in range(41)]
+    keeps = [cubic_schedule(t, 40, 0.1) for t in range(41)]
     rising = [regularization_weight(k, 0.1, "rising") for k in keeps]
     falling = [regularization_weight(k, 0.1, "falling") for k in keeps]
     assert rising[0] == 0 and rising[-1] == pytest.approx(1) and all(a < b for a, b in zip(rising, rising[1:]))

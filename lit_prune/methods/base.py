@@ -39,9 +39,10 @@ from torch.utils.data import DataLoader
 from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.common import (LABEL_KEYS, Progress, agree_across_ranks, evaluate_module, find_encoder_model,
-                                      latency_comparison, model_batch, phase, publish, setup_problems, shared_report,
-                                      show_progress)
+from lit_prune.methods.common import (Progress, agree_across_ranks, evaluate_module, find_encoder_model,
+                                      latency_comparison, phase, publish, setup_problems, shared_report, show_progress)
+from lit_prune.prune.batches import LABEL_KEYS, model_batch
+
 
 class RetrainingFreePruning(Callback):
     """Base class of the retraining-free pruning callbacks (see the module docstring for when and how they run).

@@ -9,7 +9,6 @@ shared keys (:data:`lit_prune.report.REPORT_KEYS`).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -28,11 +27,10 @@ from lit_prune.core.io import save_pruned
 from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
 from lit_prune.hardware import hardware_summary
+from lit_prune.prune.batches import LABEL_KEYS, forward_keys
 from lit_prune.report import MASKS_FILE, PRUNED_MODEL_DIR, REPORT_FILE, write_report
 
 log = logging.getLogger(__name__)
-
-LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
 def find_encoder_model(pl_module: nn.Module, attribute: str | None = None) -> nn.Module:
@@ -65,21 +63,6 @@ def find_encoder_model(pl_module: nn.Module, attribute: str | None = None) -> nn
         model = candidates[0][1]
     get_adapter(model)  # raises UnsupportedArchitectureError naming the supported types
     return model
-
-
-def forward_keys(model: nn.Module) -> set[str] | None:
-    """The keyword arguments ``model.forward`` takes (``None``: it takes any)."""
-    parameters = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return None
-    return set(parameters)
-
-
-def model_batch(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of ``batch`` the model takes, labels included (drops e.g. ``feature_index``)."""
-    keys = forward_keys(model)
-    return {name: value for name, value in batch.items()
-            if isinstance(value, torch.Tensor) and (keys is None or name in keys)}
 
 
 def shard_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
@@ -352,7 +335,6 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
         logger.save()
 
 
-__all__ = ["LABEL_KEYS", "Progress", "agree_across_ranks", "check_same_on_all_ranks", "evaluate_module",
-           "evaluation_loaders", "find_encoder_model", "forward_keys", "latency_comparison", "log_report",
-           "model_batch", "phase", "publish", "setup_problems", "shard_loader", "shared_report", "show_progress",
-           "tensors_digest", "write_outputs"]
+__all__ = ["Progress", "agree_across_ranks", "check_same_on_all_ranks", "evaluate_module", "evaluation_loaders",
+           "find_encoder_model", "latency_comparison", "log_report", "phase", "publish", "setup_problems",
+           "shard_loader", "shared_report", "show_progress", "tensors_digest", "write_outputs"]

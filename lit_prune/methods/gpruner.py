@@ -74,8 +74,10 @@ from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import LABEL_KEYS
-from lit_prune.methods.kprune import dense_predictions, distillation_loss, model_inputs
-from lit_prune.methods.kwon import MAX_ABS_SCALE, FisherStatistics, KwonCallback, LeastSquaresAccumulator, kwon_prune
+from lit_prune.methods.kwon import FisherStatistics, KwonCallback, kwon_prune
+from lit_prune.prune.batches import model_inputs
+from lit_prune.prune.distill import dense_predictions, distillation_loss
+from lit_prune.prune.lstsq import MAX_ABS_SCALE, LeastSquaresAccumulator, cgs_solve
 
 Progress = Callable[[str, int, int], None]
 Reward = Literal["distillation", "task"]
@@ -84,105 +86,6 @@ Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 # ================================================================================================ CG²MT
-@dataclass
-class CGSResult:
-    """What :func:`cgs_solve` found.
-
-    Attributes:
-        x: the best iterate (smallest residual norm seen), float64.
-        status: ``"converged"`` (relative residual ≤ tol), ``"max_iter"`` or ``"breakdown"``.
-        iterations: iterations run.
-        residual: the relative residual ``||b − A x|| / ||b||`` of ``x``.
-    """
-
-    x: torch.Tensor
-    status: Literal["converged", "max_iter", "breakdown"]
-    iterations: int
-    residual: float
-
-
-def cgs_solve(matrix: torch.Tensor, rhs: torch.Tensor, x0: torch.Tensor | None = None, tol: float = 1e-8,
-              max_iter: int | None = None, breakdown_tol: float = 1e-30) -> CGSResult:
-    """Solve ``matrix @ x = rhs`` by the conjugate gradient squared method (Sonneveld 1989), guarded.
-
-    CGS needs only products with ``matrix`` (any square matrix, not necessarily symmetric). Each iteration:
-    ``ρ = r̂·r``; ``u = r + β q``; ``p = u + β (q + β p)``; ``v = A p``; ``α = ρ / (r̂·v)``; ``q = u − α v``;
-    ``x += α (u + q)``; ``r −= α A (u + q)``, with the shadow residual ``r̂ = r₀``.
-
-    Args:
-        matrix: (n, n).
-        rhs: (n,).
-        x0: the start (default zeros).
-        tol: stop when ``||r|| ≤ tol·||rhs||``.
-        max_iter: the iteration cap (default ``2n``, at least 10).
-        breakdown_tol: ``|ρ|`` or ``|r̂·v|`` at or below ``breakdown_tol·||r̂||·||·||`` is a breakdown.
-
-    Returns:
-        :class:`CGSResult`; never a non-finite ``x`` (a non-finite iterate counts as a breakdown and the best finite
-        one is returned).
-
-    Raises:
-        ValueError: shapes that do not match, or non-finite inputs.
-    """
-    n = rhs.shape[0] if rhs.dim() == 1 else -1
-    if matrix.dim() != 2 or tuple(matrix.shape) != (n, n) or (x0 is not None and tuple(x0.shape) != (n,)):
-        raise ValueError(f"cgs_solve: matrix {tuple(matrix.shape)}, rhs {tuple(rhs.shape)}"
-                         f"{'' if x0 is None else f', x0 {tuple(x0.shape)}'}; expected (n, n), (n,) and (n,)")
-    if not (torch.isfinite(matrix).all() and torch.isfinite(rhs).all()):
-        raise ValueError("cgs_solve: the system holds non-finite values")
-    a = matrix.double()
-    b = rhs.double()
-    x = torch.zeros_like(b) if x0 is None else x0.double().clone()
-    max_iter = max(10, 2 * n) if max_iter is None else max_iter
-    b_norm = float(b.norm())
-    if b_norm == 0:
-        b_norm = 1.0  # then the tolerance is absolute
-    r = b - a @ x
-    shadow = r.clone()
-    shadow_norm = float(shadow.norm())
-    best_x, best_res = x.clone(), float(r.norm()) / b_norm
-    if best_res <= tol:
-        return CGSResult(best_x, "converged", 0, best_res)
-    p = torch.zeros_like(b)
-    q = torch.zeros_like(b)
-    rho_prev = 1.0
-    status: Literal["converged", "max_iter", "breakdown"] = "max_iter"
-    iterations = 0
-    for iterations in range(1, max_iter + 1):
-        rho = float(shadow @ r)
-        if abs(rho) <= breakdown_tol * shadow_norm * float(r.norm()) or not math.isfinite(rho):
-            status = "breakdown"
-            break
-        if iterations == 1:
-            u = r.clone()
-            p = u.clone()
-        else:
-            beta = rho / rho_prev
-            u = r + beta * q
-            p = u + beta * (q + beta * p)
-        v = a @ p
-        sigma = float(shadow @ v)
-        if abs(sigma) <= breakdown_tol * shadow_norm * float(v.norm()) or not math.isfinite(sigma):
-            status = "breakdown"
-            break
-        alpha = rho / sigma
-        q = u - alpha * v
-        uq = u + q
-        x = x + alpha * uq
-        r = r - alpha * (a @ uq)
-        if not (torch.isfinite(x).all() and torch.isfinite(r).all()):
-            status = "breakdown"
-            break
-        residual = float(r.norm()) / b_norm
-        if residual < best_res:
-            best_x, best_res = x.clone(), residual
-        if residual <= tol:
-            status = "converged"
-            break
-        rho_prev = rho
-    # the recursive residual drifts from the true one in floating point: report the true residual of best_x
-    true_residual = float((b - a @ best_x).norm()) / b_norm
-    return CGSResult(best_x, status, iterations, true_residual)
 
 
 @dataclass
@@ -657,6 +560,5 @@ class GPrunerCallback(KwonCallback):
         return result.masks, details
 
 
-__all__ = ["BudgetProjection", "CGSResult", "CGSTuningSolver", "CalibrationLoss", "GPrunerCallback", "PPOResult",
-           "PPOSettings", "bernoulli_entropy", "bernoulli_log_prob", "cgs_solve", "clipped_surrogate",
-           "ppo_search", "ranking_logits"]
+__all__ = ["BudgetProjection", "CGSTuningSolver", "CalibrationLoss", "GPrunerCallback", "PPOResult", "PPOSettings",
+           "bernoulli_entropy", "bernoulli_log_prob", "clipped_surrogate", "ppo_search", "ranking_logits"]

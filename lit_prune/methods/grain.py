@@ -33,7 +33,7 @@ Reference code: airaria/GRAIN (``pruners_and_distiller/pruners.py``: ``FineISPru
   as pruned (in the reference code it would still average its values uniformly); its value units are removed too,
   and the parameter count says so.
 
-Everything here is plain PyTorch (no Lightning): :class:`GrainLayout`, :func:`density_schedule`,
+Everything here is plain PyTorch (no Lightning): :class:`GrainLayout`, :func:`~lit_prune.prune.schedules.cubic_schedule`,
 :class:`GrainImportance` and :func:`select_units`. The Lightning callback that drives them during a distillation
 ``fit`` is :class:`GrainCallback`.
 """
@@ -61,6 +61,7 @@ from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.common import (agree_across_ranks, evaluate_module, find_encoder_model, latency_comparison,
                                       phase, publish, setup_problems, shared_report, training_summary)
+from lit_prune.prune.schedules import cubic_schedule
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +119,6 @@ class GrainLayout:
 
 
 # ------------------------------------------------------------------------------------------------ schedule
-def density_schedule(step: int, total_steps: int, target: float, start: float = 0.2, end: float = 0.4) -> float:
-    """The cubic density schedule: 1 until ``start``·T, ``target`` from ``end``·T on, and in between
-    ``target + (1 − target)·(1 − (t − t₀)/(t₁ − t₀))³`` with t₀ = ⌊start·T⌋, t₁ = ⌊end·T⌋ (steps counted from 0).
-
-    Raises:
-        ValueError: ``total_steps`` < 1, ``target`` outside (0, 1], or not 0 ≤ start < end ≤ 1.
-    """
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps}: expected at least 1 training step")
-    if not 0 < target <= 1:
-        raise ValueError(f"target={target}: expected a density in (0, 1]")
-    if not 0 <= start < end <= 1:
-        raise ValueError(f"start={start}, end={end}: expected 0 <= start < end <= 1")
-    first, last = int(start * total_steps), int(end * total_steps)
-    if step <= first:
-        return 1.0
-    if step >= last:
-        return target
-    remaining = 1 - (step - first) / (last - first)
-    return target + (1 - target) * remaining ** 3
 
 
 # ------------------------------------------------------------------------------------------------ importance
@@ -483,7 +464,7 @@ class GrainCallback(Callback):
         if step == self.last_step:  # gradient accumulation: no new optimiser step
             return
         self.last_step = step
-        density = density_schedule(step, self.total_steps, self.params_kept, self.start, self.end)
+        density = cubic_schedule(step, self.total_steps, self.params_kept, self.start, self.end)
         if density < self.density and (step % self.prune_every == 0 or density == self.params_kept):
             self._prune_to(density, step)
         pl_module.log("grain/params_kept", self.layout.kept_parameters(self.masks) / self.layout.dense_parameters,
@@ -613,4 +594,4 @@ class GrainCallback(Callback):
 
 
 __all__ = ["UNITS", "UNIT_FIELDS", "GrainCallback", "GrainImportance", "GrainLayout", "Units", "check_density",
-           "density_schedule", "select_units"]
+           "select_units"]

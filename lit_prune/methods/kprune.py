@@ -51,86 +51,28 @@ Departures from the paper and the reference code (each deliberate):
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.flops import FlopsBudget
-from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.base import RetrainingFreePruning
-from lit_prune.methods.common import LABEL_KEYS
-
-Sublayer = Literal["attention", "ffn"]
-PredictionKind = Literal["classification", "regression", "question_answering"]
-Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-Progress = Callable[[str, int, int], None]
-
+from lit_prune.prune.batches import model_inputs
+from lit_prune.prune.capture import ProjectionInputs, Sublayer, run_to_norm, sublayer_of
+from lit_prune.prune.distill import dense_predictions, distillation_loss
+from lit_prune.prune.importance import mask_gradients
+from lit_prune.prune.lstsq import ProjectionSystem
+from lit_prune.prune.types import Progress, Reduce, identity
 
 # ================================================================================================ helpers
-def sublayer_of(index: int) -> tuple[int, Sublayer]:
-    """Sublayer ``index`` in 0..2L-1 → ``(layer, "attention" | "ffn")`` (MHA₀, FFN₀, MHA₁, ...)."""
-    return index // 2, ("attention" if index % 2 == 0 else "ffn")
-
-
-def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of ``batch`` that ``model.forward`` takes, on the model's device, without labels."""
-    parameters = inspect.signature(model.forward).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    device = next(model.parameters()).device
-    return {name: value.to(device) for name, value in batch.items()
-            if isinstance(value, torch.Tensor) and name not in LABEL_KEYS and (accepts_any or name in parameters)}
-
-
-def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
-    """What the model predicts, from its output and config (used to pick the distillation loss)."""
-    if getattr(outputs, "start_logits", None) is not None:
-        return "question_answering"
-    logits = getattr(outputs, "logits", None)
-    if logits is None:
-        raise ValueError(f"{type(model).__name__} returns neither `logits` nor `start_logits`/`end_logits`: KPrune "
-                         "needs a sequence-classification, regression or question-answering head")
-    if getattr(model.config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
-        return "regression"
-    return "classification"
-
-
-@torch.no_grad()
-def dense_predictions(dense: nn.Module, batch: Mapping[str, Any], temperature: float) -> dict[str, torch.Tensor]:
-    """The dense model's soft predictions for one batch: softmax(logits / T), or the raw values for regression."""
-    outputs = dense(**model_inputs(dense, batch))
-    kind = prediction_kind(outputs, dense)
-    if kind == "question_answering":
-        return {"start": F.softmax(outputs.start_logits / temperature, dim=-1),
-                "end": F.softmax(outputs.end_logits / temperature, dim=-1)}
-    if kind == "regression":
-        return {"values": outputs.logits.float()}
-    return {"probs": F.softmax(outputs.logits / temperature, dim=-1)}
-
-
-def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], temperature: float) -> torch.Tensor:
-    """The predictive-knowledge loss between the current model's ``outputs`` and the dense ``targets``.
-
-    KL(dense ‖ current) at temperature T times T², averaged over the batch (``batchmean``); the mean of the start
-    and end losses for question answering; the MSE for regression.
-    """
-    def kl(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(logits / temperature, dim=-1), probs, reduction="batchmean") * temperature ** 2
-
-    if "start" in targets:
-        return (kl(outputs.start_logits, targets["start"]) + kl(outputs.end_logits, targets["end"])) / 2
-    if "values" in targets:
-        return F.mse_loss(outputs.logits.float(), targets["values"])
-    return kl(outputs.logits, targets["probs"])
 
 
 # ================================================================================================ 1. knowledge
@@ -184,186 +126,6 @@ class KnowledgeAccumulator:
         return head, neuron
 
 
-@dataclass(eq=False)
-class ProjectionSystem:
-    """The normal equations of one output projection's refit, in streaming form (float64).
-
-    For non-padding tokens with inputs ``x`` (C,) to the projection and targets ``y`` (d,):
-    ``xtx = Σ xxᵀ`` (C, C), ``xty = Σ xyᵀ`` (C, d), ``yty = Σ yᵀy``. Summable over batches and ranks.
-    """
-
-    xtx: torch.Tensor
-    xty: torch.Tensor
-    yty: torch.Tensor
-
-    @classmethod
-    def zeros(cls, num_inputs: int, num_outputs: int, device: torch.device | str | None = None) -> ProjectionSystem:
-        return cls(torch.zeros(num_inputs, num_inputs, dtype=torch.float64, device=device),
-                   torch.zeros(num_inputs, num_outputs, dtype=torch.float64, device=device),
-                   torch.zeros((), dtype=torch.float64, device=device))
-
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add tokens: ``x`` (N, C) inputs, ``y`` (N, d) targets."""
-        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"ProjectionSystem.add: got x {tuple(x.shape)} and y {tuple(y.shape)}, expected (N, C) "
-                             "and (N, d)")
-        x, y = x.float(), y.float()
-        # float32 products (fast), float64 sums (order-independent up to float64 rounding)
-        self.xtx += (x.t() @ x).double()
-        self.xty += (x.t() @ y).double()
-        self.yty += y.double().pow(2).sum()
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return {"xtx": self.xtx, "xty": self.xty, "yty": self.yty}
-
-    @classmethod
-    def from_dict(cls, tensors: Mapping[str, torch.Tensor]) -> ProjectionSystem:
-        return cls(tensors["xtx"], tensors["xty"], tensors["yty"])
-
-    def error(self, columns: torch.Tensor, weight: torch.Tensor) -> float:
-        """Σ ||x_cols W − y||² over the tokens, for ``weight`` (len(columns), d)."""
-        g = self.xtx[columns][:, columns]
-        h = self.xty[columns]
-        w = weight.double().to(g.device)
-        return float((w * (g @ w)).sum() - 2 * (w * h).sum() + self.yty)
-
-    def solve(self, columns: torch.Tensor, current: torch.Tensor, damping: float = 1e-6,
-              max_condition: float = 1e12) -> TuningResult:
-        """The least-squares weight over ``columns``, or ``current`` kept with the reason why.
-
-        Args:
-            columns: (K,) long, the kept input columns.
-            current: (K, d) the projection's current weight on those columns (its transpose slice).
-            damping: relative Tikhonov damping: λ = damping × mean(diag(XᵀX)), raised ×100 until the Cholesky
-                factorisation succeeds.
-            max_condition: above this condition number of XᵀX the system counts as ill-conditioned: the damped
-                solution is still used if it lowers the error, and a warning is recorded.
-
-        Returns:
-            A :class:`TuningResult` (``weight`` is ``current`` when the fit was not used).
-        """
-        g = self.xtx[columns][:, columns]
-        h = self.xty[columns]
-        before = self.error(columns, current)
-        scale = float(g.diagonal().mean()) if g.numel() else 0.0
-        if not math.isfinite(scale) or scale <= 0:
-            return TuningResult(current, "kept", "the kept units' inputs are all zero on the calibration tokens",
-                                before, before, None, None)
-        eigenvalues = torch.linalg.eigvalsh(g)
-        low, high = float(eigenvalues[0]), float(eigenvalues[-1])
-        condition = math.inf if low <= 0 else high / low
-        lam = damping * scale
-        weight = None
-        for _ in range(8):
-            factor, info = torch.linalg.cholesky_ex(g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
-            if int(info) == 0:
-                candidate = torch.cholesky_solve(h, factor)
-                if torch.isfinite(candidate).all():
-                    weight = candidate
-                    break
-            lam *= 100
-        warning = None
-        if condition > max_condition:
-            warning = f"ill-conditioned system (condition number {condition:.3g}); solved with damping λ={lam:.3g}"
-        if weight is None:
-            return TuningResult(current, "kept", "the damped system could not be solved; weights left untuned",
-                                before, before, condition, lam)
-        after = self.error(columns, weight)
-        # errors are differences of large sums: changes below this are rounding, not a better or worse fit
-        tolerance = 1e-9 * float(self.yty) + 1e-30
-        if after > before + tolerance:
-            reason = f"the fit raised the reconstruction error ({before:.6g} → {after:.6g}); weights left untuned"
-            return TuningResult(current, "kept", reason if warning is None else f"{warning}; {reason}",
-                                before, before, condition, lam)
-        if after >= before - tolerance:  # nothing to gain (e.g. the sublayer keeps every unit of the dense model)
-            return TuningResult(current, "kept", warning, before, before, condition, lam)
-        return TuningResult(weight.to(current.dtype), "tuned", warning, before, after, condition, lam)
-
-
-@dataclass(frozen=True)
-class TuningResult:
-    """The outcome of one :meth:`ProjectionSystem.solve`.
-
-    Attributes:
-        weight: (K, d) the weight to use.
-        status: "tuned" (the least-squares weight) or "kept" (the current weight).
-        warning: why the fit was not used, or a conditioning warning; ``None`` when all went well.
-        error_before, error_after: the reconstruction error with the current and the returned weight.
-        condition: the condition number of XᵀX over the kept columns (``None`` without data).
-        damping: the absolute damping λ used.
-    """
-
-    weight: torch.Tensor
-    status: Literal["tuned", "kept"]
-    warning: str | None
-    error_before: float
-    error_after: float
-    condition: float | None
-    damping: float | None
-
-
-class _Capture:
-    """Forward hooks that record the (masked) inputs of the output projections of the sublayers ≥ ``target``, and
-    the target's projection output and pre-LayerNorm sum."""
-
-    def __init__(self, model: nn.Module, target: int) -> None:
-        adapter = get_adapter(model)
-        self.inputs: dict[int, torch.Tensor] = {}
-        self.handles = []
-        layer, sublayer = sublayer_of(target)
-        for index in range(target, 2 * adapter.num_layers):
-            i, kind = sublayer_of(index)
-            modules = adapter.layer(i)
-            projection = modules.attn_out if kind == "attention" else modules.ffn_down
-            # forward hooks see the arguments after the masking pre-hook
-            self.handles.append(projection.register_forward_hook(
-                lambda m, args, out, index=index: self._on_projection(index, args[0], out)))
-        modules = adapter.layer(layer)
-        self.target = target
-        self.norm = modules.attn_norm if sublayer == "attention" else modules.ffn_norm
-        self.handles.append(self.norm.register_forward_pre_hook(lambda m, args: self._on_norm(args[0])))
-        self.projection_output: torch.Tensor | None = None
-        self.pre_norm: torch.Tensor | None = None
-
-    def _on_projection(self, index: int, inputs: torch.Tensor, output: torch.Tensor) -> None:
-        self.inputs[index] = inputs.detach()
-        if index == self.target:
-            self.projection_output = output.detach()
-
-    def _on_norm(self, hidden: torch.Tensor) -> None:
-        self.pre_norm = hidden.detach()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def _run_dense_to_norm(dense: nn.Module, inputs: Mapping[str, torch.Tensor], target: int) -> torch.Tensor:
-    """The dense model's pre-LayerNorm sum (projection + residual) at sublayer ``target``; stops there."""
-
-    class _Stop(Exception):
-        pass
-
-    layer, sublayer = sublayer_of(target)
-    modules = get_adapter(dense).layer(layer)
-    norm = modules.attn_norm if sublayer == "attention" else modules.ffn_norm
-    captured: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: tuple) -> None:
-        captured.append(args[0].detach())
-        raise _Stop
-
-    handle = norm.register_forward_pre_hook(hook)
-    try:
-        dense(**inputs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    assert captured, "the dense forward pass never reached the target sublayer's LayerNorm"
-    return captured[0]
-
-
 def knowledge_step(model: nn.Module, dense: nn.Module, masks: PruningMasks, batch: Mapping[str, Any],
                    targets: Mapping[str, torch.Tensor], target: int, temperature: float,
                    knowledge: KnowledgeAccumulator, system: ProjectionSystem | None) -> None:
@@ -390,24 +152,10 @@ def knowledge_step(model: nn.Module, dense: nn.Module, masks: PruningMasks, batc
     dense_pre_norm = None
     if system is not None:
         with torch.no_grad():
-            dense_pre_norm = _run_dense_to_norm(dense, inputs, target)
-
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    capture = _Capture(model, target)
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
-            work = masks.clone().to(device).requires_grad_(True, fields=("vo", "ffn"))
-            with apply_masks(model, work):
-                outputs = model(**inputs)
-            loss = distillation_loss(outputs, targets, temperature)
-            grad_vo, grad_ffn = torch.autograd.grad(loss, [work.vo, work.ffn])  # (L, H, d_h), (L, F)
-    finally:
-        capture.remove()
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+            dense_pre_norm = run_to_norm(dense, None, inputs, layer, sublayer)["pre_norm"]
+    with ProjectionInputs(model, target) as capture:
+        grad_vo, grad_ffn = mask_gradients(model, masks, inputs, lambda out: distillation_loss(out, targets, temperature),
+                                           fields=("vo", "ffn"))  # (L, H, d_h), (L, F)
 
     with torch.no_grad():
         knowledge.head_pred += 0.5 * grad_vo.double().pow(2).mean(-1)  # per dim ½g², averaged over the head's dims
@@ -520,10 +268,6 @@ class KPruneResult:
     steps: list[SublayerStep] = field(default_factory=list)
 
 
-def _identity(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return tensors
-
-
 @torch.no_grad()
 def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: FlopsBudget, *,
            dense: nn.Module | None = None, temperature: float = 2.0, mu: float = 64.0, lam_pred: float = 1.0,
@@ -549,7 +293,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
     adapter.require_dense("run KPrune")
     if not batches:
         raise ValueError("KPrune: no calibration batches")
-    reduce = reduce or _identity
+    reduce = reduce or identity
     model.eval()
     if dense is None:
         dense = copy.deepcopy(model)
@@ -700,19 +444,5 @@ class KPruneCallback(RetrainingFreePruning):
         return result.masks, {"steps": [step.as_dict() for step in result.steps], "warnings": warnings_}
 
 
-__all__ = [
-    "KPruneCallback",
-    "KPruneResult",
-    "KnowledgeAccumulator",
-    "ProjectionSystem",
-    "SublayerStep",
-    "TuningResult",
-    "dense_predictions",
-    "distillation_loss",
-    "knowledge_step",
-    "kprune",
-    "model_inputs",
-    "prediction_kind",
-    "search_sublayer",
-    "sublayer_of",
-]
+__all__ = ["KPruneCallback", "KPruneResult", "KnowledgeAccumulator", "SublayerStep", "knowledge_step", "kprune",
+           "search_sublayer"]

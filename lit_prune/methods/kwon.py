@@ -89,10 +89,9 @@ Driving these from a calibration loop (e.g. a Lightning callback; every statisti
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -101,88 +100,20 @@ from torch import nn
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.flops import FlopsBudget
-from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.base import RetrainingFreePruning
-from lit_prune.methods.cache import SpillCache
-from lit_prune.methods.common import LABEL_KEYS
+from lit_prune.prune.batches import LABEL_KEYS
+from lit_prune.prune.cache import SpillCache
+from lit_prune.prune.capture import Sublayer, layer_output, run_to_norm, sublayer_modules
+from lit_prune.prune.importance import mask_gradients
+from lit_prune.prune.lstsq import LeastSquaresAccumulator, token_mask_or_all
+from lit_prune.prune.types import Progress, Reduce
 
-Sublayer = Literal["attention", "ffn"]
-Reduce = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-Progress = Callable[[str, int, int], None]
 Solver = Callable[["LeastSquaresAccumulator"], "tuple[torch.Tensor | None, str | None]"]
 Refine = Callable[[PruningMasks, "FisherStatistics"], "tuple[PruningMasks, dict[str, Any]]"]
 
-MAX_ABS_SCALE = 10.0
-
 
 # ================================================================================================ 1. Fisher
-def _check_labels(batch: Mapping[str, torch.Tensor]) -> None:
-    if "labels" in batch:
-        return
-    missing = [key for key in ("start_positions", "end_positions") if key not in batch]
-    if len(missing) == 1:
-        raise ValueError(f"mask_gradients: the batch has start/end positions but no {missing[0]!r}; question "
-                         f"answering needs both 'start_positions' and 'end_positions' (batch keys: {sorted(batch)})")
-    if missing:
-        raise ValueError("mask_gradients needs the task loss, but the batch has no labels: missing 'labels' "
-                         "(sequence classification / regression) or 'start_positions' and 'end_positions' "
-                         f"(question answering); batch keys: {sorted(batch)}")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def mask_gradients(model: nn.Module, masks: PruningMasks,
-                   batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward and backward pass of the task loss under ``masks``: the head- and FFN-mask gradients.
-
-    The weights do not accumulate gradients: their ``requires_grad`` is switched off for the call and restored
-    after, and the gradients are taken with ``torch.autograd.grad`` on copies of the masks (``masks`` itself is
-    not modified). The pass runs in eval mode (no dropout); every module's mode is restored after. Works inside
-    ``torch.no_grad`` / ``torch.inference_mode`` (as in a Lightning validation or predict loop).
-
-    Args:
-        model: a dense BERT / RoBERTa / DistilBERT task model whose output has ``.loss`` when given labels.
-        masks: masks of the model's shape (Kwon: all ones).
-        batch: model inputs plus labels: ``labels`` (classification, regression) or ``start_positions`` and
-            ``end_positions`` (question answering). Moved to the model's device.
-
-    Returns:
-        ``(head_grad, ffn_grad)``: d loss / d ``masks.head`` (L, H) and d loss / d ``masks.ffn`` (L, F), float32.
-
-    Raises:
-        ValueError: the batch has no labels (naming what is missing), the masks do not fit the model, or the model
-            returned no loss.
-    """
-    _check_labels(batch)
-    adapter = get_adapter(model)
-    masks.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
-                      what=type(model).__name__)
-    device = _model_device(model)
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        model.eval()
-        # Outside inference mode, and with fresh (non-inference) tensors: the loss keeps its labels for backward.
-        with torch.inference_mode(False), torch.enable_grad():
-            work = masks.clone().to(device).requires_grad_(True, fields=("head", "ffn"))
-            inputs = {k: v.to(device).clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            with apply_masks(model, work):
-                loss = model(**inputs).loss
-            if loss is None:
-                raise ValueError(f"{type(model).__name__} returned no loss for a batch with keys {sorted(batch)}")
-            head_grad, ffn_grad = torch.autograd.grad(loss, [work.head, work.ffn])
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-        for module, training in modes:
-            module.training = training
-    return head_grad.detach().float(), ffn_grad.detach().float()
 
 
 @dataclass(eq=False)
@@ -415,186 +346,6 @@ def rearrange_masks(masks: PruningMasks, stats: FisherStatistics) -> PruningMask
 
 
 # ================================================================================================ 4. tuning
-def _token_mask(token_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    if token_mask is None:
-        return torch.ones(shape, dtype=torch.bool, device=device)
-    return token_mask.to(device).bool()
-
-
-def unit_contributions(unit_inputs: torch.Tensor, unit_weights: torch.Tensor,
-                       token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-unit contribution matrix A of one batch, over its non-padding tokens.
-
-    Args:
-        unit_inputs: (B, s, U, k) each unit's input to the output projection (a head's context vector, k = d_h;
-            a neuron's activation, k = 1).
-        unit_weights: (U, k, d) each unit's slice of the output projection (``weight.t()`` split by unit).
-        token_mask: (B, s), nonzero for the tokens to keep (the attention mask); ``None`` keeps all.
-
-    Returns:
-        (T·d, U): column u is unit u's output on the T kept tokens, flattened token-major (row ``t·d + j``), to
-        match ``target[token_mask].reshape(-1)``.
-    """
-    keep = _token_mask(token_mask, unit_inputs.shape[:2], unit_inputs.device)
-    x = unit_inputs[keep]  # (T, U, k)
-    contributions = torch.einsum("tuk,ukd->tdu", x, unit_weights.to(x.dtype))  # (T, d, U)
-    return contributions.reshape(-1, contributions.shape[-1])  # (T·d, U)
-
-
-@dataclass(eq=False)
-class LeastSquaresAccumulator:
-    """Running sums of a least-squares system ``min ||A x − b||²``: ``AᵀA``, ``Aᵀb``, ``bᵀb`` and the row count.
-
-    Plain float64 tensors, summable across batches (:meth:`add`, :meth:`add_factored`) and processes
-    (:meth:`merge`, or an all-reduce of :meth:`to_dict`'s tensors).
-
-    Attributes:
-        gram: (U, U) AᵀA.
-        rhs: (U,) Aᵀb.
-        target_sq: () bᵀb.
-        count: () int64, the number of rows (equations) added.
-    """
-
-    gram: torch.Tensor
-    rhs: torch.Tensor
-    target_sq: torch.Tensor
-    count: torch.Tensor
-
-    def __post_init__(self) -> None:
-        units = self.rhs.shape[0] if self.rhs.dim() == 1 else None
-        if units is None or tuple(self.gram.shape) != (units, units) or self.target_sq.dim() or self.count.dim():
-            raise ValueError(f"invalid LeastSquaresAccumulator: gram {tuple(self.gram.shape)}, rhs "
-                             f"{tuple(self.rhs.shape)}, target_sq {tuple(self.target_sq.shape)}, count "
-                             f"{tuple(self.count.shape)}; expected (U, U), (U,), () and ()")
-
-    @classmethod
-    def zeros(cls, num_units: int, device: torch.device | str | None = None) -> LeastSquaresAccumulator:
-        """An empty system of ``num_units`` unknowns."""
-        return cls(gram=torch.zeros(num_units, num_units, dtype=torch.float64, device=device),
-                   rhs=torch.zeros(num_units, dtype=torch.float64, device=device),
-                   target_sq=torch.zeros((), dtype=torch.float64, device=device),
-                   count=torch.zeros((), dtype=torch.long, device=device))
-
-    @property
-    def num_units(self) -> int:
-        """U."""
-        return self.rhs.shape[0]
-
-    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Add rows: ``a`` (R, U), ``b`` (R,)."""
-        if a.dim() != 2 or a.shape[1] != self.num_units or tuple(b.shape) != (a.shape[0],):
-            raise ValueError(f"LeastSquaresAccumulator.add: got a {tuple(a.shape)} and b {tuple(b.shape)}, expected "
-                             f"(R, {self.num_units}) and (R,)")
-        a, b = a.to(self.gram.device, torch.float64), b.to(self.gram.device, torch.float64)
-        self.gram += a.t() @ a
-        self.rhs += a.t() @ b
-        self.target_sq += b @ b
-        self.count += a.shape[0]
-
-    def add_factored(self, unit_inputs: torch.Tensor, unit_weights: torch.Tensor, target: torch.Tensor,
-                     token_mask: torch.Tensor | None = None) -> None:
-        """Add one batch of a sublayer, as ``add(unit_contributions(...), target[mask].flatten())`` without A.
-
-        With X the unit inputs (T, U·k) and W the unit weights (U·k, d):
-        ``AᵀA = blocksum(XᵀX ∘ WWᵀ)`` and ``Aᵀb = blocksum(colsum(X ∘ (b Wᵀ)))``, summing k×k blocks per unit pair.
-
-        Args:
-            unit_inputs: (B, s, U, k), see :func:`unit_contributions`.
-            unit_weights: (U, k, d).
-            target: (B, s, d), b before flattening.
-            token_mask: (B, s), the tokens to keep; ``None`` keeps all.
-        """
-        batch, seq, units, k = unit_inputs.shape
-        d = unit_weights.shape[-1]
-        if (units != self.num_units or tuple(unit_weights.shape) != (units, k, d)
-                or tuple(target.shape) != (batch, seq, d)):
-            raise ValueError(f"LeastSquaresAccumulator.add_factored: unit_inputs {tuple(unit_inputs.shape)}, "
-                             f"unit_weights {tuple(unit_weights.shape)}, target {tuple(target.shape)}; expected "
-                             f"(B, s, {self.num_units}, k), ({self.num_units}, k, d) and (B, s, d)")
-        device = self.gram.device
-        keep = _token_mask(token_mask, unit_inputs.shape[:2], unit_inputs.device)
-        x = unit_inputs[keep].to(device, torch.float64).reshape(-1, units * k)  # (T, U·k)
-        b = target[keep.to(target.device)].to(device, torch.float64)  # (T, d)
-        w = unit_weights.to(device, torch.float64).reshape(units * k, d)  # (U·k, d)
-        self.gram += ((x.t() @ x) * (w @ w.t())).view(units, k, units, k).sum((1, 3))  # (U, U)
-        self.rhs += (x * (b @ w.t())).sum(0).view(units, k).sum(1)  # (U,)
-        self.target_sq += b.pow(2).sum()
-        self.count += b.numel()
-
-    @classmethod
-    def merge(cls, accumulators: Sequence[LeastSquaresAccumulator]) -> LeastSquaresAccumulator:
-        """The sum of ``accumulators`` (same U), on the first one's device."""
-        if not accumulators:
-            raise ValueError("LeastSquaresAccumulator.merge: nothing to merge")
-        sizes = sorted({acc.num_units for acc in accumulators})
-        if len(sizes) > 1:
-            raise ValueError(f"LeastSquaresAccumulator.merge: systems of different sizes {sizes}")
-        device = accumulators[0].gram.device
-        return cls(**{name: sum((getattr(acc, name).to(device) for acc in accumulators[1:]),
-                                getattr(accumulators[0], name).clone())
-                      for name in ("gram", "rhs", "target_sq", "count")})
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        """``{"gram", "rhs", "target_sq", "count"}``: the tensors to all-reduce (sum) or store."""
-        return {"gram": self.gram, "rhs": self.rhs, "target_sq": self.target_sq, "count": self.count}
-
-    @classmethod
-    def from_dict(cls, tensors: Mapping[str, torch.Tensor]) -> LeastSquaresAccumulator:
-        """An accumulator from :meth:`to_dict`'s output."""
-        expected = {"gram", "rhs", "target_sq", "count"}
-        if set(tensors) != expected:
-            raise ValueError(f"LeastSquaresAccumulator.from_dict: expected keys {sorted(expected)}, got "
-                             f"{sorted(tensors)}")
-        return cls(**{name: tensors[name] for name in expected})
-
-    def objective(self, scales: torch.Tensor) -> float:
-        """``||A x − b||² = xᵀAᵀAx − 2xᵀAᵀb + bᵀb`` at ``x = scales`` (U,)."""
-        x = scales.to(self.gram.device, torch.float64)
-        return float(x @ self.gram @ x - 2 * x @ self.rhs + self.target_sq)
-
-    def solve(self, damping: float = 1.0) -> tuple[torch.Tensor | None, str | None]:
-        """The damped scales of the reference code's solver, guarded.
-
-        Computes ``x = 1 + argmin_y ||G y − (h − G·1)||² + damping²·||y||²`` with ``G = AᵀA`` and ``h = Aᵀb``: the
-        minimiser that the code's ``lsmr(G, h − G·1, damp=damping)`` converges to (see the module docstring), as
-        the stacked least-squares problem ``[G; damping·I] y = [h − G·1; 0]`` in float64.
-
-        Args:
-            damping: LSMR's ``damp`` (> 0; the code uses 1). It pulls the scales towards 1, the binary mask.
-
-        Returns:
-            ``(scales, None)`` with scales (U,) float64, or ``(None, reason)`` when the system is empty or holds
-            non-finite values, the solver raises, or the result is non-finite or leaves [-10, 10] (the caller then
-            keeps the unscaled mask; the code stops tuning).
-
-        Raises:
-            ValueError: ``damping`` is not a positive finite number.
-        """
-        if (isinstance(damping, bool) or not isinstance(damping, (int, float)) or not math.isfinite(damping)
-                or damping <= 0):
-            raise ValueError(f"damping={damping!r}: expected a positive finite number (LSMR's damp; the reference "
-                             "code uses 1)")
-        if int(self.count) == 0:
-            return None, "the system is empty (no tokens were added)"
-        if not (torch.isfinite(self.gram).all() and torch.isfinite(self.rhs).all()):
-            return None, "the accumulated system holds non-finite values"
-        units = self.num_units
-        eye = torch.eye(units, dtype=torch.float64, device=self.gram.device)
-        residual = self.rhs - self.gram.sum(1)  # h − G·1: the normal-equation residual of the binary mask
-        system = torch.cat([self.gram, damping * eye])  # (2U, U), full rank
-        right = torch.cat([residual, torch.zeros_like(residual)])[:, None]  # (2U, 1)
-        try:
-            correction = torch.linalg.lstsq(system, right).solution[:, 0]
-        except RuntimeError as error:  # torch.linalg.LinAlgError included
-            return None, f"the least-squares solver failed: {error}"
-        scales = 1 + correction
-        if not torch.isfinite(scales).all():
-            return None, "the solution is not finite"
-        low, high = float(scales.min()), float(scales.max())
-        if low < -MAX_ABS_SCALE or high > MAX_ABS_SCALE:
-            return None, (f"scales outside [-{MAX_ABS_SCALE:g}, {MAX_ABS_SCALE:g}] (min {low:.4g}, max {high:.4g}): "
-                          "an ill-conditioned fit")
-        return scales, None
 
 
 @dataclass(eq=False)
@@ -616,102 +367,9 @@ class SublayerBatch:
     token_mask: torch.Tensor
 
 
-class _StopForward(Exception):
-    """Raised by a hook once the sublayer of interest has run: nothing later is needed."""
-
-
-def _sublayer_modules(model: nn.Module, layer: int, sublayer: Sublayer) -> tuple[nn.Linear, nn.Module]:
-    modules = get_adapter(model).layer(layer)
-    if sublayer == "attention":
-        return modules.attn_out, modules.attn_norm
-    return modules.ffn_down, modules.ffn_norm
-
-
 def _kept_units(masks: PruningMasks, layer: int, sublayer: Sublayer) -> torch.Tensor:
     kept = masks.heads_alive()[layer] if sublayer == "attention" else masks.ffn[layer] != 0
     return torch.nonzero(kept).flatten()
-
-
-@contextlib.contextmanager
-def _start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Iterator[None]:
-    """Inside the block, ``model``'s forward pass starts at encoder layer ``layer`` with input ``hidden``.
-
-    The embeddings' output is replaced by ``hidden`` and the encoder's layer list is cut to the layers from
-    ``layer`` on (BERT, RoBERTa and DistilBERT encoders run their layer lists in order, each layer taking and
-    returning the hidden states; the attention mask is built from the inputs as before). ``hidden=None`` changes
-    nothing (start from the embeddings).
-    """
-    if hidden is None:
-        yield
-        return
-    adapter = get_adapter(model)
-    path = adapter.spec.layers
-    parent_path, _, name = path.rpartition(".")
-    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
-    layers = getattr(parent, name)
-    handle = model.base_model.embeddings.register_forward_hook(lambda module, args, output: hidden)
-    setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
-    try:
-        yield
-    finally:
-        setattr(parent, name, layers)
-        handle.remove()
-
-
-def _layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
-                  start: torch.Tensor | None) -> torch.Tensor:
-    """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``."""
-    captured: list[torch.Tensor] = []
-
-    def on_layer(module: nn.Module, args: tuple, output: Any) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
-
-    handle = get_adapter(model).layers[layer].register_forward_hook(on_layer)
-    try:
-        with contextlib.ExitStack() as stack:
-            if masks is not None:
-                stack.enter_context(apply_masks(model, masks))
-            stack.enter_context(_start_at(model, layer, start))
-            model(**inputs)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    assert captured, "the forward pass never reached the layer"
-    return captured[0].detach()
-
-
-def _run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
-                 sublayer: Sublayer, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's LayerNorm; capture its tensors.
-
-    ``start``: the hidden states entering ``layer`` (``None``: run from the embeddings).
-    """
-    projection, norm = _sublayer_modules(model, layer, sublayer)
-    captured: dict[str, torch.Tensor] = {}
-
-    def on_projection(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        captured["unit_inputs"], captured["projection"] = args[0], output  # after the masking pre-hook
-
-    def on_norm(module: nn.Module, args: tuple) -> None:
-        captured["pre_norm"] = args[0]  # projection output + residual
-        raise _StopForward
-
-    handles = [projection.register_forward_hook(on_projection), norm.register_forward_pre_hook(on_norm)]
-    try:
-        with contextlib.ExitStack() as stack:
-            if masks is not None:
-                stack.enter_context(apply_masks(model, masks))
-            stack.enter_context(_start_at(model, layer, start))
-            model(**inputs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert "pre_norm" in captured, "the forward pass never reached the sublayer's LayerNorm"
-    return captured
 
 
 @torch.no_grad()
@@ -753,11 +411,11 @@ def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, 
         raise ValueError(f"sublayer={sublayer!r}: expected 'attention' or 'ffn'")
     if not 0 <= layer < adapter.num_layers:
         raise ValueError(f"layer={layer!r}: expected an index in [0, {adapter.num_layers})")
-    device = _model_device(model)
+    device = next(model.parameters()).device
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in LABEL_KEYS}
-    student = _run_to_norm(model, masks, inputs, layer, sublayer, student_start)
-    teacher = _run_to_norm(model, teacher_masks, inputs, layer, sublayer, teacher_start)
-    projection, _ = _sublayer_modules(model, layer, sublayer)
+    student = run_to_norm(model, masks, inputs, layer, sublayer, student_start)
+    teacher = run_to_norm(model, teacher_masks, inputs, layer, sublayer, teacher_start)
+    projection, _ = sublayer_modules(model, layer, sublayer)
     bias = projection.bias if projection.bias is not None else torch.zeros(projection.out_features, device=device)
     # b = reference (projection + residual) − student residual − bias = ref_pre_norm − pre_norm + (projection − bias)
     target = teacher["pre_norm"] - student["pre_norm"] + student["projection"] - bias  # (B, s, d)
@@ -768,7 +426,7 @@ def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, 
     weights = projection.weight.t().reshape(num_units, k, -1)  # (U_all, k, d)
     shape = per_unit.shape[:2]
     token_mask = batch.get("attention_mask")
-    token_mask = _token_mask(token_mask, shape, device)
+    token_mask = token_mask_or_all(token_mask, shape, device)
     if first_token_only:
         token_mask = token_mask & (torch.arange(shape[1], device=device) == 0)[None]
     return SublayerBatch(units=units, unit_inputs=per_unit.index_select(2, units),
@@ -842,7 +500,7 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
     adapter = get_adapter(model)
     masks.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
                       what=type(model).__name__)
-    device = _model_device(model)
+    device = next(model.parameters()).device
     tuned = masks.clone().to(device)
     teacher_masks = None if isinstance(reference, str) else reference
     steps: list[TuningStep] = []
@@ -853,9 +511,9 @@ def tune_masks(model: nn.Module, masks: PruningMasks, batches: Sequence[Mapping[
                 for i, batch in enumerate(batches):
                     inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)
                               and k not in LABEL_KEYS}
-                    hidden["student", i] = _layer_output(model, tuned, inputs, layer - 1,
+                    hidden["student", i] = layer_output(model, tuned, inputs, layer - 1,
                                                          hidden.get(("student", i)))
-                    hidden["teacher", i] = _layer_output(model, teacher_masks, inputs, layer - 1,
+                    hidden["teacher", i] = layer_output(model, teacher_masks, inputs, layer - 1,
                                                          hidden.get(("teacher", i)))
                     if progress is not None:
                         progress(f"Kwon tuning layer {layer - 1} outputs", i + 1, len(batches))
@@ -967,7 +625,7 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
     num_batches = len(batches) if num_batches is None else num_batches
     if len(batch_ids) != len(batches) or any(not 0 <= i < num_batches for i in batch_ids):
         raise ValueError(f"batch_ids must give each of the {len(batches)} batches a position in [0, {num_batches})")
-    device = _model_device(model)
+    device = next(model.parameters()).device
     ones = PruningMasks.ones(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim, device=device)
     # Fisher: each batch's gradients go to its row of the whole sample's table; summing the tables over processes
     # (zeros elsewhere) gathers every process's rows exactly, in the same order as a single process would have them.
@@ -1119,22 +777,6 @@ class KwonCallback(RetrainingFreePruning):
         return None if self.tuning_cache_mb is None else int(self.tuning_cache_mb * 2**20)
 
 
-__all__ = [
-    "KwonCallback",
-    "FisherStatistics",
-    "KwonResult",
-    "kwon_prune",
-    "LeastSquaresAccumulator",
-    "SublayerBatch",
-    "TuningStep",
-    "apply_scales",
-    "collect_sublayer",
-    "mask_gradients",
-    "rearrange_layer",
-    "rearrange_masks",
-    "rearrangement_objective",
-    "search_masks",
-    "teacher_budget",
-    "tune_masks",
-    "unit_contributions",
-]
+__all__ = ["KwonCallback", "FisherStatistics", "KwonResult", "kwon_prune", "SublayerBatch", "TuningStep",
+           "apply_scales", "collect_sublayer", "rearrange_layer", "rearrange_masks", "rearrangement_objective",
+           "search_masks", "teacher_budget", "tune_masks"]

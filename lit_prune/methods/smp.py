@@ -26,7 +26,7 @@ The recipes (``configs/smp/``) train for 1 to 5 epochs, where the reference code
 12 on SST-2, and report the model at the end of training, where the reference code keeps the best dev checkpoint
 at the final ratio (README, SMP).
 
-Pure functions first (:func:`local_counts`, :func:`global_counts`, :func:`topk_mask`, :func:`cubic_keep`,
+Pure functions first (:func:`local_counts`, :func:`global_counts`, :func:`topk_mask`,
 :func:`score_regularizer`); the Lightning module and the export follow.
 """
 
@@ -44,8 +44,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from safetensors.torch import save as save_safetensors
+from torch import nn
 from torch.nn.utils import parametrize
 
 from lit_prune.assets import AssetNotFoundError, resolve_model
@@ -55,8 +55,10 @@ from lit_prune.core.compact import compact
 from lit_prune.core.masks import PruningMasks
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
-from lit_prune.methods.common import (LABEL_KEYS, check_same_on_all_ranks, evaluate_module, latency_comparison,
-                                      phase, publish, shared_report, training_summary)
+from lit_prune.methods.common import (check_same_on_all_ranks, evaluate_module, latency_comparison, phase, publish,
+                                      shared_report, training_summary)
+from lit_prune.prune.batches import LABEL_KEYS
+from lit_prune.prune.schedules import cubic_schedule
 from lit_prune.tasks.classification import SequenceClassificationModule, configure_for_task
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
@@ -167,13 +169,6 @@ def straight_through_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ schedule
-def cubic_keep(step: int, total_steps: int, final: float) -> float:
-    """SMP's cubic schedule: v_t = v_f + (1 − v_f)(1 − t/N)³, from 1 at step 0 to ``final`` at step N."""
-    _check_keep(final, "final")
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps}: expected at least 1")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return final + (1 - final) * (1 - progress) ** 3
 
 
 def regularization_weight(keep: float, final: float, ramp: Ramp) -> float:
@@ -633,7 +628,7 @@ class _StaticModelPruning:
 
     def set_counts_for(self, step: int) -> None:
         start = self.head_warmup_steps
-        self.keep = cubic_keep(step - start, max(1, self._schedule_steps() - start), self.params_kept)
+        self.keep = cubic_schedule(step - start, max(1, self._schedule_steps() - start), self.params_kept)
         self.counts = set_counts(self.score_masks, self.keep, self.masking)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -901,6 +896,6 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
 
 
 __all__ = ["LABEL_WORDS", "MATRIX_TYPES", "CSRLinear", "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule",
-           "ScoreMask", "cubic_keep", "encoder_linears", "global_counts", "install_scores", "label_word_classifier",
+           "ScoreMask", "encoder_linears", "global_counts", "install_scores", "label_word_classifier",
            "label_word_ids", "local_count", "score_regularizer", "set_counts", "sparse_copy", "straight_through_mask",
            "structure_from_zeros", "topk_mask"]

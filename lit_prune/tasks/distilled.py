@@ -1,27 +1,18 @@
-"""Distillation from a frozen fine-tuned teacher, for any method that trains while it prunes (GRAIN, SMP).
+"""Distilled task modules: lit_prune's task modules (same data, metrics, evaluation and final-model saving) whose
+student learns from a frozen fine-tuned teacher, for methods that train while they prune (GRAIN).
 
-The losses (GRAIN's reference code, airaria/GRAIN ``pruners_and_distiller``, which follows TextBrewer):
-
-* :func:`soft_cross_entropy`: −Σ softmax(t/T)·log softmax(s/T), averaged over the rows (T = 8 for GRAIN; no T²
-  factor, as in the reference). For regression (STS-B, one output) a soft cross-entropy has no meaning: the logits
-  are matched by mean squared error instead. For extractive QA the start and the end distributions over the
-  sequence each give one term (summed), with padding positions left out of both softmaxes.
-* :func:`hidden_mse`: mean squared error between a student hidden state, through a trainable projection
-  initialised to the identity, and the teacher's, over the non-padding tokens (:class:`HiddenStateMatcher`; one
-  projection per matched layer, the per-layer losses summed).
-
-The task modules :class:`DistilledSequenceClassificationModule` and :class:`DistilledQuestionAnsweringModule` are
-lit_prune's task modules (same data, metrics, evaluation and final-model saving) whose student is initialised from
-``name_or_path`` and trained on ``kd_weight``·prediction loss + ``hidden_weight``·hidden loss (+ an optional
-``hard_label_weight``·task loss). The teacher is frozen, kept in eval mode, and kept out of the optimiser and of
-checkpoints (it is rebuilt from ``teacher`` or ``name_or_path``). Each training step leaves the prediction loss
-(distillation + hard labels) in ``self.prediction_loss``: GRAIN's importance is its gradient only.
+:class:`DistilledSequenceClassificationModule` and :class:`DistilledQuestionAnsweringModule` train the student,
+initialised from ``name_or_path``, on ``kd_weight``·prediction loss + ``hidden_weight``·hidden loss (+ an optional
+``hard_label_weight``·task loss); the losses are :mod:`lit_prune.prune.distill`'s (GRAIN's soft cross-entropy at
+temperature 8, no T² factor, and the hidden-state MSE through identity-initialised projections). The teacher is
+frozen, kept in eval mode, and kept out of the optimiser and of checkpoints (it is rebuilt from ``teacher`` or
+``name_or_path``). Each training step leaves the prediction loss (distillation + hard labels) in
+``self.prediction_loss``: GRAIN's importance is its gradient only.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,76 +21,10 @@ from torch import nn
 
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
-from lit_prune.methods.common import LABEL_KEYS
+from lit_prune.prune.batches import LABEL_KEYS
+from lit_prune.prune.distill import HiddenStateMatcher, soft_cross_entropy
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
-
-
-# ------------------------------------------------------------------------------------------------ losses
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft cross-entropy of the student's tempered distribution against the teacher's.
-
-    Args:
-        student_logits: (..., C) logits; the softmax runs over the last dim.
-        teacher_logits: the same shape.
-        temperature: T; both logits are divided by it.
-        mask: optional (..., C) bool, False where a class is not a candidate (QA padding): left out of both softmaxes.
-
-    Returns:
-        The mean over all leading positions of −Σ_c p_T(c)·log p_S(c).
-    """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ in shape")
-    student, teacher = student_logits / temperature, teacher_logits / temperature
-    if mask is not None:
-        floor = torch.finfo(student.dtype).min
-        student, teacher = student.masked_fill(~mask, floor), teacher.masked_fill(~mask, floor)
-    p_teacher = F.softmax(teacher, dim=-1)
-    log_student = F.log_softmax(student, dim=-1)
-    terms = p_teacher * log_student
-    if mask is not None:  # p_T is 0 there, but 0 · (−huge) must not become NaN
-        terms = terms.masked_fill(~mask, 0.0)
-    return -terms.sum(-1).mean()
-
-
-def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor | None = None
-               ) -> torch.Tensor:
-    """Mean squared error between (B, s, d) hidden states over the tokens ``attention_mask`` (B, s) keeps."""
-    if attention_mask is None:
-        return F.mse_loss(student, teacher)
-    weights = attention_mask.to(student.dtype).unsqueeze(-1)  # (B, s, 1)
-    count = weights.sum() * student.shape[-1]
-    return ((student - teacher) ** 2 * weights).sum() / count.clamp_min(1.0)
-
-
-class HiddenStateMatcher(nn.Module):
-    """Trainable projections (identity at start) from student to teacher hidden states, and their summed MSE.
-
-    Args:
-        student_size: the student's hidden size.
-        teacher_size: the teacher's hidden size (equal to the student's for the identity start).
-        layers: the hidden-state indices matched (0 is the embedding output; student layer i against teacher
-            layer i).
-    """
-
-    def __init__(self, student_size: int, teacher_size: int, layers: Sequence[int]) -> None:
-        super().__init__()
-        self.layers = list(layers)
-        self.projections = nn.ModuleList()
-        for _ in self.layers:
-            projection = nn.Linear(student_size, teacher_size)
-            nn.init.eye_(projection.weight)
-            nn.init.zeros_(projection.bias)
-            self.projections.append(projection)
-
-    def forward(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        total = student_states[0].new_zeros(())
-        for layer, projection in zip(self.layers, self.projections):
-            total = total + hidden_mse(projection(student_states[layer]), teacher_states[layer], attention_mask)
-        return total
 
 
 # ------------------------------------------------------------------------------------------------ task modules
@@ -282,5 +207,4 @@ class DistilledQuestionAnsweringModule(_Distillation, QuestionAnsweringModule):
                    for name in ("start_logits", "end_logits"))
 
 
-__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule", "HiddenStateMatcher",
-           "hidden_mse", "soft_cross_entropy"]
+__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule"]

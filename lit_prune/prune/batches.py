@@ -1,0 +1,40 @@
+"""Batches as models take them: which keys are labels, which inputs a model's ``forward`` accepts.
+
+Plain PyTorch; used by every method to turn a calibration or training batch into model inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
+def forward_keys(model: nn.Module) -> set[str] | None:
+    """The keyword arguments ``model.forward`` takes (``None``: it takes any)."""
+    parameters = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return set(parameters)
+
+
+def model_batch(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of ``batch`` the model takes, labels included (drops e.g. ``feature_index``)."""
+    keys = forward_keys(model)
+    return {name: value for name, value in batch.items()
+            if isinstance(value, torch.Tensor) and (keys is None or name in keys)}
+
+
+def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of ``batch`` that ``model.forward`` takes, on the model's device, without labels."""
+    device = next(model.parameters()).device
+    return {name: value.to(device) for name, value in model_batch(model, batch).items() if name not in LABEL_KEYS}
+
+
+
+__all__ = ["LABEL_KEYS", "forward_keys", "model_batch", "model_inputs"]

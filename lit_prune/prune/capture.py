@@ -1,0 +1,174 @@
+"""Capture inside a forward pass: run a model to one sublayer (or from one layer on), and record the inputs of the
+output projections, without editing the model.
+
+A transformer layer has two sublayers, multi-head attention (MHA) and the FFN, each ending with an output projection
+(W_O, W_down), a residual sum and a LayerNorm. The methods that refit a sublayer (Kwon's mask tuning, KPrune's weight
+tuning) need, per calibration batch, the projection's input, its output and the pre-LayerNorm sum; methods that score
+units need the projection inputs of every sublayer. These helpers get them with forward hooks, and cut the pass short:
+
+* :func:`run_to_norm` stops at the sublayer's LayerNorm (nothing later runs);
+* :func:`start_at` starts the pass at a given encoder layer from cached hidden states (nothing earlier runs), so a
+  layer-by-layer process runs each layer once per batch instead of the whole prefix again;
+* :func:`layer_output` gives one encoder layer's output from its input;
+* :class:`ProjectionInputs` records the (masked) inputs of the output projections of a range of sublayers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lit_prune.core.arch import get_adapter
+from lit_prune.core.masking import apply_masks
+from lit_prune.core.masks import PruningMasks
+
+Sublayer = Literal["attention", "ffn"]
+
+
+def sublayer_of(index: int) -> tuple[int, Sublayer]:
+    """Sublayer ``index`` in 0..2L-1 → ``(layer, "attention" | "ffn")`` (MHA₀, FFN₀, MHA₁, ...)."""
+    return index // 2, ("attention" if index % 2 == 0 else "ffn")
+
+
+class StopForward(Exception):
+    """Raised by a hook once the sublayer of interest has run: nothing later is needed."""
+
+
+def sublayer_modules(model: nn.Module, layer: int, sublayer: Sublayer) -> tuple[nn.Linear, nn.Module]:
+    modules = get_adapter(model).layer(layer)
+    if sublayer == "attention":
+        return modules.attn_out, modules.attn_norm
+    return modules.ffn_down, modules.ffn_norm
+
+
+@contextlib.contextmanager
+def start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Iterator[None]:
+    """Inside the block, ``model``'s forward pass starts at encoder layer ``layer`` with input ``hidden``.
+
+    The embeddings' output is replaced by ``hidden`` and the encoder's layer list is cut to the layers from
+    ``layer`` on (BERT, RoBERTa and DistilBERT encoders run their layer lists in order, each layer taking and
+    returning the hidden states; the attention mask is built from the inputs as before). ``hidden=None`` changes
+    nothing (start from the embeddings).
+    """
+    if hidden is None:
+        yield
+        return
+    adapter = get_adapter(model)
+    path = adapter.spec.layers
+    parent_path, _, name = path.rpartition(".")
+    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+    layers = getattr(parent, name)
+    handle = model.base_model.embeddings.register_forward_hook(lambda module, args, output: hidden)
+    setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, layers)
+        handle.remove()
+
+
+def layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
+                  start: torch.Tensor | None) -> torch.Tensor:
+    """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``."""
+    captured: list[torch.Tensor] = []
+
+    def on_layer(module: nn.Module, args: tuple, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise StopForward
+
+    handle = get_adapter(model).layers[layer].register_forward_hook(on_layer)
+    try:
+        with contextlib.ExitStack() as stack:
+            if masks is not None:
+                stack.enter_context(apply_masks(model, masks))
+            stack.enter_context(start_at(model, layer, start))
+            model(**inputs)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    assert captured, "the forward pass never reached the layer"
+    return captured[0].detach()
+
+
+def run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
+                 sublayer: Sublayer, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's LayerNorm; capture its tensors.
+
+    ``start``: the hidden states entering ``layer`` (``None``: run from the embeddings).
+    """
+    projection, norm = sublayer_modules(model, layer, sublayer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def on_projection(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        captured["unit_inputs"], captured["projection"] = args[0], output  # after the masking pre-hook
+
+    def on_norm(module: nn.Module, args: tuple) -> None:
+        captured["pre_norm"] = args[0]  # projection output + residual
+        raise StopForward
+
+    handles = [projection.register_forward_hook(on_projection), norm.register_forward_pre_hook(on_norm)]
+    try:
+        with contextlib.ExitStack() as stack:
+            if masks is not None:
+                stack.enter_context(apply_masks(model, masks))
+            stack.enter_context(start_at(model, layer, start))
+            model(**inputs)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert "pre_norm" in captured, "the forward pass never reached the sublayer's LayerNorm"
+    return captured
+
+
+class ProjectionInputs:
+    """Forward hooks that record the (masked) inputs of the output projections of the sublayers ≥ ``target``, and
+    the target's projection output and pre-LayerNorm sum. Use as a context manager (the hooks go on exit).
+
+    Attributes:
+        inputs: sublayer index → (B, s, C) the projection's input, after the masking pre-hook.
+        projection_output, pre_norm: (B, s, d) the target's projection output and its sum with the residual.
+    """
+
+    def __init__(self, model: nn.Module, target: int) -> None:
+        adapter = get_adapter(model)
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.handles = []
+        for index in range(target, 2 * adapter.num_layers):
+            projection, _ = sublayer_modules(model, *sublayer_of(index))
+            # forward hooks see the arguments after the masking pre-hook
+            self.handles.append(projection.register_forward_hook(
+                lambda m, args, out, index=index: self._on_projection(index, args[0], out)))
+        self.target = target
+        _, norm = sublayer_modules(model, *sublayer_of(target))
+        self.handles.append(norm.register_forward_pre_hook(lambda m, args: self._on_norm(args[0])))
+        self.projection_output: torch.Tensor | None = None
+        self.pre_norm: torch.Tensor | None = None
+
+    def _on_projection(self, index: int, inputs: torch.Tensor, output: torch.Tensor) -> None:
+        self.inputs[index] = inputs.detach()
+        if index == self.target:
+            self.projection_output = output.detach()
+
+    def _on_norm(self, hidden: torch.Tensor) -> None:
+        self.pre_norm = hidden.detach()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def __enter__(self) -> ProjectionInputs:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+
+__all__ = ["ProjectionInputs", "StopForward", "Sublayer", "layer_output", "run_to_norm", "start_at", "sublayer_modules",
+           "sublayer_of"]

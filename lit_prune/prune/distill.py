@@ -1,0 +1,148 @@
+"""Distillation losses, written once for every method that learns from a frozen teacher.
+
+**One meaning of ``temperature``, everywhere in lit_prune**: T divides the logits of both the teacher and the student
+before the softmax. What differs between methods is only the loss built on the tempered distributions, and each
+method's paper fixes it:
+
+* :func:`distillation_loss`: KL(teacher ‖ student) at temperature T, multiplied by T² (Hinton et al.; the gradient
+  scale then does not depend on T), averaged over the batch. Question answering: the mean of the start and end
+  losses. Regression (one output): the MSE of the raw outputs (T does not apply). KPrune's predictive knowledge
+  (T = 2), G-Pruner's reward (T = 1) and SMP's distillation (T = 2) use it.
+* :func:`soft_cross_entropy`: −Σ softmax(t/T)·log softmax(s/T), averaged over the rows, **without** the T² factor, as
+  GRAIN's reference code (TextBrewer) has it (T = 8).
+* :func:`hidden_mse` / :class:`HiddenStateMatcher`: hidden-state MSE through trainable projections initialised to the
+  identity, over the non-padding tokens (GRAIN).
+
+The teacher's side of :func:`distillation_loss` is computed once per batch (:func:`teacher_targets`,
+:func:`dense_predictions`), so a calibration loop can keep it while the student changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_prune.prune.batches import model_inputs
+
+PredictionKind = Literal["classification", "regression", "question_answering"]
+
+
+def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
+    """What the model predicts, from its output and config (used to pick the distillation loss)."""
+    if getattr(outputs, "start_logits", None) is not None:
+        return "question_answering"
+    logits = getattr(outputs, "logits", None)
+    if logits is None:
+        raise ValueError(f"{type(model).__name__} returns neither `logits` nor `start_logits`/`end_logits`: distillation "
+                         "needs a sequence-classification, regression or question-answering head")
+    if getattr(model.config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
+        return "regression"
+    return "classification"
+
+
+def teacher_targets(outputs: Any, model: nn.Module, temperature: float) -> dict[str, torch.Tensor]:
+    """The teacher's side of :func:`distillation_loss` from its ``outputs``: softmax(logits / T) (start and end for
+    question answering), or the raw values for regression."""
+    kind = prediction_kind(outputs, model)
+    if kind == "question_answering":
+        return {"start": F.softmax(outputs.start_logits.detach() / temperature, dim=-1),
+                "end": F.softmax(outputs.end_logits.detach() / temperature, dim=-1)}
+    if kind == "regression":
+        return {"values": outputs.logits.detach().float()}
+    return {"probs": F.softmax(outputs.logits.detach() / temperature, dim=-1)}
+
+
+@torch.no_grad()
+def dense_predictions(dense: nn.Module, batch: Mapping[str, Any], temperature: float) -> dict[str, torch.Tensor]:
+    """The dense model's :func:`teacher_targets` for one batch (a forward pass without gradients)."""
+    return teacher_targets(dense(**model_inputs(dense, batch)), dense, temperature)
+
+
+def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """The predictive-knowledge loss between the current model's ``outputs`` and the dense ``targets``.
+
+    KL(dense ‖ current) at temperature T times T², averaged over the batch (``batchmean``); the mean of the start
+    and end losses for question answering; the MSE for regression.
+    """
+    def kl(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(logits / temperature, dim=-1), probs, reduction="batchmean") * temperature ** 2
+
+    if "start" in targets:
+        return (kl(outputs.start_logits, targets["start"]) + kl(outputs.end_logits, targets["end"])) / 2
+    if "values" in targets:
+        return F.mse_loss(outputs.logits.float(), targets["values"])
+    return kl(outputs.logits, targets["probs"])
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 8.0,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft cross-entropy of the student's tempered distribution against the teacher's.
+
+    Args:
+        student_logits: (..., C) logits; the softmax runs over the last dim.
+        teacher_logits: the same shape.
+        temperature: T; both logits are divided by it.
+        mask: optional (..., C) bool, False where a class is not a candidate (QA padding): left out of both softmaxes.
+
+    Returns:
+        The mean over all leading positions of −Σ_c p_T(c)·log p_S(c).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    student, teacher = student_logits / temperature, teacher_logits / temperature
+    if mask is not None:
+        floor = torch.finfo(student.dtype).min
+        student, teacher = student.masked_fill(~mask, floor), teacher.masked_fill(~mask, floor)
+    p_teacher = F.softmax(teacher, dim=-1)
+    log_student = F.log_softmax(student, dim=-1)
+    terms = p_teacher * log_student
+    if mask is not None:  # p_T is 0 there, but 0 · (−huge) must not become NaN
+        terms = terms.masked_fill(~mask, 0.0)
+    return -terms.sum(-1).mean()
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Mean squared error between (B, s, d) hidden states over the tokens ``attention_mask`` (B, s) keeps."""
+    if attention_mask is None:
+        return F.mse_loss(student, teacher)
+    weights = attention_mask.to(student.dtype).unsqueeze(-1)  # (B, s, 1)
+    count = weights.sum() * student.shape[-1]
+    return ((student - teacher) ** 2 * weights).sum() / count.clamp_min(1.0)
+
+
+class HiddenStateMatcher(nn.Module):
+    """Trainable projections (identity at start) from student to teacher hidden states, and their summed MSE.
+
+    Args:
+        student_size: the student's hidden size.
+        teacher_size: the teacher's hidden size (equal to the student's for the identity start).
+        layers: the hidden-state indices matched (0 is the embedding output; student layer i against teacher
+            layer i).
+    """
+
+    def __init__(self, student_size: int, teacher_size: int, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.projections = nn.ModuleList()
+        for _ in self.layers:
+            projection = nn.Linear(student_size, teacher_size)
+            nn.init.eye_(projection.weight)
+            nn.init.zeros_(projection.bias)
+            self.projections.append(projection)
+
+    def forward(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        total = student_states[0].new_zeros(())
+        for layer, projection in zip(self.layers, self.projections):
+            total = total + hidden_mse(projection(student_states[layer]), teacher_states[layer], attention_mask)
+        return total
+
+
+__all__ = ["HiddenStateMatcher", "PredictionKind", "dense_predictions", "distillation_loss", "hidden_mse",
+           "prediction_kind", "soft_cross_entropy", "teacher_targets"]
