@@ -133,7 +133,7 @@ register_method(MethodSpec(
 
 
 def achieved(report: dict[str, Any], setting: str) -> float:
-    """What a run achieved of a budget setting: ``flops_kept`` or ``params_kept`` (encoder Linear parameters).
+    """What a run achieved of a budget setting: ``flops_kept`` or ``params_kept`` (encoder Linear weights).
 
     ``params_kept`` is the method's own count where its report gives one (``params.kept``: GRAIN's density, the
     weights SMP's unstructured masks keep, most of them inside rows that stay), else the compacted model's share.
@@ -144,7 +144,7 @@ def achieved(report: dict[str, Any], setting: str) -> float:
         params = report["params"]
         if params.get("kept") is not None:
             return float(params["kept"])
-        return params["pruned"]["encoder_linear"] / params["dense"]["encoder_linear"]
+        return params["pruned"]["encoder_linear_weights"] / params["dense"]["encoder_linear_weights"]
     raise ValueError(f"unknown budget setting {setting!r}; known: flops_kept, params_kept")
 
 

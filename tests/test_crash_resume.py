@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent('''
     if kill_at > 0:
         callbacks.append(Kill())
     if method == "grain":
-        from lit_prune.distill import DistilledSequenceClassificationModule
+        from lit_prune.tasks.distilled import DistilledSequenceClassificationModule
         from lit_prune.methods import GrainCallback
         module = DistilledSequenceClassificationModule(folder, task="rte", learning_rate=5e-3, warmup_ratio=0.0)
         callbacks.append(GrainCallback(params_kept=0.2, evaluate=False, latency_batch_size=0))

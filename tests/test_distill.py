@@ -65,6 +65,7 @@ def test_distilled_module_trains_the_student_only(tiny_folders, tmp_path):  # no
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, max_steps=3)
     trainer.fit(module, datamodule=data)
     assert all(torch.equal(teacher_before[k], v) for k, v in module.teacher.state_dict().items())
+    assert not module.teacher.training  # out of the module tree: fit's train() never reaches it
     assert any(not torch.equal(student_before[k], v) for k, v in module.model.state_dict().items())
     assert (tmp_path / "final_model" / "model.safetensors").is_file()
     assert trainer.callback_metrics["train/kd_loss"] > 0 and "train/hidden_loss" in trainer.callback_metrics

@@ -24,8 +24,9 @@ from lit_prune.methods.gpruner import (
     ppo_search,
     ranking_logits,
 )
-from lit_prune.methods.kwon import kwon_prune, search_masks
 from lit_prune.prune.lstsq import LeastSquaresAccumulator, cgs_solve
+from lit_prune.prune.post_training import kwon_prune
+from lit_prune.prune.search import search_masks
 from lit_prune.report import read_report
 
 
@@ -80,7 +81,7 @@ def test_cgs_tuning_solver_finds_the_least_squares_scales():
                                                                                                   dtype=torch.float64)
     acc = LeastSquaresAccumulator.zeros(6)
     acc.add(a, b)
-    solver = CGSTuningSolver(tol=1e-12, max_iter=100, damping=0.0)
+    solver = CGSTuningSolver(tol=1e-12, max_iter=100, ridge=0.0)
     scales, reason = solver(acc)
     assert reason is None
     torch.testing.assert_close(scales, torch.linalg.lstsq(a, b[:, None]).solution[:, 0], rtol=1e-8, atol=1e-8)
@@ -109,7 +110,7 @@ def test_cgs_tuning_in_kwons_pipeline_lowers_every_reconstruction_error():
 @pytest.mark.parametrize("settings, message", [
     ({"tol": 0}, "cgs_tol=0: expected a finite number > 0"),
     ({"max_iter": 0}, "cgs_max_iter=0: expected an integer >= 1"),
-    ({"damping": -1.0}, "cgs_damping=-1.0: expected a finite number >= 0"),
+    ({"ridge": -1.0}, "cgs_ridge=-1.0: expected a finite number >= 0"),
 ])
 def test_cgs_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):

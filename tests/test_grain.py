@@ -1,8 +1,11 @@
-"""GRAIN's pure parts on tiny models: layout counts, the cubic schedule, importance and its EMA against a hand
-computation from weight gradients, the structure regulariser, and the global selection under a density budget."""
+"""GRAIN on tiny models: layout counts (weights only), the cubic schedule, importance and its EMA against a hand
+computation from weight gradients, the structure regulariser, the global selection under a density budget; the
+callback with lit_prune's distilled modules (resume, ablation, DDP on two nodes) and on a user's plain
+LightningModule (importance distilled from a frozen copy, mistakes refused at setup, DDP)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -14,13 +17,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import REPO, tiny_inputs, tiny_model
+from conftest import REPO, tiny_config, tiny_inputs, tiny_model
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.flops import count_parameters, masks_parameters
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.data.glue import GlueDataModule
 from lit_prune.methods.grain import GrainCallback, GrainImportance, GrainLayout, check_density, select_units
+from lit_prune.prune.distill import soft_cross_entropy
 from lit_prune.prune.schedules import cubic_schedule
 from lit_prune.tasks.distilled import DistilledSequenceClassificationModule
 from lit_prune.report import REPORT_KEYS, read_report
@@ -35,12 +39,13 @@ def model():
 def test_layout_counts_match_the_core(tiny_model_type):
     model = tiny_model(tiny_model_type)
     layout = GrainLayout.from_model(model)
-    assert layout.dense_parameters == count_parameters(model)["encoder_linear"]
+    # the budget counts weights only (biases excluded): params_kept's one meaning across methods
+    assert layout.dense_parameters == count_parameters(model)["encoder_linear_weights"]
     masks = PruningMasks.ones(2, 4, 8, 48)
     masks.qk[0, 1, :3] = 0
     masks.vo[1, 2] = 0  # a dead head: its query units count as removed too
     masks.ffn[1, :10] = 0
-    assert layout.kept_parameters(masks) == masks_parameters(masks)["encoder_linear"]
+    assert layout.kept_parameters(masks) == masks_parameters(masks)["encoder_linear_weights"]
 
 
 def test_cubic_schedule_at_chosen_steps():
@@ -172,16 +177,15 @@ def test_lowest_scores_go_first(model):
 
 def test_density_checks(model):
     layout = GrainLayout.from_model(model)
-    assert check_density(0.05, layout) == 0.05
+    assert check_density(0.05) == 0.05
     for bad in (0, 1.5, float("nan"), "0.1", True):
         with pytest.raises(ValueError, match="params_kept="):
-            check_density(bad, layout)
-    floor = layout.fixed_parameters / layout.dense_parameters
-    with pytest.raises(ValueError, match=f"below {floor:.4f}"):
-        check_density(floor / 2, layout)
-    with pytest.raises(ValueError, match="below"):
-        select_units({n: torch.zeros_like(getattr(layout.masks(), n)) for n in ("qk", "vo", "ffn")}, layout.masks(),
-                     layout, floor / 2)
+            check_density(bad)
+    # counted in weights, every unit's weights can go: any density in (0, 1] is reachable (no floor of biases)
+    tiny = 1 / layout.dense_parameters
+    empty = select_units({n: torch.zeros_like(getattr(layout.masks(), n)) for n in ("qk", "vo", "ffn")},
+                         layout.masks(), layout, tiny)
+    assert layout.kept_parameters(empty) == 0 and empty.heads_alive().sum() == 0 and empty.ffn.sum() == 0
 
 
 # ------------------------------------------------------------------------------------------------ the callback
@@ -191,8 +195,6 @@ def test_density_checks(model):
 def student_folder(tmp_path_factory, minilm_l3):
     """A tiny BERT (no dropout, so runs are reproducible step by step) with the real MiniLM tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from conftest import tiny_config
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
     folder = tmp_path_factory.mktemp("grain_student")
@@ -240,6 +242,11 @@ def test_end_to_end_prunes_compacts_and_reports(student_folder, tmp_path):
     masks = PruningMasks.load(tmp_path / "run" / "pruning_masks.safetensors")
     assert report["structure"] == masks.structure()
     assert masks_parameters(masks)["encoder_linear"] == report["params"]["pruned"]["encoder_linear"]
+    # params_kept means weights only, in the budget and in the report alike
+    weights = masks_parameters(masks)["encoder_linear_weights"]
+    assert weights == report["params"]["pruned"]["encoder_linear_weights"]
+    assert report["params"]["kept"] == weights / report["params"]["dense"]["encoder_linear_weights"] \
+        == report["schedule"]["history"][-1]["params_kept"]
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "pruned_model",
                                                                   trust_remote_code=True).eval()
     module.model.eval()
@@ -392,18 +399,250 @@ def test_recipe_on_two_nodes_launched_by_torchrun(minilm_l3, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]
 
 
-def test_on_a_users_own_module(tmp_path):
+@pytest.mark.parametrize("importance_from", ["auto", "loss"])
+def test_on_a_users_own_module(tmp_path, importance_from):
     """A user's module with its own training step and no prediction_loss: GRAIN prunes it during its fit, taking the
-    importance from the whole training loss, and says so."""
+    importance from a frozen copy of the model (by default) or from the whole training loss, and says so."""
     from test_pruning_callbacks import UserData, UserModule
 
     callback = GrainCallback(params_kept=0.5, evaluate=False, seq_len=12, latency_batch_size=0,
-                             output_dir=str(tmp_path))
+                             output_dir=str(tmp_path), importance_from=importance_from)
     module = UserModule()
     trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         accelerator="cpu", devices=1, callbacks=[callback])
     trainer.fit(module, UserData())
     report = read_report(tmp_path)
-    assert report["importance_from"] == "loss" and report["params"]["kept"] <= 0.5
+    expected = "teacher" if importance_from == "auto" else "loss"
+    assert report["importance_from"] == expected and report["params"]["kept"] <= 0.5
     assert module.encoder.config.lit_prune_structure is not None
     assert (tmp_path / "pruned_model" / "config.json").is_file()
+    if expected == "teacher":
+        assert report["distillation"]["teacher"] == "a frozen copy of the model as the fit started"
+        assert report["distillation"]["loss"] == "soft_cross_entropy" and report["distillation"]["temperature"] == 8
+        assert "departure" in report["distillation"]
+    else:
+        assert report["distillation"] is None
+
+
+# ------------------------------------------------------------------------------------------------ a user's project
+class PlainClassifier(L.LightningModule):
+    """A user's own module, not lit_prune's: a Hugging Face classifier, plain steps, no prediction_loss."""
+
+    def __init__(self, headless: bool = False, dropout: float = 0.1) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        torch.manual_seed(0)
+        config = tiny_config("bert", num_labels=2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        self.classifier = (AutoModel if headless else AutoModelForSequenceClassification).from_config(config)
+        self.steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        return self.classifier(**_as_dict(batch)).loss
+
+    def validation_step(self, batch, batch_idx):
+        batch = _as_dict(batch)
+        logits = self.classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        self.log("val_acc", (logits.argmax(-1) == batch["labels"]).float().mean(), batch_size=len(batch["labels"]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _as_dict(batch):
+    if isinstance(batch, dict):
+        return batch
+    input_ids, attention_mask, labels = batch
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _rows(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Examples of 12 positions, the last ``i % 4`` of example i padding."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(count):
+        mask = torch.ones(12, dtype=torch.long)
+        mask[12 - i % 4:] = 0
+        rows.append({"input_ids": torch.randint(5, 120, (12,), generator=g), "attention_mask": mask,
+                     "labels": torch.tensor(i % 2)})
+    return rows
+
+
+def _loaders(tuples: bool = False) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    from torch.utils.data import DataLoader
+
+    train, val = _rows(32, 0), _rows(16, 1)
+    if tuples:
+        train, val = ([(r["input_ids"], r["attention_mask"], r["labels"]) for r in rows] for rows in (train, val))
+    return DataLoader(train, batch_size=8), DataLoader(val, batch_size=8)
+
+
+def _plain_trainer(callback, max_epochs: int = 2) -> L.Trainer:
+    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+
+
+def _accuracy(model, loader) -> float:
+    model.eval()
+    with torch.no_grad():
+        right = sum(int((model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.argmax(-1)
+                         == b["labels"]).sum()) for b in loader)
+    return right / len(loader.dataset)
+
+
+def test_a_plain_lightning_module_with_only_the_budget(tmp_path):
+    """A user's project as it is: its module, plain dict dataloaders given to fit, its validation loop. GRAIN distils
+    the importance from a frozen copy of the model, prunes while it trains, and ends like every method."""
+    from transformers import AutoModelForSequenceClassification
+
+    module = PlainClassifier()
+    train, val = _loaders()
+    dense_accuracy = _accuracy(copy.deepcopy(module.classifier), val)
+    callback = GrainCallback(params_kept=0.5, output_dir=str(tmp_path), latency_repeats=2)
+    trainer = _plain_trainer(callback)
+    trainer.fit(module, train, val)
+    assert trainer.global_step == 8 and module.steps == 8
+    report = read_report(tmp_path)
+    assert report["method"] == "grain" and report["importance_from"] == "teacher"
+    assert report["distillation"]["teacher"] == "a frozen copy of the model as the fit started"
+    assert report["params"]["target"] == 0.5 and report["params"]["kept"] <= 0.5
+    assert report["params"]["kept"] == report["schedule"]["history"][-1]["params_kept"]  # one meaning: weights
+    assert all(score.abs().sum() > 0 for score in callback.importance.scores.values())
+    # the metrics are the user's validation loop's, of the dense model before training and the pruned one after
+    assert report["metrics"]["dense"] == {"acc": pytest.approx(dense_accuracy)}
+    assert report["metrics"]["pruned"] == {"acc": pytest.approx(_accuracy(module.classifier, val))}
+    # s of the FLOPs: the training batches' non-padding tokens per example (12, 11, 10, 9 in turn)
+    assert report["flops"]["seq_len"] == pytest.approx(10.5) and report["flops"]["seq_len_from"] == "training batches"
+    assert report["latency"]["inputs"] == "evaluation split"
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned_model",
+                                                                trust_remote_code=True).eval()
+    batch = next(iter(val))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    module.classifier.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, module.classifier(**inputs).logits)
+    assert module.classifier.config.lit_prune_structure == loaded.config.lit_prune_structure
+
+
+def test_importance_is_the_teachers_soft_cross_entropy_gradient(tmp_path):
+    """One step, EMA β = 0: the scores are |∂ soft-CE(student, teacher; T)/∂mask| on the first batch, the value
+    units' times the regulariser's tanh(1 / α), computed here by hand from a given teacher folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)
+    teacher_folder = tmp_path / "teacher"
+    AutoModelForSequenceClassification.from_config(tiny_config("bert", num_labels=2)).save_pretrained(teacher_folder)
+    module = PlainClassifier(dropout=0.0)
+    student = copy.deepcopy(module.classifier)
+    train, val = _loaders()
+    callback = GrainCallback(params_kept=0.5, ema_beta=0.0, teacher=str(teacher_folder), temperature=2.0,
+                             evaluate=False, latency_batch_size=0, save_model=False, output_dir=str(tmp_path))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(module, train)
+    assert callback.report["distillation"]["teacher"] == str(teacher_folder)
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_folder).eval()
+    batch = next(iter(train))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    masks = PruningMasks.from_model(student).requires_grad_(True, fields=("qk", "vo", "ffn"))
+    student.train()
+    with apply_masks(student, masks):
+        logits = student(**inputs).logits
+    with torch.no_grad():
+        target = teacher(**inputs).logits
+    grads = torch.autograd.grad(soft_cross_entropy(logits, target, 2.0), [masks.qk, masks.vo, masks.ffn])
+    expected = {"qk": grads[0].abs(), "vo": grads[1].abs() * math.tanh(1 / 0.3), "ffn": grads[2].abs()}
+    for name in ("qk", "vo", "ffn"):
+        torch.testing.assert_close(callback.importance.scores[name], expected[name], rtol=1e-4, atol=1e-9)
+
+
+MISTAKES = {
+    "tuple batches": (dict(), dict(tuples=True), r"the dataloader gives a list, not a dict of model inputs; "
+                                                 r"pass batch_to_inputs="),
+    "a headless model": (dict(headless=True), dict(), r"BertModel has no task head .*AutoModelForSequenceClassification"),
+    "no validation data": (dict(), dict(validation=False),
+                           r"evaluate=True, but PlainClassifier has no validation loop.*val_dataloaders=.*"
+                           r"set evaluate=False"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_mistakes_are_refused_at_setup(mistake, tmp_path):
+    module_args, data_args, message = MISTAKES[mistake]
+    module = PlainClassifier(**module_args)
+    train, val = _loaders(tuples=data_args.get("tuples", False))
+    trainer = _plain_trainer(GrainCallback(params_kept=0.5, output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(module, train, *([val] if data_args.get("validation", True) else []))
+    assert module.steps == 0 and trainer.global_step == 0 and not (tmp_path / "pruned_model").exists()
+
+
+def test_a_teacher_for_other_labels_is_refused_at_setup(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "teacher"
+    AutoModelForSequenceClassification.from_config(tiny_config("bert", num_labels=3)).save_pretrained(folder)
+    module = PlainClassifier()
+    trainer = _plain_trainer(GrainCallback(params_kept=0.5, teacher=str(folder), output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"its logits have shape \(2, 3\), the model's \(2, 2\)"):
+        trainer.fit(module, *_loaders())
+    assert module.steps == 0
+    with pytest.raises(ValueError, match="teacher='x' with importance_from='loss'"):
+        GrainCallback(teacher="x", importance_from="loss")
+    with pytest.raises(ValueError, match="importance_from='prediction_loss', but PlainClassifier has no"):
+        _plain_trainer(GrainCallback(importance_from="prediction_loss")).fit(PlainClassifier(), *_loaders())
+
+
+def test_tuple_batches_work_with_batch_to_inputs(tmp_path):
+    module = PlainClassifier()
+    callback = GrainCallback(params_kept=0.5, batch_to_inputs=_as_dict, output_dir=str(tmp_path), latency_repeats=2)
+    _plain_trainer(callback).fit(module, *_loaders(tuples=True))
+    report = read_report(tmp_path)
+    assert report["params"]["kept"] <= 0.5 and report["importance_from"] == "teacher"
+    assert set(report["metrics"]["pruned"]) == {"acc"} and report["latency"]["inputs"] == "evaluation split"
+    assert report["flops"]["seq_len"] == pytest.approx(10.5)
+
+
+def test_no_validation_data_times_the_first_training_batch(tmp_path):
+    module = PlainClassifier()
+    train, _ = _loaders()
+    callback = GrainCallback(params_kept=0.5, evaluate=False, latency_batch_size=4, latency_repeats=2,
+                             output_dir=str(tmp_path))
+    _plain_trainer(callback).fit(module, train)
+    report = read_report(tmp_path)
+    assert report["metrics"]["dense"] is None and report["metrics"]["pruned"] is None
+    assert report["latency"]["inputs"] == "first calibration batch" and report["latency"]["batch_size"] == 4
+    assert (tmp_path / "pruned_model" / "config.json").is_file()
+
+
+def test_a_plain_module_under_ddp_distils_from_one_teacher(tmp_path):
+    """Two processes (torchrun, DDP on CPU): the teacher path's importance is averaged over the processes (the masks
+    agree), and s is the average over both processes' training batches (each process alone sees 11 or 10)."""
+    from transformers import AutoModelForSequenceClassification
+
+    script = tmp_path / "fit.py"
+    script.write_text(f'''import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+import lightning as L
+from test_grain import PlainClassifier, _loaders
+from lit_prune.methods.grain import GrainCallback
+
+L.seed_everything(0, verbose=False)
+trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    callbacks=[GrainCallback(params_kept=0.5, output_dir=sys.argv[1], latency_repeats=2)])
+trainer.fit(PlainClassifier(), *_loaders())
+''')
+    out = tmp_path / "run"
+    launch = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(script), str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert launch.returncode == 0, launch.stderr[-4000:]
+    report = read_report(out)
+    assert report["world_size"] == 2 and report["ranks"]["masks_identical"] is True
+    assert report["importance_from"] == "teacher" and report["params"]["kept"] <= 0.5
+    assert report["flops"]["seq_len"] == pytest.approx(10.5) and report["flops"]["seq_len_from"] == "training batches"
+    assert report["schedule"]["total_steps"] == 4  # 32 examples, 2 processes × batch 8, 2 epochs
+    model = AutoModelForSequenceClassification.from_pretrained(out / "pruned_model", trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == report["params"]["pruned"]["total"]

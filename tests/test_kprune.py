@@ -15,8 +15,10 @@ from lit_prune.core.flops import FlopsBudget, flops_kept
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.kprune import KnowledgeAccumulator, KPruneCallback, knowledge_step, kprune, search_sublayer
-from lit_prune.prune.capture import sublayer_of
+from lit_prune.methods.kprune.process import same_model, split_batches
+from lit_prune.prune.capture import layer_output, run_layer, run_to_norm, sublayer_of
 from lit_prune.prune.distill import dense_predictions, distillation_loss
+from lit_prune.prune.lengths import length_groups, split_batch
 from lit_prune.prune.lstsq import ProjectionSystem
 
 SEQ_LEN = 8.5
@@ -250,3 +252,195 @@ def test_callback_settings_are_checked_together():
         assert part in message
     with pytest.raises(ValueError, match="lam_pred=0 and lam_rep=0"):
         KPruneCallback(lam_pred=0, lam_rep=0)
+
+
+# ------------------------------------------------------------------------------------------------ cached passes
+def varied_batches(n: int = 4, size: int = 8, seq: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Batches whose rows have different lengths (right padding), as a random draw of sentences gives."""
+    out = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(seed + i)
+        lengths = torch.randint(3, seq + 1, (size,), generator=g)
+        lengths[0] = seq  # the batch is padded to its longest row
+        mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+        ids = torch.randint(5, 120, (size, seq), generator=g) * mask
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def test_run_layer_gives_both_sublayer_sums_and_the_output():
+    model = tiny_model("roberta", seed=2)
+    inputs = tiny_inputs(batch=3, seq=10, seed=1)
+    masks = PruningMasks.ones(2, 4, 8, 48)
+    masks.ffn[0, :20] = 0
+    with torch.no_grad():
+        start = layer_output(model, masks, inputs, 0, None)
+        sums = run_layer(model, masks, inputs, 1, start)
+        for sublayer in ("attention", "ffn"):
+            expected = run_to_norm(model, masks, inputs, 1, sublayer)["pre_norm"]
+            torch.testing.assert_close(sums[sublayer], expected, rtol=0, atol=0)
+        torch.testing.assert_close(sums["output"], layer_output(model, masks, inputs, 1, None), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target", [2, 3])
+def test_a_pass_from_the_cached_layer_input_measures_what_a_pass_from_the_embeddings_does(tiny_model_type, target):
+    """Layer 0 pruned and tuned, the pass for a sublayer of layer 1 started at layer 1 from layer 0's output (and the
+    tuning target from one dense layer step) gives the knowledge and the system of a whole-model pass."""
+    torch.manual_seed(0)
+    model = tiny_model(tiny_model_type, seed=4)
+    dense = copy.deepcopy(model)
+    masks = PruningMasks.ones(2, 4, 8, 48)
+    masks.head[0, 1] = 0
+    masks.ffn[0, ::3] = 0
+    with torch.no_grad():  # a tuned layer 0: the student differs from the dense model below the target
+        adapter_layer = model.base_model.get_submodule(
+            "transformer.layer" if tiny_model_type == "distilbert" else "encoder.layer")[0]
+        for parameter in adapter_layer.parameters():
+            parameter.mul_(1 + 0.1 * torch.randn_like(parameter))
+    batch = tiny_inputs(batch=4, seq=10, seed=3)
+    targets = dense_predictions(dense, batch, 2.0)
+    layer, sublayer = sublayer_of(target)
+    results = []
+    for cached in (False, True):
+        knowledge = KnowledgeAccumulator.zeros(2, 4, 48)
+        system = ProjectionSystem.zeros(32 if sublayer == "attention" else 48, 32)
+        start = dense_pre_norm = None
+        if cached:
+            with torch.no_grad():
+                start = layer_output(model, masks, batch, 0, None)
+                dense_pre_norm = run_layer(dense, None, batch, 1, layer_output(dense, None, batch, 0, None))[sublayer]
+        knowledge_step(model, dense, masks, batch, targets, target, 2.0, knowledge, system, start=start,
+                       dense_pre_norm=dense_pre_norm)
+        results.append((knowledge, system))
+    (whole, whole_system), (cached, cached_system) = results
+    for name in ("head_rep", "head_pred", "ffn_rep", "ffn_pred"):
+        torch.testing.assert_close(getattr(cached, name)[layer:], getattr(whole, name)[layer:], rtol=1e-6, atol=0)
+    assert float(cached.head_pred[0].abs().sum()) == 0  # the layer below is not run (nor measured)
+    assert float(whole.ffn_pred[0].abs().sum()) > 0
+    for name, value in whole_system.to_dict().items():
+        torch.testing.assert_close(cached_system.to_dict()[name], value, rtol=1e-6, atol=1e-9)
+    head, neuron = whole.scores(64, 1, 2.5e-4, 10.0, 1.0)
+    cached_head, cached_neuron = cached.scores(64, 1, 2.5e-4, 10.0, 1.0)
+    assert torch.equal(search_sublayer(cached_head, cached_neuron, target, Fraction(60), Fraction(10), Fraction(1)),
+                       search_sublayer(head, neuron, target, Fraction(60), Fraction(10), Fraction(1)))
+
+
+def test_on_the_dense_model_the_first_pass_runs_forward_only():
+    """targets=None: the predictions are the model's own, the predictive knowledge zero (the gradient of the loss at
+    its minimum: a backward pass gives float rounding), the rest as with the dense model's predictions."""
+    model = tiny_model("bert", seed=6)
+    batch = tiny_inputs(batch=4, seq=10, seed=2)
+    masks = PruningMasks.ones(2, 4, 8, 48)
+    forward, backward = KnowledgeAccumulator.zeros(2, 4, 48), KnowledgeAccumulator.zeros(2, 4, 48)
+    systems = ProjectionSystem.zeros(32, 32), ProjectionSystem.zeros(32, 32)
+    made = knowledge_step(model, model, masks, batch, None, 0, 2.0, forward, systems[0])
+    given = dense_predictions(model, batch, 2.0)
+    torch.testing.assert_close(made["probs"], given["probs"], rtol=0, atol=0)
+    knowledge_step(model, model, masks, batch, given, 0, 2.0, backward, systems[1])
+    assert float(forward.head_pred.abs().sum()) == 0 and float(forward.ffn_pred.abs().sum()) == 0
+    assert float(backward.head_pred.max()) < 1e-12 and float(backward.ffn_pred.max()) < 1e-12
+    for name in ("head_rep", "ffn_rep", "samples", "tokens"):
+        torch.testing.assert_close(getattr(forward, name), getattr(backward, name), rtol=0, atol=0)
+    for name, value in systems[1].to_dict().items():
+        torch.testing.assert_close(systems[0].to_dict()[name], value, rtol=0, atol=0)
+
+
+def test_a_different_dense_model_gets_its_own_prediction_pass():
+    """The dense predictions come from the first pass only when the teacher is the model itself."""
+    model = tiny_model("bert", seed=7)
+    teacher = copy.deepcopy(model)
+    assert same_model(model, teacher)
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(2)
+    assert not same_model(model, teacher)
+    data = batches(1)
+    budget = FlopsBudget.for_model(model, SEQ_LEN, 0.5)
+    passes: dict[str, list[str]] = {"own": [], "copy": [], "other": []}
+    for name, dense in (("own", None), ("copy", copy.deepcopy(model)), ("other", teacher)):
+        result = kprune(copy.deepcopy(model), data, budget, dense=dense,
+                        progress=lambda description, done, total, name=name: passes[name].append(description))
+        assert budget.fits(result.masks)
+    assert passes["own"] == passes["copy"]
+    assert "KPrune dense predictions" not in passes["own"]
+    assert passes["other"] == ["KPrune dense predictions"] + passes["own"]
+
+
+def test_a_spilled_cache_gives_the_same_result():
+    """cache_bytes=0 keeps every hidden state on disk: the same masks and weights, bit for bit."""
+    model = tiny_model("distilbert", seed=8)
+    data = varied_batches(2, size=6, seq=12)
+    budget = FlopsBudget.for_model(model, SEQ_LEN, 0.5)
+    in_memory, on_disk = copy.deepcopy(model), copy.deepcopy(model)
+    kept = kprune(in_memory, data, budget, cache_bytes=None)
+    spilled = kprune(on_disk, data, budget, cache_bytes=0)
+    assert spilled.masks == kept.masks
+    for (name, a), b in zip(in_memory.state_dict().items(), on_disk.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert spilled.cache["memory_mb"] == 0 and spilled.cache["spilled_mb"] > 0 and spilled.cache["memory_limit_mb"] == 0
+    assert kept.cache["spilled_mb"] == 0 and kept.cache["memory_mb"] > 0 and kept.cache["memory_limit_mb"] is None
+
+
+# ------------------------------------------------------------------------------------------------ length groups
+def test_length_groups_cut_padding_exactly():
+    mask = (torch.arange(10)[None] < torch.tensor([10, 2, 10, 7, 3, 9])[:, None]).long()
+    # sorted lengths 2 3 7 9 10 10; a group costs 0.6 positions: 3 groups hold 43 positions (+1.8), 2 groups 46 (+1.2)
+    groups = length_groups(mask, 3, group_cost=0.01)
+    assert [(rows.tolist(), length) for rows, length in groups] == [([1, 4], 3), ([3], 7), ([5, 0, 2], 10)]
+    # a group costs 3: 2 groups (46 + 6) tie with 3 (43 + 9): the fewer groups win
+    assert [(rows.tolist(), length) for rows, length in length_groups(mask, 4, group_cost=0.05)] == \
+        [([1, 4], 3), ([3, 5, 0, 2], 10)]
+    assert [(r.tolist(), n) for r, n in length_groups(mask, 1)] == [(list(range(6)), 10)]
+    full = torch.ones(3, 10, dtype=torch.long)
+    assert [(r.tolist(), n) for r, n in length_groups(full, 4)] == [([0, 1, 2], 10)]  # nothing to gain
+    short = mask[:, :10].clone()
+    short[:, 9] = 0  # every row ends before the padded length: one group, cut
+    assert [(r.tolist(), n) for r, n in length_groups(short[[0, 2, 5]], 4)] == [([0, 1, 2], 9)]
+    left = mask.flip(1)  # left padding: never cut
+    assert [(r.tolist(), n) for r, n in length_groups(left, 4)] == [(list(range(6)), 10)]
+    parts = split_batch({"input_ids": mask * 7, "attention_mask": mask, "labels": torch.arange(6)}, 3, 0.01)
+    assert sum(part.share for part in parts) == pytest.approx(1.0)
+    assert [part.batch["labels"].tolist() for part in parts] == [[1, 4], [3], [5, 0, 2]]
+    assert all(part.batch["input_ids"].shape == (part.rows.numel(), part.length) for part in parts)
+
+
+def test_length_groups_only_where_the_predictions_do_not_depend_on_them():
+    data = varied_batches(2)
+    classifier = tiny_model("bert")
+    assert any(part.cut for parts in split_batches(data, 4, [classifier], 2.0) for part in parts)
+    qa = tiny_model("bert", "question_answering")  # a softmax over every position, padding included
+    assert not any(part.cut for parts in split_batches(data, 4, [qa], 2.0) for part in parts)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_length_groups_give_the_same_result_up_to_rounding(model_type):
+    model = tiny_model(model_type, seed=9)
+    data = varied_batches(4, size=8, seq=16, seed=11)
+    budget = FlopsBudget.for_model(model, SEQ_LEN, 0.5)
+    whole, grouped = copy.deepcopy(model), copy.deepcopy(model)
+    plain = kprune(whole, data, budget, length_groups=1)
+    split = kprune(grouped, data, budget, length_groups=4)
+    assert plain.length_groups["groups"] == 4 and plain.length_groups["positions"] == 4 * 8 * 16
+    assert split.length_groups["groups"] > 4 and split.length_groups["positions"] < 4 * 8 * 16
+    assert split.masks == plain.masks
+    for a, b in zip(plain.steps, split.steps):
+        assert (a.kept, a.status) == (b.kept, b.status)
+        if a.error_after is not None:  # differences of large sums: compared at the scale of the error before
+            assert b.error_before == pytest.approx(a.error_before, rel=1e-4)
+            assert b.error_after == pytest.approx(a.error_after, abs=1e-4 * a.error_before)
+    # the refits are ill-conditioned (condition numbers up to 1e5 here): rounding moves the weights along directions
+    # that barely change the outputs, so the pruned models agree far more closely than their weights
+    for (name, a), b in zip(whole.state_dict().items(), grouped.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-3, msg=name)
+    with torch.no_grad():
+        for batch in data + varied_batches(2, size=8, seq=16, seed=99):
+            with apply_masks(whole, plain.masks):
+                expected = whole(**batch).logits
+            with apply_masks(grouped, split.masks):
+                torch.testing.assert_close(grouped(**batch).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_callback_cache_and_length_group_settings_are_checked():
+    with pytest.raises(ValueError) as error:
+        KPruneCallback(cache_mb=-1, length_groups=0)
+    assert "cache_mb=-1" in str(error.value) and "length_groups=0" in str(error.value)
+    assert KPruneCallback(cache_mb=1).cache_bytes() == 2**20 and KPruneCallback(cache_mb=None).cache_bytes() is None

@@ -409,14 +409,21 @@ def test_tuning_against_a_teacher_mask_equals_the_streamed_solves():
 
 @pytest.mark.parametrize("memory_bytes", [0, 3000])
 def test_spilling_the_tuning_cache_to_disk_gives_the_same_masks(tmp_path, memory_bytes):
-    """Hidden states spilled to disk (all, or those beyond a budget) tune exactly as all kept in memory."""
+    """Hidden states spilled to disk (all, or those beyond a budget) tune as all kept in memory, to the last bits
+    (a tensor read back from disk may sit at another memory alignment, which can change a float32 sum's rounding)."""
     model = tiny_model("bert")
     masks = half_pruned(model, seed=3)
     batches = [tiny_inputs(batch=4, seq=12, seed=seed, pad_last=seed) for seed in range(4)]
     in_memory, steps = tune_masks(model, masks, batches, reference="dense")
     cache = SpillCache(memory_bytes, folder=tmp_path)
     spilled, spilled_steps = tune_masks(model, masks, batches, reference="dense", cache=cache)
-    assert spilled == in_memory and spilled_steps == steps
+    assert spilled.allclose(in_memory, rtol=1e-6, atol=1e-7)
+    assert [(s.layer, s.sublayer, s.status, s.reason) for s in spilled_steps] == \
+        [(s.layer, s.sublayer, s.status, s.reason) for s in steps]
+    for ours, theirs in zip(spilled_steps, steps):
+        for name in ("error_before", "error_after"):
+            expected = getattr(theirs, name)
+            assert getattr(ours, name) == (expected if expected is None else pytest.approx(expected, rel=1e-9))
     assert cache.spilled_bytes > 0 and cache.peak_memory_bytes <= memory_bytes
     assert list(tmp_path.iterdir()) == []  # removed once tuning is done
 

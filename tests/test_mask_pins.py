@@ -4,6 +4,11 @@ redesigned into the shared layer and per-method packages.
 ``tests/data/mask_pins.json`` was written by :func:`compute_pins` at commit 68e3055 (the last commit before the
 redesign, run from a checkout of it with ``python tests/test_mask_pins.py --write``). Each method runs its pure
 stages on a tiny random BERT with a fixed calibration sample; a change that moves any mask or weight fails here.
+
+One deliberate change since: GRAIN's budget counts the encoder's Linear weights only (biases excluded), the one
+meaning of ``params_kept`` across methods, so its ``grain`` entry was recomputed (the same query and value units;
+two more FFN neurons kept; ``kept`` counts weights, 4288, where it counted weights and biases, 4367). The other
+entries are still those of 68e3055.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ def test_model_attribute_errors():
             self.a = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
             self.b = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
 
-    from lit_prune.methods.common import find_encoder_model
+    from lit_prune.methods.contract import find_encoder_model
 
     module = TwoModels()
     with pytest.raises(ValueError, match=r"must hold exactly one Hugging Face model.*found: a, b"):
@@ -253,9 +253,12 @@ def test_callback_on_a_users_own_module_prunes_at_the_end_of_training(callback_c
     assert (tmp_path / "pruned_model" / "config.json").is_file()
 
 
-def test_a_users_data_module_without_average_length_needs_seq_len():
-    callback = KPruneCallback(num_tokens=None, num_samples=16, evaluate=False)
+def test_a_users_data_module_without_average_length_gives_seq_len_from_its_batches(tmp_path):
+    callback = KPruneCallback(num_tokens=None, num_samples=16, evaluate=False, latency_batch_size=0,
+                              output_dir=str(tmp_path))
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         accelerator="cpu", devices=1, callbacks=[callback])
-    with pytest.raises(ValueError, match=r"seq_len=None, but the data module UserData has no average_sequence_length"):
-        trainer.fit(UserModule(), UserData())
+    trainer.fit(UserModule(), UserData())
+    # every example of UserData holds 12 tokens, none padding
+    assert read_report(tmp_path)["flops"]["seq_len"] == 12.0
+    assert read_report(tmp_path)["flops"]["seq_len_from"] == "calibration batches"

@@ -1,5 +1,6 @@
-"""SMP's pure parts: SMP-L and SMP-S counts on hand-made scores, the top-k mask and its straight-through gradient,
-the cubic schedule and the score regulariser."""
+"""SMP: its pure parts (SMP-L and SMP-S counts on hand-made scores, the top-k mask and its straight-through gradient,
+the cubic schedule, the score regulariser, the distillation loss), the export, the ready-made task modules, and
+SMPCallback on a user's own LightningModule."""
 
 from __future__ import annotations
 
@@ -104,6 +105,36 @@ def test_regularization_weight_rises_with_the_pruned_fraction_or_falls_with_the_
         regularization_weight(0.5, 0.1, "up")
 
 
+@pytest.mark.parametrize("kind", ["classification", "regression", "question_answering"])
+def test_distillation_is_smps_kl_at_t_squared(kind):
+    """The shared distillation loss the modules use gives SMP's own numbers: KL(teacher ‖ student) at T times T²,
+    batchmean; the MSE for regression; the mean of the start and end losses for question answering."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from lit_prune.prune.distill import distillation_loss, teacher_targets
+
+    g = torch.Generator().manual_seed(0)
+    t = 2.0
+    config = SimpleNamespace(config=SimpleNamespace(problem_type="regression" if kind == "regression" else None))
+
+    def kl(s, te):
+        return F.kl_div(F.log_softmax(s / t, -1), F.softmax(te / t, -1), reduction="batchmean") * t * t
+
+    if kind == "question_answering":
+        s, te = ({n: torch.randn(4, 12, generator=g) for n in ("start_logits", "end_logits")} for _ in range(2))
+        student, teacher = SimpleNamespace(**s), SimpleNamespace(**te)
+        expected = (kl(s["start_logits"], te["start_logits"]) + kl(s["end_logits"], te["end_logits"])) / 2
+    else:
+        width = 1 if kind == "regression" else 3
+        student, teacher = (SimpleNamespace(logits=torch.randn(5, width, generator=g), start_logits=None)
+                            for _ in range(2))
+        expected = (F.mse_loss(student.logits, teacher.logits) if kind == "regression"
+                    else kl(student.logits, teacher.logits))
+    assert torch.equal(distillation_loss(student, teacher_targets(teacher, config, t), t), expected)
+
+
 def test_regularizer_is_the_mean_sigmoid():
     scores = [torch.zeros(2, 3), torch.full((4,), math.log(3.0))]  # σ = 0.5 and 0.75
     assert score_regularizer(scores).item() == pytest.approx(0.625)
@@ -140,9 +171,8 @@ def test_emptied_rows_and_columns_are_removed_exactly(model_type):
 
 @pytest.fixture(scope="module")
 def pretrained_folder(tmp_path_factory, minilm_l3):
-    from transformers import AutoModel, AutoTokenizer
-
     from conftest import tiny_config
+    from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
     folder = tmp_path_factory.mktemp("smp_pretrained")
@@ -174,6 +204,7 @@ def test_training_moves_scores_only_and_exports_a_smaller_model(pretrained_folde
     trainer.fit(module, datamodule=data)  # 12 steps; the export runs at the end of fit
     report = read_report(tmp_path / "run")
     assert set(REPORT_KEYS) <= set(report) and report["method"] == "smp"
+    assert report["seed"] == 0  # no seed setting: seed_everything's
     assert report["params"]["kept"] == pytest.approx(0.2, abs=1e-3)  # exact counts (rounding per matrix)
     assert report["settings"]["masking"] == masking
     assert report["training"] == {"max_epochs": 2, "max_steps": -1, "accumulate_grad_batches": 1, "steps": 12,
@@ -201,10 +232,10 @@ def test_squad_run_exports_a_question_answering_model_that_matches_the_masked_on
     """configs/smp/squad_v1.yaml's module end to end on synthetic SQuAD: a new span head trains with the scores, the
     report carries SQuAD's metrics, and the compacted folder loads as a plain question-answering model whose span
     logits equal the masked model's at the end of training."""
+    from test_squad import SMALL, write_squad
     from transformers import AutoModelForQuestionAnswering
 
     from lit_prune.data.squad import SquadDataModule
-    from test_squad import SMALL, write_squad
 
     L.seed_everything(0, verbose=False)
     # local masking: the final counts do not depend on the scores, so the end-of-training masks are the exported ones
@@ -249,10 +280,15 @@ def test_squad_run_exports_a_question_answering_model_that_matches_the_masked_on
 
 
 def test_straight_through_training_changes_the_scores(pretrained_folder, tmp_path):
-    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.5)
+    """... and the outputs go to output_dir (not the Trainer's folder), with the seed given in the report."""
+    module, trainer, data = _fit(pretrained_folder, tmp_path, params_kept=0.5, output_dir=str(tmp_path / "out"),
+                                 seed=7)
     before = [s.detach().clone() for s in module._scores()]
     trainer.fit(module, datamodule=data)
     assert any(not torch.equal(b, a) for b, a in zip(before, module._scores()))
+    report = read_report(tmp_path / "out")
+    assert report["seed"] == 7 and report["pruned_model"] == str(tmp_path / "out" / "pruned_model")
+    assert (tmp_path / "out" / WEIGHT_MASKS_FILE).is_file() and not (tmp_path / "run" / WEIGHT_MASKS_FILE).exists()
 
 
 def test_final_hold_reaches_the_budget_early_and_keeps_it(pretrained_folder, tmp_path):
@@ -384,9 +420,8 @@ def test_teacher_head_and_distillation(pretrained_folder, tmp_path):
 @pytest.fixture(scope="module")
 def mlm_folder(tmp_path_factory, minilm_l3):
     """A tiny BERT saved with its masked-LM head, and MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, BertForMaskedLM
-
     from conftest import tiny_config
+    from transformers import AutoTokenizer, BertForMaskedLM
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_l3)
     folder = tmp_path_factory.mktemp("smp_mlm")
@@ -477,9 +512,8 @@ def test_recipe_under_ddp(minilm_l3, tmp_path):
     """configs/smp/mrpc.yaml on the real paraphrase-MiniLM-L3-v2, briefly, with two processes: they end with the same
     weight masks (checked by digest), and the smaller folder loads with plain transformers. The recipe's teacher (the
     dense reference) is a stand-in: the same checkpoint with a seeded classifier; the recipe's head trains."""
-    from transformers import AutoModelForSequenceClassification
-
     from test_cli import run_train
+    from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     teacher = tmp_path / "teacher"
@@ -514,3 +548,235 @@ def test_non_finite_scores_stop_the_run(pretrained_folder):
         module.score_masks["ffn_up"][1].scores[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="scores of layer 1's ffn_up matrix are not finite"):
         set_counts(module.score_masks, 0.5, "global")
+
+
+# ------------------------------------------------------------------------------------------------ the callback
+class UserClassifier(L.LightningModule):
+    """A user's own module (nothing of lit_prune's): a Hugging Face classifier, their steps, their optimiser."""
+
+    steps = 0
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net = net.train()
+
+    def training_step(self, batch, batch_idx):
+        UserClassifier.steps += 1
+        return self.net(**batch).loss
+
+    def validation_step(self, batch, batch_idx):
+        logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        self.log("val_acc", (logits.argmax(-1) == batch["labels"]).float().mean(), batch_size=len(batch["labels"]))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def user_loaders(train: int = 16, val: int = 8, batch_size: int = 4):
+    """Plain dataloaders of dict batches (ids, attention mask with padding, labels)."""
+    from torch.utils.data import DataLoader
+
+    def examples(count, seed):
+        inputs = tiny_inputs(batch=count, seq=10, seed=seed, pad_last=0)
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(4, 11, (count,), generator=g)
+        rows = []
+        for i in range(count):
+            mask = (torch.arange(10) < lengths[i]).long()
+            rows.append({"input_ids": inputs["input_ids"][i] * mask, "attention_mask": mask,
+                         "labels": torch.tensor(int(inputs["input_ids"][i, 0]) % 2)})
+        return rows
+
+    train_rows = examples(train, 1)
+    return (DataLoader(train_rows, batch_size=batch_size), DataLoader(examples(val, 2), batch_size=batch_size),
+            train_rows)
+
+
+def user_trainer(*callbacks, **settings):
+    return L.Trainer(**{"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                        "enable_progress_bar": False, "enable_model_summary": False, "max_epochs": 2,
+                        "num_sanity_val_steps": 0, "callbacks": list(callbacks), **settings})
+
+
+@pytest.mark.filterwarnings("ignore:lit_prune. no tokenizer was found")
+def test_callback_prunes_a_users_own_module(tmp_path):
+    """SMPCallback with only its budget on a user's LightningModule around a tiny random BERT classifier, fed plain
+    dataloaders of dict batches: the scores train in their own parameter group of the user's AdamW, the encoder
+    weights change only by the masks, and the smaller folder loads with plain transformers as the same model."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lit_prune.methods import SMPCallback
+    from lit_prune.methods.smp.scores import encoder_linears, head_parameters, score_tensors
+
+    L.seed_everything(0, verbose=False)
+    module = UserClassifier(tiny_model("bert"))
+    original = copy.deepcopy(module.net)
+    train, val, rows = user_loaders()
+    callback = SMPCallback(params_kept=0.3, output_dir=str(tmp_path / "out"), latency_batch_size=4,
+                           latency_repeats=2)
+    trainer = user_trainer(callback)
+    trainer.fit(module, train, val)
+    assert trainer.global_step == 8
+
+    # the user's AdamW: the scores left its group for their own (lr 2e-2, no weight decay)
+    groups = trainer.optimizers[0].param_groups
+    scores = score_tensors(callback.score_masks)
+    assert len(groups) == 2 and groups[1]["params"] == scores
+    assert groups[1]["lr"] == 2e-2 and groups[1]["weight_decay"] == 0.0 and groups[0]["lr"] == 1e-3
+    assert all(torch.count_nonzero(s) > 0 for s in scores)  # every score matrix trained
+
+    report = read_report(tmp_path / "out")
+    assert report["method"] == "smp" and set(REPORT_KEYS) <= set(report)
+    assert report["params"]["kept"] <= 0.3 + 1e-3 and report["params"]["kept"] == pytest.approx(0.3, abs=1e-3)
+    assert report["training"]["steps"] == 8 and report["training"]["schedule_steps"] == 8
+    assert set(report["metrics"]["dense"]) == set(report["metrics"]["pruned"]) == {"acc"}  # the user's val_acc
+    tokens = sum(int(row["attention_mask"].sum()) for row in rows)
+    assert report["flops"]["seq_len_from"] == "training batches"
+    assert report["flops"]["seq_len"] == pytest.approx(tokens / len(rows))
+    assert report["latency"]["csr"]["pruned_ms"] > 0 and report["warnings"] == []
+    assert report["settings"]["train_head"] is True and report["settings"]["masking"] == "global"
+
+    # the folder loads with plain transformers and gives the in-memory (compacted) model's logits
+    inputs = tiny_inputs()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "pruned_model",
+                                                                  trust_remote_code=True).eval()
+    module.net.eval()
+    with torch.no_grad():
+        pruned_logits = module.net(**inputs).logits
+        torch.testing.assert_close(reloaded(**inputs).logits, pruned_logits)
+
+    # the encoder's weights changed only by the masks: the original weights times the saved masks, with the
+    # trained head, are the pruned model
+    masks = load_file(tmp_path / "out" / WEIGHT_MASKS_FILE)
+    assert sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()) == \
+        pytest.approx(report["params"]["kept"])
+    expected = copy.deepcopy(original).eval()
+    with torch.no_grad():
+        for kind, linears in encoder_linears(expected).items():
+            for i, linear in enumerate(linears):
+                linear.weight.mul_(masks[f"layer.{i}.{kind}"].float())
+        trained = dict(module.net.named_parameters())
+        for name, parameter in head_parameters(expected):
+            parameter.copy_(trained[name])
+        torch.testing.assert_close(expected(**inputs).logits, pruned_logits, rtol=1e-4, atol=1e-5)
+    state, before = module.net.state_dict(), original.state_dict()
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.1.output.LayerNorm.weight"):
+        assert torch.equal(state[name], before[name])
+    assert not torch.equal(state["classifier.weight"], before["classifier.weight"])  # train_head: the head learnt
+
+
+@pytest.mark.parametrize("make, settings, message", [
+    (lambda: tiny_model("bert"), {"params_kept": 0},
+     r"SMPCallback: params_kept=0: expected a fraction of the weights in \(0, 1\]"),
+    (lambda: tiny_model("bert"), {"params_kept": 0.3, "masking": "rows", "scores_learning_rate": 0},
+     r"masking='rows': expected 'global' \(SMP-S\) or 'local' \(SMP-L\); scores_learning_rate=0: expected a number"),
+    (lambda: tiny_model("bert", kind="base"), {"params_kept": 0.3},
+     r"BertModel has no task head .*AutoModelForSequenceClassification"),
+])
+def test_callback_refuses_at_setup_before_any_training(tmp_path, make, settings, message):
+    from lit_prune.methods import SMPCallback
+    from lit_prune.methods.smp.scores import has_scores
+
+    module = UserClassifier(make())
+    train, val, _ = user_loaders()
+    UserClassifier.steps = 0
+    with pytest.raises(ValueError, match=message):
+        user_trainer(SMPCallback(output_dir=str(tmp_path), **settings)).fit(module, train, val)
+    assert UserClassifier.steps == 0 and not any(tmp_path.iterdir())
+    assert not has_scores(module.net)  # nothing was installed
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_callback_resumes_from_a_checkpoint_as_if_never_stopped(tmp_path):
+    """A fit stopped after its first epoch and resumed from the checkpoint ends with the same scores, masks and
+    pruned model as one that ran through (the scores and the user's optimiser state are in the module's checkpoint,
+    the schedule's length in the callback's)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_prune.methods import SMPCallback
+    from lit_prune.methods.smp.scores import score_tensors
+
+    def run(folder, *extra, ckpt_path=None):
+        L.seed_everything(0, verbose=False)
+        module = UserClassifier(tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        train, val, _ = user_loaders()
+        callback = SMPCallback(params_kept=0.25, output_dir=str(folder), evaluate=False, latency_batch_size=0,
+                               save_model=False, seq_len=8)
+        trainer = user_trainer(callback, *extra, enable_checkpointing=bool(extra), default_root_dir=folder)
+        trainer.fit(module, train, val, ckpt_path=ckpt_path)
+        return callback, module
+
+    class Crash(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                raise RuntimeError("killed")
+
+    through, _ = run(tmp_path / "through")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "stopped", checkpoint, Crash())
+    resumed, _ = run(tmp_path / "resumed", ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    assert resumed.total_steps == through.total_steps == 8
+    for a, b in zip(score_tensors(resumed.score_masks), score_tensors(through.score_masks)):
+        torch.testing.assert_close(a, b)
+    assert load_file(tmp_path / "resumed" / WEIGHT_MASKS_FILE).keys() == load_file(
+        tmp_path / "through" / WEIGHT_MASKS_FILE).keys()
+    for name, mask in load_file(tmp_path / "resumed" / WEIGHT_MASKS_FILE).items():
+        assert torch.equal(mask, load_file(tmp_path / "through" / WEIGHT_MASKS_FILE)[name]), name
+    assert read_report(tmp_path / "resumed")["training"]["steps"] == 8
+
+
+def test_callback_adds_the_regularizer_gradient_once_per_optimiser_step(tmp_path):
+    """The regulariser λ_R · (v_t / v_f) · R̄(S) reaches the scores as a gradient added after the user's backward:
+    at the first step (v = 1, scores 0, σ' = 1/4) each score's gradient grows by λ_R / v_f / 4 / (numel · matrices),
+    once per optimiser step whatever the gradient accumulation."""
+    from lit_prune.methods import SMPCallback
+    from lit_prune.methods.smp.scores import score_tensors
+
+    def first_step_grads(regularization):
+        grads = []
+
+        class Record(L.Callback):  # after SMPCallback: sees the gradients the optimiser steps with
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                if not grads:
+                    grads.extend(s.grad.clone() for s in score_tensors(callback.score_masks))
+
+        L.seed_everything(0, verbose=False)
+        module = UserClassifier(tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        train, val, _ = user_loaders()
+        callback = SMPCallback(params_kept=0.25, regularization=regularization, output_dir=str(tmp_path),
+                               evaluate=False, latency_batch_size=0, save_model=False)
+        trainer = user_trainer(callback, Record(), max_steps=1, accumulate_grad_batches=2)
+        trainer.fit(module, train, val)
+        return grads, trainer
+
+    plain, _ = first_step_grads(0.0)
+    regularized, trainer = first_step_grads(400.0)
+    count = len(plain)
+    assert count == 6 * 2 and trainer.callback_metrics["smp/regularizer"] == pytest.approx(0.5)
+    for without, with_ in zip(plain, regularized):
+        torch.testing.assert_close(with_ - without, torch.full_like(without, 400 / 0.25 / 4 / (without.numel() * count)))
+
+
+def test_callback_extends_the_users_lr_schedule_to_the_scores(tmp_path):
+    """A user's LambdaLR warm-up moves the scores' rate too, as a fraction of scores_learning_rate."""
+    from lit_prune.methods import SMPCallback
+
+    class Warmup(UserClassifier):
+        def configure_optimizers(self):
+            optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 4))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    seen = []
+
+    class Rates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+    train, val, _ = user_loaders()
+    callback = SMPCallback(params_kept=0.5, output_dir=str(tmp_path), evaluate=False, latency_batch_size=0,
+                           save_model=False)
+    user_trainer(callback, Rates(), max_epochs=1).fit(Warmup(tiny_model("bert")), train, val)
+    assert [user for user, _ in seen] == pytest.approx([1e-3 / 4, 1e-3 / 2, 3e-3 / 4, 1e-3])
+    assert [scores for _, scores in seen] == pytest.approx([2e-2 / 4, 2e-2 / 2, 6e-2 / 4, 2e-2])

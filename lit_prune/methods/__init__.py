@@ -5,7 +5,7 @@ from lit_prune.methods.gpruner import GPrunerCallback
 from lit_prune.methods.grain import GrainCallback
 from lit_prune.methods.kprune import KPruneCallback
 from lit_prune.methods.kwon import KwonCallback
-from lit_prune.methods.smp import SMPQuestionAnsweringModule, SMPSequenceClassificationModule
+from lit_prune.methods.smp import SMPCallback, SMPQuestionAnsweringModule, SMPSequenceClassificationModule
 
 __all__ = ["GPrunerCallback", "GrainCallback", "KPruneCallback", "KwonCallback", "RetrainingFreePruning",
-           "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule"]
+           "SMPCallback", "SMPQuestionAnsweringModule", "SMPSequenceClassificationModule"]

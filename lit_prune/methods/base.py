@@ -9,12 +9,18 @@ model's training in that fit is over:
 * otherwise at the end of training (``on_train_end``), so a user's own fine-tuning project can add the callback and
   get the pruned model at the end of its ``fit``.
 
-Either way the Trainer has already placed the model on its device and set up the processes, so the calibration
-passes run on any accelerator, and under ``strategy=ddp`` the calibration batches are split across the processes
-(batch i goes to process i mod world size) while every statistic is summed over them: every process ends with the
-same masks and weights. Progress goes to Lightning's progress bar (process 0), numbers to the Trainer's logger.
+It works on any LightningModule that holds one Hugging Face task model (the contract, checked in ``setup`` before
+any training: :mod:`lit_prune.methods.contract`). The calibration sample is drawn from the ``fit``'s training data:
+lit_prune's data modules draw it at random (``calibration_sample()``, by examples or by tokens); any other
+dataloader gives its first batches, up to ``num_samples`` examples or ``num_tokens`` non-padding tokens, taken on
+process 0 and shared with the others.
 
-Every run ends the same way (:meth:`RetrainingFreePruning.prune`): the model is compacted in place (units
+The Trainer has already placed the model on its device and set up the processes, so the calibration passes run on
+any accelerator, and under ``strategy=ddp`` the calibration batches are split across the processes (batch i goes
+to process i mod world size) while every statistic is summed over them: every process ends with the same masks and
+weights. Progress goes to Lightning's progress bar (process 0), numbers to the Trainer's logger.
+
+Every run ends the same way (:func:`lit_prune.methods.run.finish_run`): the model is compacted in place (units
 physically removed), evaluated, timed against the dense copy, and written as ``<output_dir>/pruned_model/`` (a
 Hugging Face folder) with ``<output_dir>/pruning_report.json`` (see :mod:`lit_prune.report`) and the binary masks
 in ``<output_dir>/pruning_masks.safetensors``.
@@ -26,9 +32,9 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -36,12 +42,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.common import (Progress, agree_across_ranks, evaluate_module, find_encoder_model,
-                                      latency_comparison, phase, publish, setup_problems, shared_report, show_progress)
-from lit_prune.prune.batches import LABEL_KEYS, model_batch
+from lit_prune.methods.contract import BatchToInputs, PruningTarget
+from lit_prune.methods.run import Progress, finish_run, phase, resolve_seq_len, restore_on_failure, show_progress
+from lit_prune.prune.batches import count_tokens, model_batch
+from lit_prune.prune.mask_tuning import Solver
+from lit_prune.prune.post_training import KwonResult, Refine, check_tuning_settings, kwon_prune, tuning_cache_limit
 
 
 class RetrainingFreePruning(Callback):
@@ -60,8 +67,9 @@ class RetrainingFreePruning(Callback):
         output_dir: where ``pruned_model/`` and ``pruning_report.json`` go (default: the Trainer's
             ``default_root_dir``).
         save_model: write the pruned model folder.
-        evaluate: evaluate the dense and the pruned model on the evaluation split (needs a LightningModule with
-            ``evaluate(dataloaders)``, as lit_prune's task modules have).
+        evaluate: evaluate the dense and the pruned model: with the module's ``evaluate(dataloaders, progress)``
+            (lit_prune's task modules), else with the ``fit``'s own validation loop (the metrics its
+            ``validation_step`` logs).
         dense_metrics: the dense model's metrics on this same evaluation split, when they are already known (a
             fine-tune's final validation metrics, e.g. its ``fit_summary.json``; a ``val/`` prefix is ignored and
             entries the evaluation does not give, such as the loss, are dropped): the dense evaluation is skipped
@@ -69,14 +77,19 @@ class RetrainingFreePruning(Callback):
             (checked before pruning) and every metric the evaluation gives (checked after it). Saves a sweep
             over budgets one dense evaluation per run (SQuAD: minutes on a CPU).
         latency_batch_size: examples of the evaluation split in the batch timed for the latency comparison
-            (0 skips it).
+            (0 skips it); without validation data, the first calibration batch is timed (said in the report).
         latency_repeats: timed passes of each model.
         model_attribute: the LightningModule attribute that holds the Hugging Face model (``None``: the only one).
-        seq_len: the ``s`` of the FLOPs accounting; ``None`` asks the data module (its
-            ``average_sequence_length()``: the evaluation split's average tokenised length).
+        seq_len: the ``s`` of the FLOPs accounting; ``None``: the data module's ``average_sequence_length()``
+            where it has one (lit_prune's: the evaluation split's average tokenised length), else the average
+            number of non-padding tokens per example of the calibration batches (``flops.seq_len_from``).
         time_reference_pass: also time one forward and backward pass (task loss, weight gradients, as in training)
             over the same calibration batches, and report the pruning time as a multiple of it
             (``seconds.reference_pass``, ``seconds.prune_over_pass``): a machine-independent cost.
+        batch_to_inputs: turns one batch of the ``fit``'s dataloaders into a dict of model inputs (and labels);
+            ``None``: the batches are such dicts (see :mod:`lit_prune.methods.contract`).
+        tokenizer: saved beside the pruned model (a tokenizer, or a name or folder to load one from); ``None``:
+            found on the module, the data module or in the model's folder.
     """
 
     method = "retraining_free"
@@ -98,6 +111,8 @@ class RetrainingFreePruning(Callback):
         model_attribute: str | None = None,
         seq_len: float | None = None,
         time_reference_pass: bool = False,
+        batch_to_inputs: BatchToInputs | None = None,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__()
         self.problems: list[str] = []
@@ -125,6 +140,11 @@ class RetrainingFreePruning(Callback):
         self.dense_metrics = self._given_metrics(dense_metrics, evaluate)
         self.latency_batch_size = latency_batch_size
         self.latency_repeats = latency_repeats
+        if batch_to_inputs is not None and not callable(batch_to_inputs):
+            self.problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
+                                 "inputs) or None")
+        self.batch_to_inputs = batch_to_inputs
+        self.tokenizer = tokenizer
         if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
                                     or not seq_len > 0):
             self.problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
@@ -182,12 +202,16 @@ class RetrainingFreePruning(Callback):
         return False
 
     # ------------------------------------------------------------------------------------------------ hooks
+    def target(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningTarget:
+        """The user's project as this callback sees it (see :mod:`lit_prune.methods.contract`)."""
+        return PruningTarget(trainer, pl_module, self.model_attribute, self.batch_to_inputs, self.tokenizer)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        _, problems = setup_problems(trainer, pl_module, self.model_attribute, self.seq_len, self.evaluate,
-                                     "prune the dense fine-tuned model, with a smaller flops_kept")
-        problems = list(self.problems) + problems
+        problems = list(self.problems) + self.target(trainer, pl_module).problems(
+            needs_labels=self.needs_labels(), evaluate=self.evaluate,
+            dense_hint="prune the dense fine-tuned model, with a smaller flops_kept")
         main = getattr(pl_module, "main_metric", None)
         if self.dense_metrics is not None and isinstance(main, str) and main not in self.dense_metrics:
             problems.append(f"dense_metrics={self.dense_metrics!r} lacks the task's main metric {main!r}: give the "
@@ -225,8 +249,9 @@ class RetrainingFreePruning(Callback):
 
         return reduce
 
-    def calibration_batches(self, trainer: L.Trainer, model: nn.Module) -> tuple[list[dict], list[int], int, dict]:
+    def calibration_batches(self, target: PruningTarget) -> tuple[list[dict], list[int], int, dict]:
         """This process's calibration batches, their positions in the whole sample, its batch count, its summary."""
+        trainer, model = target.trainer, target.model
         datamodule = trainer.datamodule
         if callable(getattr(datamodule, "calibration_sample", None)):
             sample = datamodule.calibration_sample(num_samples=self.num_samples, num_tokens=self.num_tokens,
@@ -234,42 +259,41 @@ class RetrainingFreePruning(Callback):
             loader = DataLoader(sample.dataset, batch_size=self.calibration_batch_size, shuffle=False,
                                 collate_fn=datamodule.collate)
             info = sample.as_dict()
-            all_batches: Iterator[dict] = iter(loader)
-            num_batches = len(loader)
+            all_batches = [model_batch(model, batch) for batch in loader]
         else:
-            # A user's data module: the first examples of its training dataloader, in its order.
-            if self.num_samples is None:
-                raise ValueError(f"{type(self).__name__}: num_tokens needs a data module with calibration_sample(); "
-                                 f"{type(datamodule).__name__} has none: set num_samples instead")
-            taken, batches = 0, []
-            for batch in datamodule.train_dataloader():
-                size = next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
-                batches.append(batch)
-                taken += size
-                if taken >= self.num_samples:
-                    break
-            note = None if taken >= self.num_samples else (f"num_samples={self.num_samples} exceeds the {taken} "
-                                                           "training examples; using all of them")
-            if note:
-                warnings.warn(f"calibration: {note}")
-            info = {"num_samples": taken, "num_tokens": None, "note": note,
-                    "requested": {"num_samples": self.num_samples, "source": "the training dataloader's first batches"}}
-            all_batches, num_batches = iter(batches), len(batches)
+            # Any other dataloader: its first batches, on process 0 (a shuffling loader draws differently on each
+            # process), shared with the others so that every process splits the same sample.
+            all_batches, info = self._first_batches(target) if trainer.is_global_zero else (None, None)
+            if trainer.world_size > 1:
+                all_batches, info = trainer.strategy.broadcast((all_batches, info), src=0)
         rank, world = trainer.global_rank, trainer.world_size
-        mine, ids = [], []
-        for index, batch in enumerate(all_batches):
-            if index % world == rank:
-                mine.append(model_batch(model, batch))
-                ids.append(index)
-        if self.needs_labels() and mine and not any(key in mine[0] for key in LABEL_KEYS):
-            raise ValueError(f"{type(self).__name__} needs labelled calibration batches (labels, or start_positions "
-                             f"and end_positions); the batches hold {sorted(mine[0])}")
-        info["batches"] = num_batches
-        info["batch_size"] = self.calibration_batch_size
-        return mine, ids, num_batches, info
+        ids = [index for index in range(len(all_batches)) if index % world == rank]
+        info["batches"] = len(all_batches)
+        info["batch_size"] = int(all_batches[0]["input_ids"].shape[0]) if all_batches else 0
+        return [all_batches[i] for i in ids], ids, len(all_batches), info
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, which: str) -> dict[str, float] | None:
-        return evaluate_module(trainer, pl_module, which) if self.evaluate else None
+    def _first_batches(self, target: PruningTarget) -> tuple[list[dict], dict[str, Any]]:
+        """The training dataloader's first batches holding ``num_samples`` examples or ``num_tokens`` tokens."""
+        by_tokens = self.num_tokens is not None
+        wanted = self.num_tokens if by_tokens else self.num_samples
+        examples = tokens = 0
+        batches = []
+        for batch in target.train_batches():
+            inputs = {k: v.cpu() for k, v in target.inputs(batch).items()}
+            batches.append(inputs)
+            examples += int(inputs["input_ids"].shape[0])
+            tokens += count_tokens(inputs)
+            if (tokens if by_tokens else examples) >= wanted:
+                break
+        unit = "tokens" if by_tokens else "training examples"
+        have = tokens if by_tokens else examples
+        note = None if have >= wanted else (f"{'num_tokens' if by_tokens else 'num_samples'}={wanted} exceeds the "
+                                            f"{have} {unit} of the training dataloader; using all of them")
+        if note:
+            warnings.warn(f"calibration: {note}")
+        return batches, {"num_samples": examples, "num_tokens": tokens, "note": note,
+                         "requested": {"num_samples": self.num_samples, "num_tokens": self.num_tokens,
+                                       "source": "the training dataloader's first batches"}}
 
     @staticmethod
     def _reference_pass(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
@@ -292,66 +316,52 @@ class RetrainingFreePruning(Callback):
         self._pruned_this_fit = True
         started = time.perf_counter()
         seconds: dict[str, float] = {}
-        model = find_encoder_model(pl_module, self.model_attribute)
-        datamodule = trainer.datamodule
+        target = self.target(trainer, pl_module)
+        model = target.model
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
-        seq_len = self.seq_len
-        if seq_len is None:
-            seq_len = datamodule.average_sequence_length()
-        budget = FlopsBudget.for_model(model, seq_len, self.flops_kept)
         with phase(seconds, "calibration_data"):
-            batches, batch_ids, num_batches, calibration = self.calibration_batches(trainer, model)
+            batches, batch_ids, num_batches, calibration = self.calibration_batches(target)
+        seq_len, seq_len_from = resolve_seq_len(trainer, self.seq_len, sum(count_tokens(b) for b in batches),
+                                                sum(b["input_ids"].shape[0] for b in batches), "calibration batches")
+        budget = FlopsBudget.for_model(model, seq_len, self.flops_kept)
         dense = copy.deepcopy(model).eval()
-        with phase(seconds, "evaluate_dense"):
-            dense_metrics = self.dense_metrics if self.dense_metrics is not None else self._evaluate(
-                trainer, pl_module, "dense")
+        dense_metrics = self.dense_metrics
+        if self.evaluate and dense_metrics is None:
+            progress = Progress(show_progress(trainer))
+            try:
+                with phase(seconds, "evaluate_dense"):
+                    dense_metrics = target.evaluate("dense", progress)
+            finally:
+                progress.close()
+            model.eval()  # a validation loop leaves the module in training mode
         if self.time_reference_pass:
             with phase(seconds, "reference_pass"):
                 self._reference_pass(dense, batches)
-        progress = Progress(show_progress(trainer))
-        try:
-            with phase(seconds, "prune"):
-                masks, details = self.run_method(model, dense, batches, batch_ids, num_batches, budget,
-                                                 self._reduce(trainer), progress)
-        finally:
-            progress.close()
-        with phase(seconds, "compact"):
-            compact(model, masks)
-        ranks = agree_across_ranks(trainer, model, masks)
-        for module, training in modes:
-            module.training = training
-        with phase(seconds, "evaluate_pruned"):
-            pruned_metrics = self._evaluate(trainer, pl_module, "pruned")
-        metrics: dict[str, Any] = {"dense": dense_metrics, "pruned": pruned_metrics}
-        if self.dense_metrics is not None and pruned_metrics is not None:
-            missing = sorted(set(pruned_metrics) - set(self.dense_metrics))
-            if missing:
-                raise ValueError(f"{type(self).__name__}: dense_metrics={self.dense_metrics!r} lacks {missing}, which "
-                                 f"the evaluation gives ({sorted(pruned_metrics)}): give every metric of the dense "
-                                 "model, or drop dense_metrics to measure them")
-            metrics["dense"] = {name: self.dense_metrics[name] for name in pruned_metrics}
-        if dense_metrics is not None:
-            metrics["dense_source"] = "given" if self.dense_metrics is not None else "evaluated"
-        self.masks = masks.binary().to("cpu")
-        latency = None
-        if trainer.is_global_zero:
-            with phase(seconds, "latency"):
-                latency = latency_comparison(trainer, dense, model, self.latency_batch_size, self.latency_repeats,
-                                             fallback=batches[0] if batches else None)
-        seconds["total"] = round(time.perf_counter() - started, 3)
-        if self.time_reference_pass:
-            seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
-        report = {
-            **shared_report(self.method, pl_module, trainer, model, dense, self.seed, seq_len, self.flops_kept,
-                            metrics, seconds, latency, self.masks),
-            "calibration": calibration,
-            "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
-            **details,
-        }
-        self.report = report
-        return publish(trainer, report, self.output_folder(trainer), model, self.masks,
-                       getattr(datamodule, "tokenizer", None), self.save_model, ranks)
+        with restore_on_failure(model, dense):
+            progress = Progress(show_progress(trainer))
+            try:
+                with phase(seconds, "prune"):
+                    masks, details = self.run_method(model, dense, batches, batch_ids, num_batches, budget,
+                                                     self._reduce(trainer), progress)
+            finally:
+                progress.close()
+            for module, training in modes:
+                module.training = training
+            if self.time_reference_pass:
+                seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
+            self.masks = masks.binary().to("cpu")
+            report = {"calibration": calibration,
+                      "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
+                      **details}
+            self.report = finish_run(
+                target, model, dense, masks, method=self.method, seed=self.seed, seq_len=seq_len, seconds=seconds,
+                started=started, dense_metrics=dense_metrics, evaluate=self.evaluate,
+                latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
+                output_folder=self.output_folder(trainer), save_model=self.save_model, flops_target=self.flops_kept,
+                method_report=report, fallback_batch=batches[0] if batches else None,
+                given_dense_metrics=self.dense_metrics, flops_report={"seq_len_from": seq_len_from})
+        return self.report
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -362,4 +372,64 @@ class RetrainingFreePruning(Callback):
         self.masks = PruningMasks.from_dict(masks) if masks is not None else None
 
 
-__all__ = ["RetrainingFreePruning"]
+class MaskTuningPruning(RetrainingFreePruning):
+    """The retraining-free callbacks built on the post-training mask pipeline (Kwon et al.'s Fisher → budgeted search
+    → rearrangement → mask tuning, :func:`~lit_prune.prune.post_training.kwon_prune`): Kwon's, and G-Pruner's with
+    its stages swapped in. Holds the pipeline's settings, checked once for both.
+
+    Args:
+        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1].
+        num_samples: calibration examples (the paper: 2,048, drawn with replacement).
+        replacement: draw them with replacement.
+        rearrange: run the mask rearrangement (off: ablation).
+        tune: run the least-squares mask tuning (off: ablation).
+        tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
+            searched at ``flops_kept ** 0.5``) or ``"dense"``.
+        damping: the tuning solver's damping (the reference code's LSMR ``damp``: an absolute Tikhonov weight that
+            pulls the scales towards the binary mask).
+        tuning_cache_mb: MiB of the tuning's per-batch hidden states kept in memory (per process); the rest is
+            spilled to a temporary folder (``$TMPDIR``) and read back, so memory stays bounded whatever
+            ``num_samples``; ``None``: keep everything in memory. The masks do not depend on it.
+        **kwargs: the settings every retraining-free callback shares (:class:`RetrainingFreePruning`).
+    """
+
+    def __init__(
+        self,
+        flops_kept: float = 0.5,
+        num_samples: int = 2048,
+        replacement: bool = True,
+        rearrange: bool = True,
+        tune: bool = True,
+        tuning_reference: Literal["intermediate", "dense"] = "intermediate",
+        damping: float = 1.0,
+        tuning_cache_mb: float | None = 256,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=None, replacement=replacement,
+                         **kwargs)
+        self.problems += check_tuning_settings(tuning_reference, damping, tuning_cache_mb)
+        self.tuning_cache_mb = tuning_cache_mb
+        self.rearrange = rearrange
+        self.tune = tune
+        self.tuning_reference = tuning_reference
+        self.damping = damping
+
+    def needs_labels(self) -> bool:
+        return True
+
+    def method_settings(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "replacement": self.replacement, "rearrange": self.rearrange,
+                "tune": self.tune, "tuning_reference": self.tuning_reference, "damping": self.damping}
+
+    def pipeline(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], batch_ids: list[int],
+                 num_batches: int, budget: FlopsBudget, reduce: Callable, progress: Callable,
+                 refine: Refine | None = None, solver: Solver | None = None) -> KwonResult:
+        """Run the pipeline with this callback's settings (``refine`` and ``solver``: the stages swapped in)."""
+        is_qa = getattr(model, "qa_outputs", None) is not None
+        return kwon_prune(model, batches, budget, batch_ids=batch_ids, num_batches=num_batches,
+                          rearrange=self.rearrange, tune=self.tune, tuning_reference=self.tuning_reference,
+                          damping=self.damping, cls_only_last_ffn=not is_qa, reduce=reduce, progress=progress,
+                          refine=refine, solver=solver, tuning_cache_bytes=tuning_cache_limit(self.tuning_cache_mb))
+
+
+__all__ = ["MaskTuningPruning", "RetrainingFreePruning"]

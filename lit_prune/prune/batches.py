@@ -37,4 +37,10 @@ def model_inputs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.
 
 
 
-__all__ = ["LABEL_KEYS", "forward_keys", "model_batch", "model_inputs"]
+def count_tokens(batch: Mapping[str, torch.Tensor]) -> int:
+    """Non-padding tokens of a batch of model inputs (every position when it has no attention mask)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+__all__ = ["LABEL_KEYS", "count_tokens", "forward_keys", "model_batch", "model_inputs"]

@@ -8,8 +8,10 @@ units need the projection inputs of every sublayer. These helpers get them with 
 
 * :func:`run_to_norm` stops at the sublayer's LayerNorm (nothing later runs);
 * :func:`start_at` starts the pass at a given encoder layer from cached hidden states (nothing earlier runs), so a
-  layer-by-layer process runs each layer once per batch instead of the whole prefix again;
+  layer-by-layer process runs each layer once per batch instead of the whole prefix again; :func:`start_forward_at`
+  does the same while leaving the model whole outside its forward passes (for code that inspects it first);
 * :func:`layer_output` gives one encoder layer's output from its input;
+* :func:`run_layer` runs one encoder layer once and gives both sublayers' pre-LayerNorm sums and its output;
 * :class:`ProjectionInputs` records the (masked) inputs of the output projections of a range of sublayers.
 """
 
@@ -71,6 +73,40 @@ def start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Itera
         handle.remove()
 
 
+@contextlib.contextmanager
+def start_forward_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Iterator[None]:
+    """:func:`start_at`, with the encoder's layer list cut only while a forward pass runs.
+
+    Inside the block the model looks whole (code that reads its layers before running it, such as
+    :func:`~lit_prune.core.arch.get_adapter`, :func:`~lit_prune.core.masking.apply_masks` or
+    :func:`~lit_prune.prune.importance.mask_gradients`, works unchanged), and every forward pass starts at encoder
+    layer ``layer`` with input ``hidden``: nothing below it runs, forward or backward. ``hidden=None`` changes
+    nothing.
+    """
+    if hidden is None:
+        yield
+        return
+    adapter = get_adapter(model)
+    parent_path, _, name = adapter.spec.layers.rpartition(".")
+    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+    layers = getattr(parent, name)
+
+    def cut(module: nn.Module, args: Any) -> None:
+        setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
+
+    def restore(*_: Any) -> None:
+        setattr(parent, name, layers)
+
+    handles = [model.base_model.embeddings.register_forward_hook(lambda module, args, output: hidden),
+               parent.register_forward_pre_hook(cut), parent.register_forward_hook(restore)]
+    try:
+        yield
+    finally:
+        restore()  # also after a pass stopped inside the encoder (StopForward), where the forward hook never ran
+        for handle in handles:
+            handle.remove()
+
+
 def layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
                   start: torch.Tensor | None) -> torch.Tensor:
     """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``."""
@@ -127,6 +163,50 @@ def run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[st
     return captured
 
 
+def run_layer(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
+              start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run encoder layer ``layer`` once (masked, or unmasked for ``None``) and capture what a layer-by-layer
+    refit needs of it: both sublayers' pre-LayerNorm sums and the layer's output (nothing after it runs).
+
+    One run of the layer gives the targets of its two sublayers and the next layer's input, where
+    :func:`run_to_norm` twice and :func:`layer_output` would run it three times.
+
+    Args:
+        start: the hidden states entering ``layer`` (``None``: run from the embeddings).
+
+    Returns:
+        ``{"attention": ..., "ffn": ..., "output": ...}``, each (B, s, d): the attention's and the FFN's projection
+        output plus residual (before their LayerNorms), and the layer's output (the next layer's input).
+    """
+    adapter = get_adapter(model)
+    modules = adapter.layer(layer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def on_norm(name: str, args: tuple) -> None:
+        captured[name] = args[0].detach()
+
+    def on_layer(module: nn.Module, args: tuple, output: Any) -> None:
+        captured["output"] = (output[0] if isinstance(output, tuple) else output).detach()
+        raise StopForward
+
+    handles = [modules.attn_norm.register_forward_pre_hook(lambda m, args: on_norm("attention", args)),
+               modules.ffn_norm.register_forward_pre_hook(lambda m, args: on_norm("ffn", args)),
+               adapter.layers[layer].register_forward_hook(on_layer)]
+    try:
+        with contextlib.ExitStack() as stack:
+            if masks is not None:
+                stack.enter_context(apply_masks(model, masks))
+            stack.enter_context(start_at(model, layer, start))
+            model(**inputs)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(captured) == 3, "the forward pass never reached the end of the layer"
+    return captured
+
+
 class ProjectionInputs:
     """Forward hooks that record the (masked) inputs of the output projections of the sublayers ≥ ``target``, and
     the target's projection output and pre-LayerNorm sum. Use as a context manager (the hooks go on exit).
@@ -170,5 +250,5 @@ class ProjectionInputs:
         self.remove()
 
 
-__all__ = ["ProjectionInputs", "StopForward", "Sublayer", "layer_output", "run_to_norm", "start_at", "sublayer_modules",
-           "sublayer_of"]
+__all__ = ["ProjectionInputs", "StopForward", "Sublayer", "layer_output", "run_layer", "run_to_norm", "start_at",
+           "start_forward_at", "sublayer_modules", "sublayer_of"]

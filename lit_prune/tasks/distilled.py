@@ -5,14 +5,13 @@ student learns from a frozen fine-tuned teacher, for methods that train while th
 initialised from ``name_or_path``, on ``kd_weight``·prediction loss + ``hidden_weight``·hidden loss (+ an optional
 ``hard_label_weight``·task loss); the losses are :mod:`lit_prune.prune.distill`'s (GRAIN's soft cross-entropy at
 temperature 8, no T² factor, and the hidden-state MSE through identity-initialised projections). The teacher is
-frozen, kept in eval mode, and kept out of the optimiser and of checkpoints (it is rebuilt from ``teacher`` or
-``name_or_path``). Each training step leaves the prediction loss (distillation + hard labels) in
-``self.prediction_loss``: GRAIN's importance is its gradient only.
+held by a :class:`~lit_prune.prune.teacher.FrozenTeacher`: frozen, kept in eval mode, and kept out of the optimiser
+and of checkpoints (it is rebuilt from ``teacher`` or ``name_or_path``). Each training step leaves the prediction
+loss (distillation + hard labels) in ``self.prediction_loss``: GRAIN's importance is its gradient only.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.prune.batches import LABEL_KEYS
 from lit_prune.prune.distill import HiddenStateMatcher, soft_cross_entropy
+from lit_prune.prune.teacher import FrozenTeacher
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
@@ -55,14 +55,13 @@ class _Distillation:
         self.temperature, self.kd_weight, self.hidden_weight = float(temperature), float(kd_weight), float(hidden_weight)
         self.hard_label_weight = float(hard_label_weight)
         if teacher is None:  # the student starts as the teacher: a frozen copy of the same checkpoint
-            teacher_model = copy.deepcopy(self.model)
+            frozen = FrozenTeacher.copy_of(self.model)
         else:
-            teacher_model = task_class(name_or_path=teacher, task=self.task, save_final_model=False).model
-        teacher_model.eval().requires_grad_(False)
-        # not a registered submodule: out of the optimiser, of checkpoints and of DDP's parameter sync
-        object.__setattr__(self, "_teacher", teacher_model)
+            frozen = FrozenTeacher(task_class(name_or_path=teacher, task=self.task, save_final_model=False).model)
+        # not a module: out of the optimiser, of checkpoints and of DDP's parameter sync
+        self._teacher = frozen
         size = self.model.config.hidden_size
-        teacher_size = teacher_model.config.hidden_size
+        teacher_size = frozen.model.config.hidden_size
         if hidden_weight > 0 and size != teacher_size:
             raise ValueError(f"{type(self).__name__}: student hidden size {size} and teacher hidden size "
                              f"{teacher_size} differ; identity-initialised projections need them equal")
@@ -71,12 +70,12 @@ class _Distillation:
 
     @property
     def teacher(self) -> nn.Module:
-        """The frozen teacher (on the student's device once ``fit`` starts)."""
-        return self._teacher
+        """The frozen teacher model (on the student's device once ``fit`` starts)."""
+        return self._teacher.model
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self._teacher.to(self.device).eval()
+        self._teacher.to(self.device)
 
     def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -87,8 +86,7 @@ class _Distillation:
         needs_hidden = self.hidden_weight > 0
         student_inputs = {**inputs, **{k: v for k, v in batch.items() if k in LABEL_KEYS}} if hard else inputs
         student = self.model(**student_inputs, output_hidden_states=needs_hidden)
-        with torch.no_grad():
-            teacher = self._teacher(**inputs, output_hidden_states=needs_hidden)
+        teacher = self._teacher(inputs, output_hidden_states=needs_hidden)  # without gradients
         kd = self._prediction_terms(student, teacher, batch)
         prediction = self.kd_weight * kd
         if hard:
