@@ -139,7 +139,7 @@ def test_projection_system_solves_least_squares():
     system.add(x[120:], y[120:])
     columns = torch.tensor([0, 2, 3, 5])
     current = torch.zeros(4, 3)
-    result = system.solve(columns, current, damping=1e-12)
+    result = system.solve(columns, current, ridge=1e-12)
     expected = torch.linalg.lstsq(x[:, columns].double(), y.double()).solution
     torch.testing.assert_close(result.weight.double(), expected, atol=1e-4, rtol=1e-4)
     assert result.status == "tuned" and result.warning is None

@@ -10,6 +10,7 @@ piece exists once and works from any training loop:
 * :mod:`~lit_prune.prune.distill`: distillation losses, with one meaning of ``temperature``.
 * :mod:`~lit_prune.prune.schedules`: the cubic pruning schedule.
 * :mod:`~lit_prune.prune.teacher`: the frozen distillation teacher, held outside the module tree.
+* :mod:`~lit_prune.prune.lengths`: running a padded batch as a few sub-batches of similar length.
 * :mod:`~lit_prune.prune.cache`: a per-batch tensor cache that spills to disk beyond a memory budget.
 * :mod:`~lit_prune.prune.types`: the ``reduce`` and ``progress`` callables a calibration loop hands to a stage.
 

@@ -316,7 +316,7 @@ class TuningResult:
         warning: why the fit was not used, or a conditioning warning; ``None`` when all went well.
         error_before, error_after: the reconstruction error with the current and the returned weight.
         condition: the condition number of XᵀX over the kept columns (``None`` without data).
-        damping: the absolute damping λ used.
+        ridge: the absolute ridge λ used.
     """
 
     weight: torch.Tensor
@@ -325,7 +325,7 @@ class TuningResult:
     error_before: float
     error_after: float
     condition: float | None
-    damping: float | None
+    ridge: float | None
 
 
 @dataclass(eq=False)
@@ -371,14 +371,14 @@ class ProjectionSystem:
         w = weight.double().to(g.device)
         return float((w * (g @ w)).sum() - 2 * (w * h).sum() + self.yty)
 
-    def solve(self, columns: torch.Tensor, current: torch.Tensor, damping: float = 1e-6,
+    def solve(self, columns: torch.Tensor, current: torch.Tensor, ridge: float = 1e-6,
               max_condition: float = 1e12) -> TuningResult:
         """The least-squares weight over ``columns``, or ``current`` kept with the reason why.
 
         Args:
             columns: (K,) long, the kept input columns.
             current: (K, d) the projection's current weight on those columns (its transpose slice).
-            damping: relative Tikhonov damping: λ = damping × mean(diag(XᵀX)), raised ×100 until the Cholesky
+            ridge: relative Tikhonov ridge: λ = ridge × mean(diag(XᵀX)), raised ×100 until the Cholesky
                 factorisation succeeds.
             max_condition: above this condition number of XᵀX the system counts as ill-conditioned: the damped
                 solution is still used if it lowers the error, and a warning is recorded.
@@ -396,7 +396,7 @@ class ProjectionSystem:
         eigenvalues = torch.linalg.eigvalsh(g)
         low, high = float(eigenvalues[0]), float(eigenvalues[-1])
         condition = math.inf if low <= 0 else high / low
-        lam = damping * scale
+        lam = ridge * scale
         weight = None
         for _ in range(8):
             factor, info = torch.linalg.cholesky_ex(g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
@@ -408,7 +408,7 @@ class ProjectionSystem:
             lam *= 100
         warning = None
         if condition > max_condition:
-            warning = f"ill-conditioned system (condition number {condition:.3g}); solved with damping λ={lam:.3g}"
+            warning = f"ill-conditioned system (condition number {condition:.3g}); solved with ridge λ={lam:.3g}"
         if weight is None:
             return TuningResult(current, "kept", "the damped system could not be solved; weights left untuned",
                                 before, before, condition, lam)

@@ -37,7 +37,8 @@ class KPruneCallback(RetrainingFreePruning):
         mu: weight of the heads' scores (the paper: 64).
         lam_pred, lam_rep: weights of predictive and representational knowledge (the paper: 1 and 2.5e-4).
         weight_tuning: refit each pruned sublayer's output projection (off: ablation).
-        damping: relative damping of the least squares (see :meth:`ProjectionSystem.solve`).
+        ridge: the least squares' relative ridge, λ = ridge × mean(diag(XᵀX)), raised until the system solves
+            (see :meth:`~lit_prune.prune.lstsq.ProjectionSystem.solve`; not Kwon's absolute ``damping``).
         length_groups: run each calibration batch as at most this many groups of rows of similar length, each
             padded to its own longest row (less padding computed; the same results up to float rounding; see
             :mod:`lit_prune.methods.kprune.process`); 1: whole batches; ``None``: 4 on a CPU, 1 on an accelerator.
@@ -70,7 +71,7 @@ class KPruneCallback(RetrainingFreePruning):
         lam_pred: float = 1.0,
         lam_rep: float = 2.5e-4,
         weight_tuning: bool = True,
-        damping: float = 1e-6,
+        ridge: float = 1e-6,
         length_groups: int | None = None,
         cache_mb: float | None = 256,
         output_dir: str | None = None,
@@ -91,7 +92,7 @@ class KPruneCallback(RetrainingFreePruning):
                          seq_len=seq_len, time_reference_pass=time_reference_pass)
         for name, value, strict in (("temperature", temperature, True), ("mu", mu, True),
                                     ("lam_pred", lam_pred, False), ("lam_rep", lam_rep, False),
-                                    ("damping", damping, True)):
+                                    ("ridge", ridge, True)):
             ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and (
                 value > 0 if strict else value >= 0)
             if not ok:
@@ -110,14 +111,14 @@ class KPruneCallback(RetrainingFreePruning):
         self.lam_pred = lam_pred
         self.lam_rep = lam_rep
         self.weight_tuning = weight_tuning
-        self.damping = damping
+        self.ridge = ridge
         self.length_groups = length_groups
         self.cache_mb = cache_mb
 
     def method_settings(self) -> dict[str, Any]:
         return {"num_tokens": self.num_tokens, "num_samples": self.num_samples, "temperature": self.temperature,
                 "mu": self.mu, "lam_pred": self.lam_pred, "lam_rep": self.lam_rep,
-                "weight_tuning": self.weight_tuning, "damping": self.damping}
+                "weight_tuning": self.weight_tuning, "ridge": self.ridge}
 
     def cache_bytes(self) -> int | None:
         """``cache_mb`` in bytes (``None``: no limit)."""
@@ -128,7 +129,7 @@ class KPruneCallback(RetrainingFreePruning):
                    progress: Progress) -> tuple[PruningMasks, dict[str, Any]]:
         result = kprune(model, batches, budget, dense=dense, temperature=self.temperature, mu=self.mu,
                         lam_pred=self.lam_pred, lam_rep=self.lam_rep, weight_tuning=self.weight_tuning,
-                        damping=self.damping, length_groups=self.length_groups, cache_bytes=self.cache_bytes(),
+                        ridge=self.ridge, length_groups=self.length_groups, cache_bytes=self.cache_bytes(),
                         reduce=reduce, progress=progress)
         warnings_ = [f"layer {step.layer} {step.sublayer}: {step.warning}" for step in result.steps if step.warning]
         return result.masks, {"steps": [step.as_dict() for step in result.steps], "cache": result.cache,

@@ -157,7 +157,7 @@ def _dense_target(dense: nn.Module, part: Part, layer: int, sublayer: Sublayer, 
 @torch.no_grad()
 def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: FlopsBudget, *,
            dense: nn.Module | None = None, temperature: float = 2.0, mu: float = 64.0, lam_pred: float = 1.0,
-           lam_rep: float = 2.5e-4, weight_tuning: bool = True, damping: float = 1e-6,
+           lam_rep: float = 2.5e-4, weight_tuning: bool = True, ridge: float = 1e-6,
            length_groups: int | None = None, cache_bytes: int | None = None, reduce: Reduce | None = None,
            progress: Progress | None = None) -> KPruneResult:
     """Run KPrune on ``model`` (weights of the tuned output projections change in place; nothing is removed yet).
@@ -169,7 +169,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
         dense: the dense teacher; ``None`` copies ``model`` first.
         temperature, mu, lam_pred, lam_rep: the paper's T, μ, λ_pred, λ_rep.
         weight_tuning: refit each pruned sublayer's output projection (off: masks only, for ablations).
-        damping: relative damping of the least squares (see :meth:`ProjectionSystem.solve`).
+        ridge: the least squares' relative ridge (see :meth:`ProjectionSystem.solve`).
         length_groups: run each batch as at most this many groups of similar length (see the module docstring;
             1: whole batches); ``None``: 4 on a CPU, 1 on an accelerator (where a pass of a calibration batch costs
             by the call more than by the token). The results are the same up to float rounding.
@@ -246,7 +246,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
                 if progress:
                     progress(description, i + 1, len(parts))
             step = _decide(model, masks, target, knowledge, system, remaining, head_cost, neuron_cost, mu, lam_pred,
-                           lam_rep, damping, reduce)
+                           lam_rep, ridge, reduce)
             remaining -= step.kept * (head_cost if sublayer == "attention" else neuron_cost)
             step.seconds = time.perf_counter() - started
             result.steps.append(step)
@@ -257,7 +257,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
 
 def _decide(model: nn.Module, masks: PruningMasks, target: int, knowledge: KnowledgeAccumulator,
             system: ProjectionSystem | None, remaining: Fraction, head_cost: Fraction, neuron_cost: Fraction,
-            mu: float, lam_pred: float, lam_rep: float, damping: float, reduce: Reduce) -> SublayerStep:
+            mu: float, lam_pred: float, lam_rep: float, ridge: float, reduce: Reduce) -> SublayerStep:
     """After the target's pass: sum over processes, search its mask, set it in ``masks`` and tune its weights."""
     layer, sublayer = sublayer_of(target)
     knowledge = KnowledgeAccumulator.from_dict(reduce(knowledge.to_dict()))
@@ -267,7 +267,7 @@ def _decide(model: nn.Module, masks: PruningMasks, target: int, knowledge: Knowl
     field_ = masks.head if sublayer == "attention" else masks.ffn
     field_[layer] = kept.to(field_.dtype)
     if system is not None and kept.any():
-        tuning = tune_sublayer(model, target, kept, system, damping, reduce)
+        tuning = tune_sublayer(model, target, kept, system, ridge, reduce)
         step.status, step.warning = tuning.status, tuning.warning
         step.error_before, step.error_after, step.condition = tuning.error_before, tuning.error_after, \
             tuning.condition

@@ -63,7 +63,7 @@ def kept_columns(model: nn.Module, target: int, kept: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def tune_sublayer(model: nn.Module, target: int, kept: torch.Tensor, system: ProjectionSystem, damping: float,
+def tune_sublayer(model: nn.Module, target: int, kept: torch.Tensor, system: ProjectionSystem, ridge: float,
                   reduce: Reduce | None = None) -> TuningResult:
     """Refit the target's output projection on its kept columns, in place (the pruned columns are left as they are:
     masked now, removed at compaction).
@@ -73,7 +73,7 @@ def tune_sublayer(model: nn.Module, target: int, kept: torch.Tensor, system: Pro
         target: the target sublayer, 0..2L-1.
         kept: (H,) or (F,) bool, the target's kept units (at least one).
         system: this process's accumulated normal equations of the target.
-        damping: relative damping of the least squares (see :meth:`ProjectionSystem.solve`).
+        ridge: the least squares' relative ridge (see :meth:`ProjectionSystem.solve`).
         reduce: sums the system over processes (``None``: a single process).
 
     Returns:
@@ -83,7 +83,7 @@ def tune_sublayer(model: nn.Module, target: int, kept: torch.Tensor, system: Pro
     system = ProjectionSystem.from_dict((reduce or identity)(system.to_dict()))
     columns = kept_columns(model, target, kept.to(projection.weight.device))
     current = projection.weight[:, columns].t()  # (K, d)
-    tuning = system.solve(columns, current, damping=damping)
+    tuning = system.solve(columns, current, ridge=ridge)
     projection.weight[:, columns] = tuning.weight.t().to(projection.weight.dtype)
     return tuning
 
