@@ -37,7 +37,8 @@ def synthetic_report(task: str, method: str, budget: float, seed: int, teacher: 
     return {
         "method": method, "model": teacher, "task": task, "seed": seed, "world_size": 1,
         "flops": {"dense": 100.0, "pruned": 100.0 * budget, "kept": budget, "seq_len": 30.0, "target": budget},
-        "params": {"dense": {"total": 1000, "encoder_linear": 800}, "pruned": {"total": 600, "encoder_linear": 400}},
+        "params": {"dense": {"total": 1000, "encoder_linear": 800, "encoder_linear_weights": 780},
+                   "pruned": {"total": 600, "encoder_linear": 400, "encoder_linear_weights": 390}},
         "metrics": {"dense": {MAIN[task]: TEACHER[task], **OTHER.get(task, {})},
                     "pruned": {MAIN[task]: synthetic_metric(task, method, budget, seed),
                                **{name: synthetic_metric(task, method, budget, seed) - 0.01 for name in OTHER.get(task, {})}},
@@ -87,6 +88,7 @@ class FakeTrainer:
                                       args["--model.init_args.name_or_path"], hardware=self.hardware)
             report["method"] = "grain"
             report["params"]["pruned"]["encoder_linear"] = int(density * 800)
+            report["params"]["pruned"]["encoder_linear_weights"] = int(density * 780)
             report["settings"] = {"params_kept": density, "seed": report["seed"]}
         else:
             report = synthetic_report(task, method, float(args["--trainer.callbacks.init_args.flops_kept"]),

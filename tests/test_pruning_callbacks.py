@@ -127,7 +127,7 @@ def test_known_dense_metrics_skip_the_dense_evaluation(teacher, tmp_path):
     assert given["metrics"]["dense_source"] == "given"
     assert given["metrics"]["dense"] == measured["metrics"]["dense"]  # the loss dropped, the prefix gone
     assert given["metrics"]["pruned"] == measured["metrics"]["pruned"]
-    assert given["seconds"]["evaluate_dense"] < 0.1 * measured["seconds"]["evaluate_dense"]
+    assert "evaluate_dense" not in given["seconds"] and measured["seconds"]["evaluate_dense"] > 0  # not evaluated
 
 
 @pytest.mark.parametrize("given, message", [

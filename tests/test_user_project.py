@@ -187,16 +187,20 @@ class Counting(UserModule):
         Counting.steps += 1
         return super().training_step(batch if isinstance(batch, dict) else tuple_to_dict(batch), batch_idx)
 
+    def validation_step(self, batch, batch_idx):
+        return super().validation_step(batch if isinstance(batch, dict) else tuple_to_dict(batch), batch_idx)
+
 
 def tuple_to_dict(batch):
     input_ids, attention_mask, labels = batch
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def tuple_loader(tokenizer) -> DataLoader:
-    train, _ = loaders(tokenizer)
-    return DataLoader([(b["input_ids"][i], b["attention_mask"][i], b["labels"][i]) for b in train
-                       for i in range(len(b["labels"]))], batch_size=8)
+def tuple_loader(tokenizer, split: int = 0) -> DataLoader:
+    """Batches as tuples ``(input_ids, attention_mask, labels)``: padded once to one length, then split."""
+    loader = loaders(tokenizer, batch_size=64)[split]
+    rows = [(b["input_ids"][i], b["attention_mask"][i], b["labels"][i]) for b in loader for i in range(len(b["labels"]))]
+    return DataLoader(rows[:48] if split == 0 else rows[:16], batch_size=8)
 
 
 class Headless(Counting):
@@ -237,7 +241,7 @@ def test_mistakes_are_refused_before_training_starts(mistake, user_model_folder,
 def test_tuple_batches_work_with_batch_to_inputs(user_model_folder, tokenizer, tmp_path):
     module = Counting(user_model_folder)
     fit(KwonCallback(flops_kept=0.5, batch_to_inputs=tuple_to_dict), module, tmp_path, tuple_loader(tokenizer),
-        loaders(tokenizer)[1], max_epochs=1)
+        tuple_loader(tokenizer, 1), max_epochs=1)
     assert read_report(tmp_path)["flops"]["kept"] <= 0.5
 
 

@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
-from lit_prune.methods.run import Progress, finish_run, phase, resolve_seq_len, restore_on_failure, show_progress
+from lit_prune.methods.run import (finish_run, phase, progress_bar, resolve_seq_len, restore_on_failure,
+                                   timed_evaluation)
 from lit_prune.prune.batches import count_tokens, model_batch
 from lit_prune.prune.mask_tuning import Solver
 from lit_prune.prune.post_training import KwonResult, Refine, check_tuning_settings, kwon_prune, tuning_cache_limit
@@ -328,24 +329,15 @@ class RetrainingFreePruning(Callback):
         dense = copy.deepcopy(model).eval()
         dense_metrics = self.dense_metrics
         if self.evaluate and dense_metrics is None:
-            progress = Progress(show_progress(trainer))
-            try:
-                with phase(seconds, "evaluate_dense"):
-                    dense_metrics = target.evaluate("dense", progress)
-            finally:
-                progress.close()
+            dense_metrics = timed_evaluation(target, "dense", seconds)
             model.eval()  # a validation loop leaves the module in training mode
         if self.time_reference_pass:
             with phase(seconds, "reference_pass"):
                 self._reference_pass(dense, batches)
         with restore_on_failure(model, dense):
-            progress = Progress(show_progress(trainer))
-            try:
-                with phase(seconds, "prune"):
-                    masks, details = self.run_method(model, dense, batches, batch_ids, num_batches, budget,
-                                                     self._reduce(trainer), progress)
-            finally:
-                progress.close()
+            with progress_bar(trainer) as progress, phase(seconds, "prune"):
+                masks, details = self.run_method(model, dense, batches, batch_ids, num_batches, budget,
+                                                 self._reduce(trainer), progress)
             for module, training in modes:
                 module.training = training
             if self.time_reference_pass:

@@ -84,6 +84,30 @@ def latency_comparison(target: PruningTarget, dense: nn.Module, pruned: nn.Modul
 
 
 @contextmanager
+def progress_bar(trainer: L.Trainer) -> Iterator[Progress]:
+    """A :class:`Progress` for the ``with`` block, closed after it (also on errors)."""
+    progress = Progress(show_progress(trainer))
+    try:
+        yield progress
+    finally:
+        progress.close()
+
+
+def timed_evaluation(target: PruningTarget, which: str, seconds: dict[str, float]) -> dict[str, float]:
+    """:meth:`PruningTarget.evaluate` with a progress bar, its wall seconds in ``seconds["evaluate_<which>"]``."""
+    with progress_bar(target.trainer) as progress, phase(seconds, f"evaluate_{which}"):
+        return target.evaluate(which, progress)
+
+
+def training_seconds(started: float | None, before_resume: float, seconds: dict[str, float]) -> float:
+    """Seconds a method that prunes while training has trained: this fit's since ``started`` (less its dense
+    evaluation, ``seconds["evaluate_dense"]``) plus, after a resume, those of the run up to its checkpoint."""
+    if started is None:
+        return before_resume
+    return before_resume + time.perf_counter() - started - seconds.get("evaluate_dense", 0.0)
+
+
+@contextmanager
 def phase(seconds: dict[str, float], name: str) -> Iterator[None]:
     """Record the wall seconds of the ``with`` block in ``seconds[name]``."""
     started = time.perf_counter()
@@ -306,12 +330,7 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
             module.training = training
         pruned_metrics = None
         if evaluate:
-            progress = Progress(show_progress(trainer))
-            try:
-                with phase(seconds, "evaluate_pruned"):
-                    pruned_metrics = target.evaluate("pruned", progress)
-            finally:
-                progress.close()
+            pruned_metrics = timed_evaluation(target, "pruned", seconds)
         metrics: dict[str, Any] = {"dense": dense_metrics, "pruned": pruned_metrics}
         if given_dense_metrics is not None and pruned_metrics is not None:
             missing = sorted(set(pruned_metrics) - set(given_dense_metrics))
@@ -362,5 +381,5 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
 
 
 __all__ = ["Progress", "agree_across_ranks", "check_same_on_all_ranks", "finish_run", "latency_comparison", "log_report",
-           "phase", "publish", "resolve_seq_len", "restore_dense", "restore_on_failure", "shared_report", "show_progress",
-           "tensors_digest", "training_summary", "write_outputs"]
+           "phase", "progress_bar", "publish", "resolve_seq_len", "restore_dense", "restore_on_failure", "shared_report", "show_progress",
+           "tensors_digest", "timed_evaluation", "training_seconds", "training_summary", "write_outputs"]

@@ -107,6 +107,23 @@ def start_forward_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) 
             handle.remove()
 
 
+def _run_hooked(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
+                start: torch.Tensor | None, handles: list) -> None:
+    """Run ``model`` (masked, or unmasked for ``None``) from encoder layer ``layer`` (``start``: its input; ``None``
+    runs from the embeddings) until a hook stops it with :class:`StopForward`; then remove the hooks' ``handles``."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if masks is not None:
+                stack.enter_context(apply_masks(model, masks))
+            stack.enter_context(start_at(model, layer, start))
+            model(**inputs)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
                   start: torch.Tensor | None) -> torch.Tensor:
     """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``."""
@@ -117,16 +134,7 @@ def layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[s
         raise StopForward
 
     handle = get_adapter(model).layers[layer].register_forward_hook(on_layer)
-    try:
-        with contextlib.ExitStack() as stack:
-            if masks is not None:
-                stack.enter_context(apply_masks(model, masks))
-            stack.enter_context(start_at(model, layer, start))
-            model(**inputs)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
+    _run_hooked(model, masks, inputs, layer, start, [handle])
     assert captured, "the forward pass never reached the layer"
     return captured[0].detach()
 
@@ -148,17 +156,7 @@ def run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[st
         raise StopForward
 
     handles = [projection.register_forward_hook(on_projection), norm.register_forward_pre_hook(on_norm)]
-    try:
-        with contextlib.ExitStack() as stack:
-            if masks is not None:
-                stack.enter_context(apply_masks(model, masks))
-            stack.enter_context(start_at(model, layer, start))
-            model(**inputs)
-    except StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_hooked(model, masks, inputs, layer, start, handles)
     assert "pre_norm" in captured, "the forward pass never reached the sublayer's LayerNorm"
     return captured
 
@@ -192,17 +190,7 @@ def run_layer(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str,
     handles = [modules.attn_norm.register_forward_pre_hook(lambda m, args: on_norm("attention", args)),
                modules.ffn_norm.register_forward_pre_hook(lambda m, args: on_norm("ffn", args)),
                adapter.layers[layer].register_forward_hook(on_layer)]
-    try:
-        with contextlib.ExitStack() as stack:
-            if masks is not None:
-                stack.enter_context(apply_masks(model, masks))
-            stack.enter_context(start_at(model, layer, start))
-            model(**inputs)
-    except StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_hooked(model, masks, inputs, layer, start, handles)
     assert len(captured) == 3, "the forward pass never reached the end of the layer"
     return captured
 

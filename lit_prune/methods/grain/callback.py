@@ -45,7 +45,8 @@ from lit_prune.methods.grain.importance import GrainImportance, mask_gradients_o
 from lit_prune.methods.grain.layout import UNIT_FIELDS, GrainLayout, Units
 from lit_prune.methods.grain.selection import select_units
 from lit_prune.methods.grain.settings import ImportanceFrom, settings_problems
-from lit_prune.methods.run import Progress, finish_run, phase, resolve_seq_len, show_progress, training_summary
+from lit_prune.methods.run import (finish_run, resolve_seq_len, timed_evaluation,
+                                   training_seconds, training_summary)
 from lit_prune.prune.batches import LABEL_KEYS
 from lit_prune.prune.schedules import cubic_schedule
 
@@ -245,12 +246,7 @@ class GrainCallback(Callback):
         self._started = time.perf_counter()
         self._seconds: dict[str, float] = {}
         if self.evaluate and self.last_step < 0:
-            progress = Progress(show_progress(trainer))
-            try:
-                with phase(self._seconds, "evaluate_dense"):
-                    self.dense_metrics = self._target.evaluate("dense", progress)
-            finally:
-                progress.close()
+            self.dense_metrics = timed_evaluation(self._target, "dense", self._seconds)
         self._hooks = contextlib.ExitStack()
         self._hooks.enter_context(apply_masks(model, self.masks))
         if self.importance_source == "teacher":
@@ -382,12 +378,7 @@ class GrainCallback(Callback):
         return Path(self.output_dir or trainer.default_root_dir)
 
     def _training_seconds(self) -> float:
-        """Seconds of pruning-while-training so far: this fit's (without the dense evaluation) plus, after a resume,
-        those of the run up to its checkpoint."""
-        if self._started is None:
-            return self._seconds_before_resume
-        return (self._seconds_before_resume + time.perf_counter() - self._started
-                - self._seconds.get("evaluate_dense", 0.0))
+        return training_seconds(self._started, self._seconds_before_resume, self._seconds)
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

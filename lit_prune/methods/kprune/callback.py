@@ -31,8 +31,6 @@ class KPruneCallback(RetrainingFreePruning):
         flops_kept: the fraction of the dense FLOPs to keep, in (0, 1] (the paper's constraint is 1 − flops_kept).
         num_tokens: draw calibration examples until they hold this many tokens (the paper: about 100,000).
         num_samples: draw this many examples instead (``num_tokens`` must then be ``None``).
-        calibration_batch_size: batch size of the calibration passes.
-        seed: seed of the calibration draw.
         temperature: T of the predictive-knowledge distillation loss (the paper: 2).
         mu: weight of the heads' scores (the paper: 64).
         lam_pred, lam_rep: weights of predictive and representational knowledge (the paper: 1 and 2.5e-4).
@@ -46,15 +44,14 @@ class KPruneCallback(RetrainingFreePruning):
             process); the rest is spilled to a temporary folder (``$TMPDIR``) and read back, so memory stays
             bounded whatever the calibration size; ``None``: keep everything in memory. The results do not depend
             on it; the report's ``cache`` gives its peak use.
-        output_dir, save_model, evaluate, dense_metrics, latency_batch_size, latency_repeats, model_attribute, seq_len,
-            time_reference_pass: see
-            :class:`~lit_prune.methods.base.RetrainingFreePruning`.
+        **kwargs: the settings every retraining-free callback shares (calibration batch size, seed, output,
+            evaluation, latency, model_attribute, seq_len, batch_to_inputs, tokenizer, ...:
+            :class:`~lit_prune.methods.base.RetrainingFreePruning`).
 
     Example::
 
-        trainer = L.Trainer(max_epochs=0, callbacks=[KPruneCallback(flops_kept=0.4)])
-        trainer.fit(SequenceClassificationModule("runs/finetune/sst2/final_model", task="sst2"),
-                    GlueDataModule(task="sst2", tokenizer="runs/finetune/sst2/final_model"))
+        trainer = L.Trainer(max_epochs=3, callbacks=[KPruneCallback(flops_kept=0.4)])
+        trainer.fit(my_module, train_loader, val_loader)  # fine-tunes, then prunes at the end of training
     """
 
     method = "kprune"
@@ -64,8 +61,6 @@ class KPruneCallback(RetrainingFreePruning):
         flops_kept: float = 0.5,
         num_tokens: int | None = 100_000,
         num_samples: int | None = None,
-        calibration_batch_size: int = 32,
-        seed: int = 0,
         temperature: float = 2.0,
         mu: float = 64.0,
         lam_pred: float = 1.0,
@@ -74,22 +69,10 @@ class KPruneCallback(RetrainingFreePruning):
         ridge: float = 1e-6,
         length_groups: int | None = None,
         cache_mb: float | None = 256,
-        output_dir: str | None = None,
-        save_model: bool = True,
-        evaluate: bool = True,
-        dense_metrics: dict[str, float] | None = None,
-        latency_batch_size: int = 32,
-        latency_repeats: int = 10,
-        model_attribute: str | None = None,
-        seq_len: float | None = None,
-        time_reference_pass: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(flops_kept=flops_kept, num_samples=num_samples, num_tokens=num_tokens, replacement=False,
-                         calibration_batch_size=calibration_batch_size, seed=seed, output_dir=output_dir,
-                         save_model=save_model, evaluate=evaluate, dense_metrics=dense_metrics,
-                         latency_batch_size=latency_batch_size,
-                         latency_repeats=latency_repeats, model_attribute=model_attribute,
-                         seq_len=seq_len, time_reference_pass=time_reference_pass)
+                         **kwargs)
         for name, value, strict in (("temperature", temperature, True), ("mu", mu, True),
                                     ("lam_pred", lam_pred, False), ("lam_rep", lam_rep, False),
                                     ("ridge", ridge, True)):

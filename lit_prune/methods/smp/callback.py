@@ -34,7 +34,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
-from lit_prune.methods.run import Progress, phase, resolve_seq_len, show_progress, training_summary
+from lit_prune.methods.run import (resolve_seq_len, timed_evaluation, training_seconds,
+                                   training_summary)
 from lit_prune.methods.smp.export import export_scores, run_seed
 from lit_prune.methods.smp.scores import (Masking, Ramp, ScoreMasks, has_scores, install_scores, keep_at, kept_fraction,
                                           regularizer_term, schedule_steps, score_tensors, set_counts,
@@ -196,12 +197,7 @@ class SMPCallback(Callback):
         self._started = time.perf_counter()
         self._seconds = {}
         if self.evaluate and self.dense_metrics is None:
-            progress = Progress(show_progress(trainer))
-            try:
-                with phase(self._seconds, "evaluate_dense"):
-                    self.dense_metrics = self.target(trainer, pl_module).evaluate("dense", progress)
-            finally:
-                progress.close()
+            self.dense_metrics = timed_evaluation(self.target(trainer, pl_module), "dense", self._seconds)
 
     def _own_param_group(self, trainer: L.Trainer) -> torch.optim.Optimizer:
         """Move the scores into their own parameter group of the user's optimiser (the one holding them, else the
@@ -306,11 +302,7 @@ class SMPCallback(Callback):
         return Path(self.output_dir or trainer.default_root_dir)
 
     def _training_seconds(self) -> float:
-        """Seconds of score training so far (without the dense evaluation), across a resume."""
-        if self._started is None:
-            return self._seconds_before_resume
-        return (self._seconds_before_resume + time.perf_counter() - self._started
-                - self._seconds.get("evaluate_dense", 0.0))
+        return training_seconds(self._started, self._seconds_before_resume, self._seconds)
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from lit_prune.assets import AssetNotFoundError, resolve_model
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.methods.contract import PruningTarget
-from lit_prune.methods.run import Progress, phase, show_progress, training_summary
+from lit_prune.methods.run import phase, progress_bar, training_summary
 from lit_prune.methods.smp.export import export_scores, run_seed
 from lit_prune.methods.smp.label_words import LABEL_WORDS, label_word_classifier
 from lit_prune.methods.smp.scores import (Masking, Ramp, binary_masks, install_scores, keep_at, kept_fraction,
@@ -285,13 +285,11 @@ class _StaticModelPruning:
         dense_metrics = None
         if self._teacher is not None:  # the fine-tuned dense model, on the same split, for comparison
             student, self.model = self.model, self._teacher.model.to(self.device)
-            progress = Progress(show_progress(trainer))
             try:
-                with phase(seconds, "evaluate_dense"):
+                with progress_bar(trainer) as progress, phase(seconds, "evaluate_dense"):
                     dense_metrics = target.evaluate("teacher", progress)
             finally:
                 self.model = student
-                progress.close()
         report = {
             "teacher": self.teacher_path, "step_time": self.step_time,
             "training": {**training_summary(trainer), "schedule_steps": self._schedule_steps()},
