@@ -186,14 +186,9 @@ class GlueDataModule(TaskDataModule):
             hub dataset ``nyu-mll/glue``.
         max_train_samples: use a random subset of this many training examples (drawn with ``seed``), e.g. to
             keep a recipe within a time budget; ``None`` uses all.
-        tokenizer: tokenizer folder, assets name or hub id (train.py links it to ``model.name_or_path``).
-        max_seq_length: longest tokenised input; longer pairs are truncated.
-        batch_size: training batch size (per device).
-        eval_batch_size: evaluation batch size (per device).
-        num_workers: dataloader worker processes.
-        cache_dir: tokenisation cache folder (default ``$LIT_PRUNE_CACHE`` or ``~/.cache/lit_prune``).
-        seed: seed of the training subsample.
-        group_by_length: batch training examples of similar length together (less padding, random order).
+        **kwargs: tokenizer (train.py links it to ``model.name_or_path``), max_seq_length (longer pairs are
+            truncated), batch sizes, workers, cache, seed (of the training subsample), group_by_length: see
+            :class:`~lit_prune.data.base.TaskDataModule`.
     """
 
     def __init__(
@@ -201,14 +196,7 @@ class GlueDataModule(TaskDataModule):
         task: GlueTaskName = "sst2",
         data_dir: str | None = None,
         max_train_samples: int | None = None,
-        tokenizer: str | None = None,
-        max_seq_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        seed: int = 0,
-        group_by_length: bool = False,
+        **kwargs: Any,
     ) -> None:
         problems = []
         if task not in GLUE_TASKS:
@@ -219,9 +207,7 @@ class GlueDataModule(TaskDataModule):
             problems.append(f"data_dir={data_dir!r}: no such folder")
         if problems:
             raise ValueError("GlueDataModule: " + "; ".join(problems))
-        super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed,
-                         group_by_length=group_by_length)
+        super().__init__(**kwargs)
         self.spec = GLUE_TASKS[task]
         self.val_split_names = tuple(self.spec.eval_files)
         self.max_train_samples = max_train_samples

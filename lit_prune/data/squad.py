@@ -156,14 +156,8 @@ class SquadDataModule(TaskDataModule):
         max_eval_samples: evaluate on at most this many questions (drawn with ``seed``); ``None`` uses all.
         n_best_size: start and end candidates per window when turning logits into answers.
         max_answer_length: longest predicted answer, in tokens.
-        tokenizer: tokenizer folder, assets name or hub id (a fast tokenizer).
-        batch_size: training batch size (per device).
-        eval_batch_size: evaluation batch size (per device).
-        num_workers: dataloader worker processes.
-        cache_dir: where tokenised features are cached; ``None`` uses ``$LIT_PRUNE_CACHE`` or
-            ``~/.cache/lit_prune``.
-        seed: seed of the question subsampling.
-        group_by_length: batch training examples of similar length together (less padding, random order).
+        **kwargs: tokenizer (a fast one), batch sizes, workers, cache, seed (of the question subsampling),
+            group_by_length: see :class:`~lit_prune.data.base.TaskDataModule`.
     """
 
     def __init__(
@@ -178,13 +172,7 @@ class SquadDataModule(TaskDataModule):
         max_eval_samples: int | None = None,
         n_best_size: int = 20,
         max_answer_length: int = 30,
-        tokenizer: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        seed: int = 0,
-        group_by_length: bool = False,
+        **kwargs: Any,
     ) -> None:
         problems = []
         if task not in SQUAD_TASKS:
@@ -207,9 +195,7 @@ class SquadDataModule(TaskDataModule):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 problems.append(f"{name}={value!r}: expected an integer >= 1, or None for all")
         try:
-            super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
-                             eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed,
-                             group_by_length=group_by_length)
+            super().__init__(max_seq_length=max_seq_length, **kwargs)
         except ValueError as error:
             if not problems:
                 raise

@@ -33,7 +33,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -309,9 +308,6 @@ class RetrainingFreePruning(Callback):
                 loss.backward()
         model.zero_grad(set_to_none=True)
 
-    def output_folder(self, trainer: L.Trainer) -> Path:
-        return Path(self.output_dir or trainer.default_root_dir)
-
     def prune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Prune the LightningModule's model in place, write the pruned folder and the report; return the report."""
         self._pruned_this_fit = True
@@ -350,7 +346,7 @@ class RetrainingFreePruning(Callback):
                 target, model, dense, masks, method=self.method, seed=self.seed, seq_len=seq_len, seconds=seconds,
                 started=started, dense_metrics=dense_metrics, evaluate=self.evaluate,
                 latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
-                output_folder=self.output_folder(trainer), save_model=self.save_model, flops_target=self.flops_kept,
+                output_dir=self.output_dir, save_model=self.save_model, flops_target=self.flops_kept,
                 method_report=report, fallback_batch=batches[0] if batches else None,
                 given_dense_metrics=self.dense_metrics, flops_report={"seq_len_from": seq_len_from})
         return self.report

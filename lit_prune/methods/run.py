@@ -266,6 +266,11 @@ def resolve_seq_len(trainer: L.Trainer, given: float | None, tokens: float, exam
     return float(counts[0] / counts[1]), counted_on
 
 
+def output_folder(output_dir: str | Path | None, trainer: L.Trainer) -> Path:
+    """Where a run writes: ``output_dir``, else the Trainer's ``default_root_dir``."""
+    return Path(output_dir or trainer.default_root_dir)
+
+
 def restore_dense(model: nn.Module, dense: nn.Module) -> None:
     """Put ``dense`` (an untouched deep copy of ``model`` taken before pruning) back into ``model``, in place: its
     modules (the architecture, if compaction changed it) and its config, so the object the user holds is whole."""
@@ -287,7 +292,7 @@ def restore_on_failure(model: nn.Module, dense: nn.Module) -> Iterator[None]:
 def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks: PruningMasks, *, method: str,
                seed: int | None, seq_len: float, seconds: dict[str, float], started: float,
                dense_metrics: dict[str, float] | None, evaluate: bool, latency_batch_size: int, latency_repeats: int,
-               output_folder: Path, save_model: bool, flops_target: float | None = None,
+               output_dir: str | Path | None, save_model: bool, flops_target: float | None = None,
                method_report: dict[str, Any] | None = None,
                fallback_batch: Mapping[str, torch.Tensor] | None = None,
                extra_latency: Callable[[nn.Module, nn.Module], dict[str, Any]] | None = None,
@@ -309,7 +314,8 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
         dense_metrics: the dense model's metrics (``None``: not evaluated).
         evaluate: evaluate the pruned model.
         latency_batch_size, latency_repeats: the latency comparison's (batch size 0 skips it).
-        output_folder, save_model: where to write, and whether to write the model folder.
+        output_dir, save_model: where to write (``None``: the Trainer's ``default_root_dir``), and whether to write
+            the model folder.
         method_report: the method's own report keys (settings, calibration, steps, warnings, ...).
         fallback_batch: timed when there is no validation data (a calibration batch).
         extra_latency: ``extra_latency(dense, model)`` adds keys to the latency entry (SMP's CSR timing).
@@ -360,7 +366,8 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
         tokenizer, found_at = target.tokenizer() if save_model else (None, None)
         report["tokenizer"] = found_at
         ranks = {**(ranks or {}), **(ranks_report or {})} or None
-        return publish(trainer, report, output_folder, model, binary, tokenizer, save_model, ranks)
+        return publish(trainer, report, output_folder(output_dir, trainer), model, binary, tokenizer, save_model,
+                       ranks)
 
 
 def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
@@ -381,5 +388,6 @@ def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:
 
 
 __all__ = ["Progress", "agree_across_ranks", "check_same_on_all_ranks", "finish_run", "latency_comparison", "log_report",
-           "phase", "progress_bar", "publish", "resolve_seq_len", "restore_dense", "restore_on_failure", "shared_report", "show_progress",
-           "tensors_digest", "timed_evaluation", "training_seconds", "training_summary", "write_outputs"]
+           "output_folder", "phase", "progress_bar", "publish", "resolve_seq_len", "restore_dense", "restore_on_failure",
+           "shared_report", "show_progress", "tensors_digest", "timed_evaluation", "training_seconds",
+           "training_summary", "write_outputs"]

@@ -118,9 +118,8 @@ class DistilledSequenceClassificationModule(_Distillation, SequenceClassificatio
         learning_rate: peak AdamW learning rate (GRAIN: 3e-5).
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of the steps spent warming up (GRAIN: 0.1).
-        classifier_dropout: dropout before the classification head; ``None`` keeps the model's.
-        trust_remote_code: let transformers run modelling code stored with the model.
-        save_final_model: at the end of ``fit``, save the student to ``<trainer.default_root_dir>/final_model/``.
+        **kwargs: ``classifier_dropout``, ``trust_remote_code``, ``save_final_model`` (the student, to
+            ``<trainer.default_root_dir>/final_model/``): see :class:`~lit_prune.tasks.SequenceClassificationModule`.
     """
 
     def __init__(
@@ -136,13 +135,10 @@ class DistilledSequenceClassificationModule(_Distillation, SequenceClassificatio
         learning_rate: float = 3e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
-        classifier_dropout: float | None = None,
-        trust_remote_code: bool = False,
-        save_final_model: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
-                         warmup_ratio=warmup_ratio, classifier_dropout=classifier_dropout,
-                         trust_remote_code=trust_remote_code, save_final_model=save_final_model)
+                         warmup_ratio=warmup_ratio, **kwargs)
         self._setup_distillation(SequenceClassificationModule, teacher, temperature, kd_weight, hidden_weight,
                                  hidden_layers, hard_label_weight)
 
@@ -170,8 +166,8 @@ class DistilledQuestionAnsweringModule(_Distillation, QuestionAnsweringModule):
         learning_rate: peak AdamW learning rate (GRAIN: 3e-5).
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of the steps spent warming up (GRAIN: 0.1).
-        trust_remote_code: let transformers run modelling code stored with the model.
-        save_final_model: at the end of ``fit``, save the student to ``<trainer.default_root_dir>/final_model/``.
+        **kwargs: ``trust_remote_code``, ``save_final_model`` (the student, to
+            ``<trainer.default_root_dir>/final_model/``): see :class:`~lit_prune.tasks.QuestionAnsweringModule`.
     """
 
     def __init__(
@@ -187,12 +183,10 @@ class DistilledQuestionAnsweringModule(_Distillation, QuestionAnsweringModule):
         learning_rate: float = 3e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
-        trust_remote_code: bool = False,
-        save_final_model: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
-                         warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
-                         save_final_model=save_final_model)
+                         warmup_ratio=warmup_ratio, **kwargs)
         self._setup_distillation(QuestionAnsweringModule, teacher, temperature, kd_weight, hidden_weight,
                                  hidden_layers, hard_label_weight)
 

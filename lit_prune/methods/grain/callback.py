@@ -29,7 +29,6 @@ import copy
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -345,7 +344,7 @@ class GrainCallback(Callback):
                         if self.importance_source == "teacher" else None)
         self._teacher, self._capture = None, None
         seconds = self._seconds  # GRAIN prunes while it trains: the training is its ``prune`` phase
-        seconds["prune"] = round(self._training_seconds(), 3)
+        seconds["prune"] = round(training_seconds(self._started, self._seconds_before_resume, self._seconds), 3)
         if self._seconds_before_resume:
             seconds["prune_before_resume"] = round(self._seconds_before_resume, 3)
         target = self._target
@@ -368,17 +367,11 @@ class GrainCallback(Callback):
         self.report = finish_run(target, model, dense, masks, method=self.method, seed=self.seed, seq_len=seq_len,
                                  seconds=seconds, started=self._started, dense_metrics=self.dense_metrics,
                                  evaluate=self.evaluate, latency_batch_size=self.latency_batch_size,
-                                 latency_repeats=self.latency_repeats, output_folder=self.output_folder(trainer),
+                                 latency_repeats=self.latency_repeats, output_dir=self.output_dir,
                                  save_model=self.save_model, method_report=report, fallback_batch=self._first_batch,
                                  params_report={"target": self.params_kept},
                                  flops_report={"seq_len_from": seq_len_from})
         return self.report
-
-    def output_folder(self, trainer: L.Trainer) -> Path:
-        return Path(self.output_dir or trainer.default_root_dir)
-
-    def _training_seconds(self) -> float:
-        return training_seconds(self._started, self._seconds_before_resume, self._seconds)
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -388,7 +381,8 @@ class GrainCallback(Callback):
                 "importance": self.importance.state_dict() if self.importance is not None else None,
                 "density": self.density, "last_step": self.last_step, "history": list(self.history),
                 "importance_source": self.importance_source, "dense_metrics": self.dense_metrics,
-                "settings": self.settings(), "training_seconds": self._training_seconds(),
+                "settings": self.settings(),
+                "training_seconds": training_seconds(self._started, self._seconds_before_resume, self._seconds),
                 "lengths": {"tokens": float(self._tokens), "examples": self._examples}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

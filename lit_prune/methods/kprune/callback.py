@@ -44,9 +44,8 @@ class KPruneCallback(RetrainingFreePruning):
             process); the rest is spilled to a temporary folder (``$TMPDIR``) and read back, so memory stays
             bounded whatever the calibration size; ``None``: keep everything in memory. The results do not depend
             on it; the report's ``cache`` gives its peak use.
-        **kwargs: the settings every retraining-free callback shares (calibration batch size, seed, output,
-            evaluation, latency, model_attribute, seq_len, batch_to_inputs, tokenizer, ...:
-            :class:`~lit_prune.methods.base.RetrainingFreePruning`).
+        **kwargs: the settings all retraining-free callbacks share:
+            :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
     Example::
 

@@ -24,9 +24,8 @@ class KwonCallback(MaskTuningPruning):
     Args:
         flops_kept, num_samples, replacement, rearrange, tune, tuning_reference, damping, tuning_cache_mb: the
             pipeline's settings (:class:`~lit_prune.methods.base.MaskTuningPruning`).
-        **kwargs: the settings every retraining-free callback shares (calibration batch size, seed, output,
-            evaluation, latency, model_attribute, seq_len, batch_to_inputs, tokenizer, ...:
-            :class:`~lit_prune.methods.base.RetrainingFreePruning`).
+        **kwargs: the settings all retraining-free callbacks share:
+            :class:`~lit_prune.methods.base.RetrainingFreePruning`.
 
     Example::
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -275,7 +274,7 @@ class SMPCallback(Callback):
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Fix the final masks into the weights, compact, evaluate, time and write the outputs; return the report."""
-        training = self._training_seconds()
+        training = training_seconds(self._started, self._seconds_before_resume, self._seconds)
         seconds = {**self._seconds, "prune": round(training, 3)}
         if self._seconds_before_resume:
             seconds["prune_before_resume"] = round(self._seconds_before_resume, 3)
@@ -294,15 +293,9 @@ class SMPCallback(Callback):
                                     started=time.perf_counter() - training - seconds.get("evaluate_dense", 0.0),
                                     dense_metrics=self.dense_metrics, evaluate=self.evaluate,
                                     latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
-                                    output_folder=self.output_folder(trainer), save_model=self.save_model,
+                                    output_dir=self.output_dir, save_model=self.save_model,
                                     method_report=report, seq_len_from=seq_len_from)
         return self.report
-
-    def output_folder(self, trainer: L.Trainer) -> Path:
-        return Path(self.output_dir or trainer.default_root_dir)
-
-    def _training_seconds(self) -> float:
-        return training_seconds(self._started, self._seconds_before_resume, self._seconds)
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -310,7 +303,7 @@ class SMPCallback(Callback):
             return {}
         return {"settings": self.settings(), "total_steps": self.total_steps, "keep": self.keep,
                 "dense_metrics": self.dense_metrics, "tokens": self._tokens, "examples": self._examples,
-                "training_seconds": self._training_seconds()}
+                "training_seconds": training_seconds(self._started, self._seconds_before_resume, self._seconds)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:

@@ -26,7 +26,7 @@ from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_write_bytes
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import PruningTarget
-from lit_prune.methods.run import check_same_on_all_ranks, finish_run, latency_comparison
+from lit_prune.methods.run import check_same_on_all_ranks, finish_run, latency_comparison, output_folder
 from lit_prune.methods.smp.scores import MATRIX_TYPES, Masking, ScoreMasks, binary_masks, fix_masks, set_counts
 
 WEIGHT_MASKS_FILE = "weight_masks.safetensors"
@@ -143,7 +143,7 @@ def kept_by_type(weight_masks: dict[str, torch.Tensor], score_masks: ScoreMasks)
 def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept: float, masking: Masking,
                   seed: int | None, seq_len: float, seconds: dict[str, float], started: float,
                   dense_metrics: dict[str, float] | None, evaluate: bool, latency_batch_size: int,
-                  latency_repeats: int, output_folder: Path, save_model: bool, method_report: dict[str, Any],
+                  latency_repeats: int, output_dir: str | Path | None, save_model: bool, method_report: dict[str, Any],
                   seq_len_from: str | None = None) -> dict[str, Any]:
     """End an SMP run: set the final counts (``params_kept``), fix the masks into the weights of ``target.model``
     (the score masks leave it), remove what they empty with exact bias folds, evaluate, time (dense, compacted, and
@@ -154,7 +154,7 @@ def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept
         score_masks: the model's score masks (:func:`~lit_prune.methods.smp.scores.install_scores`).
         params_kept, masking: the final ratio and how it is shared between matrices.
         seed, seq_len, seconds, started, dense_metrics, evaluate, latency_batch_size, latency_repeats,
-        output_folder, save_model: as :func:`~lit_prune.methods.run.finish_run` takes them.
+        output_dir, save_model: as :func:`~lit_prune.methods.run.finish_run` takes them.
         method_report: SMP's own report keys (settings, training, ...); ``structure_removed`` is added here.
         seq_len_from: where ``seq_len`` came from (the report's ``flops.seq_len_from``).
     """
@@ -179,11 +179,11 @@ def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept
     params = {"kept": sum(float(m.sum()) for m in weight_masks.values()) / total, "target": params_kept,
               "kept_by_type": kept_by_type(weight_masks, score_masks)}
     if trainer.is_global_zero:
-        write_weight_masks(output_folder, weight_masks)
+        write_weight_masks(output_folder(output_dir, trainer), weight_masks)
     report = finish_run(target, model, dense, masks, method="smp", seed=seed, seq_len=seq_len, seconds=seconds,
                         started=started, dense_metrics=dense_metrics, evaluate=evaluate,
                         latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
-                        output_folder=output_folder, save_model=save_model,
+                        output_dir=output_dir, save_model=save_model,
                         method_report={**method_report, "structure_removed": {"bias_folds": folds}},
                         extra_latency=csr_latency, params_report=params, ranks_report=ranks,
                         flops_report={"seq_len_from": seq_len_from} if seq_len_from is not None else None)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -264,11 +263,6 @@ class _StaticModelPruning:
         """``{"layer.<i>.<type>": mask}``: the binary weight masks, for the export."""
         return binary_masks(self.score_masks)
 
-    def output_folder(self, trainer: Any) -> Path:
-        """Where the pruned folder, the weight masks and the report go: ``output_dir``, else the Trainer's
-        ``default_root_dir``."""
-        return Path(self.output_dir or trainer.default_root_dir)
-
     def on_fit_end(self) -> None:
         self.export_pruned(self.trainer)
 
@@ -302,7 +296,7 @@ class _StaticModelPruning:
                                     seed=run_seed(self.seed), seq_len=trainer.datamodule.average_sequence_length(),
                                     seconds=seconds, started=started, dense_metrics=dense_metrics, evaluate=True,
                                     latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
-                                    output_folder=self.output_folder(trainer), save_model=True, method_report=report,
+                                    output_dir=self.output_dir, save_model=True, method_report=report,
                                     seq_len_from="data module (evaluation split)")
         return self.report
 
