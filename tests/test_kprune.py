@@ -105,26 +105,33 @@ def test_scores_weight_heads_by_mu_and_divide_by_flops():
 
 
 # ------------------------------------------------------------------------------------------------ search
+def linear(remaining, head_cost, neuron_cost, heads):
+    """A FLOPs-like budget for search_sublayer: ``remaining`` left for the candidates, linear unit costs."""
+    zeros = torch.zeros(heads.shape[0], dtype=torch.long)
+    return (lambda h, n: int(h.sum()) * head_cost + int(n.sum()) * neuron_cost <= remaining), (zeros, zeros)
+
+
 def test_search_keeps_the_best_units_that_fit():
     heads = torch.tensor([[5.0, 1.0], [4.0, 0.5]])
     neurons = torch.tensor([[3.0, 2.0, 0.1], [6.0, 0.2, 0.3]])
     # target MHA of layer 0: every unit competes; head costs 3, neuron 1, 8 left → 6.0(n), 5.0(h), 4.0(h) = 7,
     # then 3.0 (n) = 8; 2.0 (n) would exceed
-    kept = search_sublayer(heads, neurons, 0, Fraction(8), Fraction(3), Fraction(1))
+    kept = search_sublayer(heads, neurons, 0, *linear(Fraction(8), Fraction(3), Fraction(1), heads))
     assert kept.tolist() == [True, False]
     # target FFN of layer 0: layer 0's heads are fixed already; candidates: heads of layer 1, all neurons
-    kept = search_sublayer(heads, neurons, 1, Fraction(5), Fraction(3), Fraction(1))
+    kept = search_sublayer(heads, neurons, 1, *linear(Fraction(5), Fraction(3), Fraction(1), heads))
     assert kept.tolist() == [True, False, False]  # 6.0(n1), 4.0(h1)=4, 3.0(n0)=5
     # nothing fits
-    assert not search_sublayer(heads, neurons, 0, Fraction(0), Fraction(3), Fraction(1)).any()
+    assert not search_sublayer(heads, neurons, 0, *linear(Fraction(0), Fraction(3), Fraction(1), heads)).any()
 
 
 def test_search_is_exact_at_the_boundary():
     heads = torch.tensor([[1.0]])
     neurons = torch.tensor([[2.0, 0.5]])
     cost = Fraction(7, 3)
-    assert search_sublayer(heads, neurons, 1, cost * 2, Fraction(1), cost).tolist() == [True, True]
-    assert search_sublayer(heads, neurons, 1, cost * 2 - Fraction(1, 10**12), Fraction(1), cost).tolist() == \
+    assert search_sublayer(heads, neurons, 1, *linear(cost * 2, Fraction(1), cost, heads)).tolist() == [True, True]
+    just_short = linear(cost * 2 - Fraction(1, 10**12), Fraction(1), cost, heads)
+    assert search_sublayer(heads, neurons, 1, *just_short).tolist() == \
         [True, False]
 
 
@@ -321,8 +328,9 @@ def test_a_pass_from_the_cached_layer_input_measures_what_a_pass_from_the_embedd
         torch.testing.assert_close(cached_system.to_dict()[name], value, rtol=1e-6, atol=1e-9)
     head, neuron = whole.scores(64, 1, 2.5e-4, 10.0, 1.0)
     cached_head, cached_neuron = cached.scores(64, 1, 2.5e-4, 10.0, 1.0)
-    assert torch.equal(search_sublayer(cached_head, cached_neuron, target, Fraction(60), Fraction(10), Fraction(1)),
-                       search_sublayer(head, neuron, target, Fraction(60), Fraction(10), Fraction(1)))
+    budget = linear(Fraction(60), Fraction(10), Fraction(1), head)
+    assert torch.equal(search_sublayer(cached_head, cached_neuron, target, *budget),
+                       search_sublayer(head, neuron, target, *budget))
 
 
 def test_on_the_dense_model_the_first_pass_runs_forward_only():

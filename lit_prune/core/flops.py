@@ -271,3 +271,23 @@ class FlopsBudget:
         """Whether the units ``masks`` keep cost at most the budget (exactly)."""
         masks.check_shape(self.num_layers, self.num_heads, self.head_dim, self.ffn_dim, what="the budget")
         return _structure_macs(masks.structure(), self.seq_len, self.hidden_size) <= self.max_macs
+
+    # What every budget offers the searches (see also :class:`~lit_prune.core.latency_model.LatencyBudget`).
+    def fits_counts(self, head_counts: Any, neuron_counts: Any) -> bool:
+        """Whether keeping that many whole heads and neurons per layer fits (exactly; per-layer counts of length
+        L, or any sequence whose sums are the totals: FLOPs are additive)."""
+        heads, neurons = int(sum(int(h) for h in head_counts)), int(sum(int(n) for n in neuron_counts))
+        return heads * self.head_macs + neurons * self.neuron_macs <= self.max_macs
+
+    @property
+    def unit_costs(self) -> tuple[Fraction, Fraction]:
+        """Multiply-adds of one full head and one neuron."""
+        return self.head_macs, self.neuron_macs
+
+    def halfway(self) -> FlopsBudget:
+        """The budget geometrically halfway from dense: ``flops_kept ** 0.5`` (Kwon's tuning teacher)."""
+        return FlopsBudget(self.num_layers, self.num_heads, self.head_dim, self.ffn_dim, self.hidden_size,
+                           self.seq_len, math.sqrt(self.flops_kept))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "flops", "flops_kept": self.flops_kept, "seq_len": self.seq_len}

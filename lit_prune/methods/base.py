@@ -42,8 +42,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
+from lit_prune.core.latency_model import Budget, LatencyBudget, LatencyTable
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
+from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
 from lit_prune.methods.run import (finish_run, phase, progress_bar, resolve_seq_len, restore_on_failure,
                                    timed_evaluation)
 from lit_prune.prune.batches import count_tokens, model_batch
@@ -58,7 +60,12 @@ class RetrainingFreePruning(Callback):
     evaluation, compaction, latency, saving, the report) is shared.
 
     Args:
-        flops_kept: the fraction of the dense model's FLOPs to keep, in (0, 1].
+        flops_kept: the fraction of the dense model's FLOPs to keep, in (0, 1] (``None``: 0.5, unless ``speedup``
+            is given).
+        speedup: a latency budget instead: the pruned model must be this many times faster than the dense one on
+            this machine, at ``latency_batch_size`` × ``latency_seq_len`` with ``latency_threads``, as predicted by
+            a latency table measured (or reused from the cache) when the fit starts (see
+            :mod:`lit_prune.core.latency_model`). Give ``flops_kept`` or ``speedup``, not both.
         num_samples: calibration examples to draw from the training split (``None``: by ``num_tokens``).
         num_tokens: draw examples until they hold this many tokens (``None``: by ``num_samples``).
         replacement: draw ``num_samples`` with replacement.
@@ -77,8 +84,14 @@ class RetrainingFreePruning(Callback):
             (checked before pruning) and every metric the evaluation gives (checked after it). Saves a sweep
             over budgets one dense evaluation per run (SQuAD: minutes on a CPU).
         latency_batch_size: examples of the evaluation split in the batch timed for the latency comparison
-            (0 skips it); without validation data, the first calibration batch is timed (said in the report).
+            (0 skips it); without validation data, the first calibration batch is timed (said in the report). With
+            ``speedup``, also the batch size the latency budget is measured at.
         latency_repeats: timed passes of each model.
+        latency_seq_len: the sequence length a latency budget is measured at (``None``: the data's average
+            tokenised length, rounded).
+        latency_threads: intra-op threads while timing a latency budget (``None``: the run's own).
+        latency_cache: the latency tables' folder (``None``: ``$LIT_PRUNE_CACHE/latency``, else
+            ``~/.cache/lit_prune/latency``).
         model_attribute: the LightningModule attribute that holds the Hugging Face model (``None``: the only one).
         seq_len: the ``s`` of the FLOPs accounting; ``None``: the data module's ``average_sequence_length()``
             where it has one (lit_prune's: the evaluation split's average tokenised length), else the average
@@ -96,7 +109,7 @@ class RetrainingFreePruning(Callback):
 
     def __init__(
         self,
-        flops_kept: float = 0.5,
+        flops_kept: float | None = None,
         num_samples: int | None = 2048,
         num_tokens: int | None = None,
         replacement: bool = False,
@@ -113,13 +126,22 @@ class RetrainingFreePruning(Callback):
         time_reference_pass: bool = False,
         batch_to_inputs: BatchToInputs | None = None,
         tokenizer: Any = None,
+        speedup: float | None = None,
+        latency_seq_len: int | None = None,
+        latency_threads: int | None = None,
+        latency_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.problems: list[str] = []
-        try:
-            check_flops_kept(flops_kept)
-        except ValueError as error:
-            self.problems.append(str(error))
+        self.latency = LatencySettings(speedup, latency_batch_size, latency_seq_len, latency_threads, latency_cache)
+        self.problems += self.latency.problems("flops_kept", flops_kept)
+        if flops_kept is None and speedup is None:
+            flops_kept = 0.5
+        if flops_kept is not None:
+            try:
+                check_flops_kept(flops_kept)
+            except ValueError as error:
+                self.problems.append(str(error))
         if (num_samples is None) == (num_tokens is None):
             self.problems.append(f"num_samples={num_samples!r}, num_tokens={num_tokens!r}: give exactly one (the "
                                  "calibration sample is drawn by examples or by tokens)")
@@ -153,6 +175,7 @@ class RetrainingFreePruning(Callback):
         self.time_reference_pass = time_reference_pass
         self.report: dict[str, Any] | None = None
         self.masks: PruningMasks | None = None
+        self.table: LatencyTable | None = None
 
     def _given_metrics(self, metrics: Any, evaluate: bool) -> dict[str, float] | None:
         """``dense_metrics`` with the ``val/`` prefixes removed (``None`` when invalid: the problem is recorded)."""
@@ -177,7 +200,7 @@ class RetrainingFreePruning(Callback):
 
     # -------------------------------------------------------------------------------------------- to override
     def run_method(self, model: nn.Module, dense: nn.Module, batches: list[dict[str, torch.Tensor]],
-                   batch_ids: list[int], num_batches: int, budget: FlopsBudget,
+                   batch_ids: list[int], num_batches: int, budget: Budget,
                    reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
                    progress: Callable[[str, int, int], None]) -> tuple[PruningMasks, dict[str, Any]]:
         """Find the masks (and edit weights in place if the method does); return them and the method's report keys.
@@ -187,7 +210,7 @@ class RetrainingFreePruning(Callback):
             dense: an untouched copy of it.
             batches: this process's calibration batches (the model's inputs and labels only).
             batch_ids: their positions in the whole sample; num_batches: the whole sample's batch count.
-            budget: the FLOPs budget.
+            budget: the FLOPs or latency budget.
             reduce: sums a dict of tensors over processes (identity in a single process).
             progress: ``progress(description, done, total)``.
         """
@@ -233,6 +256,9 @@ class RetrainingFreePruning(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pruned_this_fit = False
+        if self.latency.speedup is not None:  # before any training or calibration: an impossible speedup stops here
+            self.table = latency_table(self.target(trainer, pl_module), self.latency)
+            self.raise_problems(self._budget_problems())
         if self._trains_nothing(trainer):
             self.prune(trainer, pl_module)
 
@@ -241,6 +267,19 @@ class RetrainingFreePruning(Callback):
             self.prune(trainer, pl_module)
 
     # ------------------------------------------------------------------------------------------ the run
+    def _budget_problems(self) -> list[str]:
+        try:
+            LatencyBudget(self.table, self.latency.speedup)
+        except ValueError as error:
+            return [str(error)]
+        return []
+
+    def budget(self, model: nn.Module, seq_len: float) -> Budget:
+        """The run's budget: the latency budget when ``speedup`` is given, else the FLOPs budget at ``seq_len``."""
+        if self.latency.speedup is not None:
+            return LatencyBudget(self.table, self.latency.speedup)
+        return FlopsBudget.for_model(model, seq_len, self.flops_kept)
+
     def _reduce(self, trainer: L.Trainer) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         def reduce(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if trainer.world_size == 1:
@@ -321,7 +360,7 @@ class RetrainingFreePruning(Callback):
             batches, batch_ids, num_batches, calibration = self.calibration_batches(target)
         seq_len, seq_len_from = resolve_seq_len(trainer, self.seq_len, sum(count_tokens(b) for b in batches),
                                                 sum(b["input_ids"].shape[0] for b in batches), "calibration batches")
-        budget = FlopsBudget.for_model(model, seq_len, self.flops_kept)
+        budget = self.budget(model, seq_len)
         dense = copy.deepcopy(model).eval()
         dense_metrics = self.dense_metrics
         if self.evaluate and dense_metrics is None:
@@ -340,15 +379,21 @@ class RetrainingFreePruning(Callback):
                 seconds["prune_over_pass"] = round(seconds["prune"] / max(seconds["reference_pass"], 1e-9), 3)
             self.masks = masks.binary().to("cpu")
             report = {"calibration": calibration,
-                      "settings": {"flops_kept": self.flops_kept, "seed": self.seed, **self.method_settings()},
-                      **details}
+                      "settings": {"flops_kept": self.flops_kept, **self.latency.as_dict(), "seed": self.seed,
+                                   **self.method_settings()}, **details}
+            extra_latency = None
+            if isinstance(budget, LatencyBudget):
+                def extra_latency(dense_model: nn.Module, pruned: nn.Module) -> dict[str, Any]:
+                    return {"budget": budget_report(budget, dense_model, pruned, masks.structure(),
+                                                    self.latency_repeats)}
             self.report = finish_run(
                 target, model, dense, masks, method=self.method, seed=self.seed, seq_len=seq_len, seconds=seconds,
                 started=started, dense_metrics=dense_metrics, evaluate=self.evaluate,
                 latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
                 output_dir=self.output_dir, save_model=self.save_model, flops_target=self.flops_kept,
                 method_report=report, fallback_batch=batches[0] if batches else None,
-                given_dense_metrics=self.dense_metrics, flops_report={"seq_len_from": seq_len_from})
+                given_dense_metrics=self.dense_metrics, flops_report={"seq_len_from": seq_len_from},
+                extra_latency=extra_latency)
         return self.report
 
     # ------------------------------------------------------------------------------------------ state
@@ -366,13 +411,13 @@ class MaskTuningPruning(RetrainingFreePruning):
     its stages swapped in. Holds the pipeline's settings, checked once for both.
 
     Args:
-        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1].
+        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1] (``None``: 0.5, unless ``speedup`` is given).
         num_samples: calibration examples (the paper: 2,048, drawn with replacement).
         replacement: draw them with replacement.
         rearrange: run the mask rearrangement (off: ablation).
         tune: run the least-squares mask tuning (off: ablation).
         tuning_reference: the tuning target: ``"intermediate"`` (the reference code: the model under the mask
-            searched at ``flops_kept ** 0.5``) or ``"dense"``.
+            searched at ``flops_kept ** 0.5``, or ``speedup ** 0.5``) or ``"dense"``.
         damping: the tuning solver's damping (the reference code's LSMR ``damp``: an absolute Tikhonov weight that
             pulls the scales towards the binary mask).
         tuning_cache_mb: MiB of the tuning's per-batch hidden states kept in memory (per process); the rest is
@@ -383,7 +428,7 @@ class MaskTuningPruning(RetrainingFreePruning):
 
     def __init__(
         self,
-        flops_kept: float = 0.5,
+        flops_kept: float | None = None,
         num_samples: int = 2048,
         replacement: bool = True,
         rearrange: bool = True,
@@ -410,7 +455,7 @@ class MaskTuningPruning(RetrainingFreePruning):
                 "tune": self.tune, "tuning_reference": self.tuning_reference, "damping": self.damping}
 
     def pipeline(self, model: nn.Module, batches: list[dict[str, torch.Tensor]], batch_ids: list[int],
-                 num_batches: int, budget: FlopsBudget, reduce: Callable, progress: Callable,
+                 num_batches: int, budget: Budget, reduce: Callable, progress: Callable,
                  refine: Refine | None = None, solver: Solver | None = None) -> KwonResult:
         """Run the pipeline with this callback's settings (``refine`` and ``solver``: the stages swapped in)."""
         is_qa = getattr(model, "qa_outputs", None) is not None

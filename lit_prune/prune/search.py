@@ -5,56 +5,88 @@ WoosukKwon/retraining-free-pruning (``prune/search.py``). No data: the search re
 (:mod:`~lit_prune.prune.fisher`).
 
 Heads and neurons are ranked globally; for every number k of kept heads, the top-k heads plus as many of the best
-neurons as the FLOPs budget leaves room for; the k with the largest total importance wins (:func:`search_masks`).
+neurons as the budget leaves room for; the k with the largest total importance wins (:func:`search_masks`).
+
+The budget is a FLOPs budget (:class:`~lit_prune.core.flops.FlopsBudget`: the code's ``search_mac``) or a latency
+budget (:class:`~lit_prune.core.latency_model.LatencyBudget`: the code's ``search_latency``). With a latency budget
+the cost of the top-k heads and of a prefix of the neuron ranking depends on how they fall into layers (a layer's
+time is not linear in its units), so "as many neurons as fit" is the longest prefix of the ranking whose per-layer
+counts fit, found by bisection (costs never decrease along a prefix).
 
 Departures from the paper and the reference code (each deliberate):
 
-* k runs over 0..L·H (the code starts at 1, so it can never keep zero heads); the budget is exact
-  (:class:`~lit_prune.core.flops.FlopsBudget`, rational arithmetic) where the code truncates floats; a budget of 1
-  is allowed (the code asserts < 1). Ties: stable sorts (lower index first) and the smallest k among equal totals
-  (the code's strict ``>`` while k ascends).
+* k runs over 0..L·H (the code starts at 1, so it can never keep zero heads); the FLOPs budget is exact (rational
+  arithmetic) where the code truncates floats; a budget of 1 is allowed (the code asserts < 1). Ties: stable sorts
+  (lower index first) and the smallest k among equal totals (the code's strict ``>`` while k ascends).
+* Latency: the code's ``search_latency`` fits each sublayer as a constant up to a threshold and a line above it,
+  keeps the threshold's best units of every layer and ranks the rest by a per-unit slope; here the measured,
+  fitted per-count tables are used as they are (see :mod:`~lit_prune.core.latency_model`), and any layer may keep
+  any number of units, none included.
 * The mask tuning's reference (:mod:`~lit_prune.prune.mask_tuning`): the code's teacher is the model under the mask
   searched at the intermediate budget ``flops_kept ** 0.5`` (its ``get_pruning_schedule(target, 2)[0]``);
-  :func:`teacher_budget` gives that budget, so ``search_masks(..., teacher_budget(budget))`` reproduces it.
+  :func:`teacher_budget` gives that budget (for a latency budget: ``speedup ** 0.5``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+from collections.abc import Callable
 
 import torch
 
-from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.latency_model import Budget
 from lit_prune.core.masks import PruningMasks
 
 
-def teacher_budget(budget: FlopsBudget) -> FlopsBudget:
-    """The reference code's tuning-teacher budget: ``flops_kept ** 0.5`` (``get_pruning_schedule(target, 2)[0]``)."""
-    return dataclasses.replace(budget, flops_kept=math.sqrt(budget.flops_kept))
+def teacher_budget(budget: Budget) -> Budget:
+    """The reference code's tuning-teacher budget: ``flops_kept ** 0.5`` (``get_pruning_schedule(target, 2)[0]``),
+    or ``speedup ** 0.5``."""
+    return budget.halfway()
 
 
-def search_masks(head_importance: torch.Tensor, ffn_importance: torch.Tensor, budget: FlopsBudget) -> PruningMasks:
+def layer_counts(order: torch.Tensor, units_per_layer: int, num_layers: int) -> torch.Tensor:
+    """(N+1, L) int64: row p holds how many of the first p units of ``order`` (flat indices) fall in each layer."""
+    one_hot = torch.zeros(order.numel() + 1, num_layers, dtype=torch.long)
+    one_hot[torch.arange(1, order.numel() + 1), order.cpu() // units_per_layer] = 1
+    return one_hot.cumsum(0)
+
+
+def longest_prefix(length: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest p in 0..length with ``fits(p)``, for a ``fits`` true up to some p and false after it; ``None``
+    when even ``fits(0)`` is false."""
+    if not fits(0):
+        return None
+    low, high = 0, length
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def search_masks(head_importance: torch.Tensor, ffn_importance: torch.Tensor, budget: Budget) -> PruningMasks:
     """Kwon's budgeted mask search over whole heads and FFN neurons.
 
     Heads and neurons are each sorted globally by importance (descending, stable: lower index first among
-    equals). For every k in 0..L·H, the top-k heads and the best ``budget.max_neurons(k)`` neurons; the k with the
-    largest total importance (heads' sum + neurons' sum) wins, the smallest k among equal totals.
+    equals). For every k in 0..L·H, the top-k heads and the longest prefix of the neuron ranking that fits beside
+    them; the k with the largest total importance (heads' sum + neurons' sum) wins, the smallest k among equal
+    totals.
 
     Args:
         head_importance: (L, H), e.g. :meth:`~lit_prune.prune.fisher.FisherStatistics.head_importance`.
         ffn_importance: (L, F).
-        budget: the FLOPs budget (its shape must match the importances).
+        budget: a FLOPs or latency budget (its shape must match the importances).
 
     Returns:
         Binary masks (float32, on ``head_importance``'s device): kept units 1, pruned 0, ``qk`` and ``vo`` all ones.
-        They always satisfy ``budget.fits(masks)``, and no further neuron would fit (unless all are kept).
+        They always satisfy ``budget.fits(masks)``, and no further neuron of the ranking would fit.
 
     Raises:
         ValueError: importances of the wrong shape or with non-finite values.
     """
-    expected = {"head_importance": (budget.num_layers, budget.num_heads),
-                "ffn_importance": (budget.num_layers, budget.ffn_dim)}
+    L, H, F = budget.num_layers, budget.num_heads, budget.ffn_dim
+    expected = {"head_importance": (L, H), "ffn_importance": (L, F)}
     given = {"head_importance": head_importance, "ffn_importance": ffn_importance}
     problems = [f"{name} has shape {tuple(given[name].shape)}, expected {shape}"
                 for name, shape in expected.items() if tuple(given[name].shape) != shape]
@@ -68,26 +100,28 @@ def search_masks(head_importance: torch.Tensor, ffn_importance: torch.Tensor, bu
     zero = torch.zeros(1, dtype=torch.float64, device=device)
     head_prefix = torch.cat([zero, head_sorted.cumsum(0)]).tolist()  # [k] = sum of the top-k heads
     ffn_prefix = torch.cat([zero, ffn_sorted.cumsum(0)]).tolist()
+    head_counts = layer_counts(head_order, H, L)  # (L·H+1, L)
+    ffn_counts = layer_counts(ffn_order, F, L)  # (L·F+1, L)
     best = None  # (total, heads, neurons)
     for heads in range(budget.total_heads + 1):
-        neurons = budget.max_neurons(heads)
+        neurons = longest_prefix(budget.total_neurons,
+                                 lambda p: budget.fits_counts(head_counts[heads], ffn_counts[p]))
         if neurons is None:  # heads alone exceed the budget, and so will every larger k
             break
         total = head_prefix[heads] + ffn_prefix[neurons]
         if best is None or total > best[0]:
             best = (total, heads, neurons)
-    assert best is not None  # max_neurons(0) is never None: the budget is positive
+    if best is None:
+        raise ValueError(f"search_masks: the budget {budget.describe()} leaves no room even with every unit removed")
     _, heads, neurons = best
     head = torch.zeros(budget.total_heads, device=device)
     head[head_order[:heads]] = 1
     ffn = torch.zeros(budget.total_neurons, device=device)
     ffn[ffn_order[:neurons]] = 1
-    masks = PruningMasks(head=head.view(budget.num_layers, budget.num_heads),
-                         qk=torch.ones(budget.num_layers, budget.num_heads, budget.head_dim, device=device),
-                         vo=torch.ones(budget.num_layers, budget.num_heads, budget.head_dim, device=device),
-                         ffn=ffn.view(budget.num_layers, budget.ffn_dim))
+    masks = PruningMasks(head=head.view(L, H), qk=torch.ones(L, H, budget.head_dim, device=device),
+                         vo=torch.ones(L, H, budget.head_dim, device=device), ffn=ffn.view(L, F))
     assert budget.fits(masks)
     return masks
 
 
-__all__ = ["search_masks", "teacher_budget"]
+__all__ = ["layer_counts", "longest_prefix", "search_masks", "teacher_budget"]

@@ -28,7 +28,8 @@ class GPrunerCallback(MaskTuningPruning):
     (one Fisher pass, 2L − 1 truncated tuning passes), plus one forward pass of a compacted copy per PPO rollout.
 
     Args:
-        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1].
+        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1] (``None``: 0.5, unless ``speedup`` is given:
+            a latency budget, see :class:`~lit_prune.methods.base.RetrainingFreePruning`).
         search: ``"ppo"`` (PPOM) or ``"greedy"`` (Kwon's search + rearrangement only).
         solver: ``"cgs"`` (CG²MT) or ``"lstsq"`` (Kwon's damped least squares).
         reward_samples: held calibration examples for the PPO reward (the first ones of the calibration sample).
@@ -48,7 +49,7 @@ class GPrunerCallback(MaskTuningPruning):
 
     def __init__(
         self,
-        flops_kept: float = 0.5,
+        flops_kept: float | None = None,
         search: Literal["ppo", "greedy"] = "ppo",
         solver: Literal["cgs", "lstsq"] = "cgs",
         reward_samples: int = 256,

@@ -1,4 +1,4 @@
-"""G-Pruner's PPOM (Proximal Policy Optimization Mask): PPO search over head/neuron masks under a FLOPs budget.
+"""G-Pruner's PPOM (Proximal Policy Optimization Mask): PPO search over head/neuron masks under a FLOPs or latency budget.
 
 Our reading of the paper (see :mod:`lit_prune.methods.gpruner`; only its abstract could be read). A stochastic
 policy over binary masks is trained by proximal policy optimisation to minimise the calibration loss of the masked
@@ -9,7 +9,7 @@ model (:func:`ppo_search`, the callback's ``search="ppo"``):
   from the searched mask's boundary, ``(k − ½ − rank) / (n·τ₀)`` (``k`` kept of ``n``, rank 0 the most important,
   ``τ₀ = init_temperature``), so the initial policy keeps the top of the ranking almost surely, prunes its bottom
   almost surely, and explores around the boundary (:func:`ranking_logits`).
-* Budget: every sampled action is projected onto the FLOPs budget (:class:`BudgetProjection`, deterministic,
+* Budget: every sampled action is projected onto the budget (:class:`BudgetProjection`, deterministic,
   part of the environment): if the sampled heads alone exceed the budget the least important of them are dropped;
   then the sampled neurons are cut to, or filled up to, the most that fit beside the heads, in Fisher order. Every
   mask the policy proposes therefore satisfies the budget exactly or from below, like the greedy search's.
@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.latency_model import Budget
 from lit_prune.core.masks import PruningMasks
+from lit_prune.prune.search import layer_counts, longest_prefix
 from lit_prune.prune.types import Progress
 
 
@@ -122,14 +123,15 @@ def ranking_logits(importance: torch.Tensor, kept: int, temperature: float) -> t
 
 
 class BudgetProjection:
-    """Maps any (heads, neurons) keep-vector onto the FLOPs budget, deterministically, by a fixed priority.
+    """Maps any (heads, neurons) keep-vector onto the budget (FLOPs or latency), deterministically, by a fixed
+    priority.
 
     Sampled heads beyond what the budget can hold are dropped lowest priority first; then the kept neurons are cut
     to, or filled up to (highest priority first), the most that fit beside the kept heads. The result always
-    satisfies ``budget.fits`` and, unless every neuron is kept, no further neuron would fit.
+    satisfies ``budget.fits`` and, unless every neuron is kept, the next neuron in that order would not fit.
     """
 
-    def __init__(self, budget: FlopsBudget, head_priority: torch.Tensor, ffn_priority: torch.Tensor) -> None:
+    def __init__(self, budget: Budget, head_priority: torch.Tensor, ffn_priority: torch.Tensor) -> None:
         if head_priority.numel() != budget.total_heads or ffn_priority.numel() != budget.total_neurons:
             raise ValueError(f"BudgetProjection: priorities of {head_priority.numel()} heads and "
                              f"{ffn_priority.numel()} neurons for a budget of {budget.total_heads} and "
@@ -137,31 +139,33 @@ class BudgetProjection:
         self.budget = budget
         self.head_order = torch.sort(head_priority.detach().flatten().cpu(), descending=True, stable=True).indices
         self.ffn_order = torch.sort(ffn_priority.detach().flatten().cpu(), descending=True, stable=True).indices
-        self.max_heads = 0
-        while self.max_heads < budget.total_heads and budget.max_neurons(self.max_heads + 1) is not None:
-            self.max_heads += 1
-        self._max_neurons = [budget.max_neurons(k) for k in range(self.max_heads + 1)]
 
-    def _select(self, chosen: torch.Tensor, order: torch.Tensor, count: int) -> torch.Tensor:
-        """``count`` units: the chosen ones in priority order, then (if short) the others in priority order."""
+    @staticmethod
+    def _preferred(chosen: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """All units: the chosen ones in priority order, then the others in priority order."""
         ranked = chosen[order]
-        preferred = torch.cat([order[ranked], order[~ranked]])
-        keep = torch.zeros_like(chosen)
-        keep[preferred[:count]] = True
-        return keep
+        return torch.cat([order[ranked], order[~ranked]])
 
     def __call__(self, heads: torch.Tensor, neurons: torch.Tensor) -> PruningMasks:
         """Project keep-vectors (L·H,) and (L·F,) (bool or 0/1) onto the budget; returns binary masks (CPU)."""
+        b = self.budget
+        L, H, F = b.num_layers, b.num_heads, b.ffn_dim
         heads = heads.flatten().cpu().bool()
         neurons = neurons.flatten().cpu().bool()
-        k = min(int(heads.sum()), self.max_heads)
-        head_keep = self._select(heads, self.head_order, k) if k < int(heads.sum()) else heads.clone()
-        ffn_keep = self._select(neurons, self.ffn_order, self._max_neurons[k])
-        b = self.budget
-        masks = PruningMasks(head=head_keep.float().view(b.num_layers, b.num_heads),
-                             qk=torch.ones(b.num_layers, b.num_heads, b.head_dim),
-                             vo=torch.ones(b.num_layers, b.num_heads, b.head_dim),
-                             ffn=ffn_keep.float().view(b.num_layers, b.ffn_dim))
+        no_neurons = torch.zeros(L, dtype=torch.long)
+        head_counts = layer_counts(self._preferred(heads, self.head_order), H, L)
+        k = longest_prefix(int(heads.sum()), lambda p: b.fits_counts(head_counts[p], no_neurons))
+        assert k is not None  # nothing kept always fits (budgets are checked on construction)
+        head_keep = torch.zeros_like(heads)
+        head_keep[self._preferred(heads, self.head_order)[:k]] = True
+        kept_per_layer = head_counts[k]
+        preferred = self._preferred(neurons, self.ffn_order)
+        ffn_counts = layer_counts(preferred, F, L)
+        n = longest_prefix(b.total_neurons, lambda p: b.fits_counts(kept_per_layer, ffn_counts[p]))
+        ffn_keep = torch.zeros_like(neurons)
+        ffn_keep[preferred[:n]] = True
+        masks = PruningMasks(head=head_keep.float().view(L, H), qk=torch.ones(L, H, b.head_dim),
+                             vo=torch.ones(L, H, b.head_dim), ffn=ffn_keep.float().view(L, F))
         assert b.fits(masks), "BudgetProjection produced masks over the budget (a bug)"
         return masks
 
@@ -179,7 +183,7 @@ class PPOResult:
 
 
 def ppo_search(evaluate: Callable[[PruningMasks], float], head_importance: torch.Tensor,
-               ffn_importance: torch.Tensor, incumbent: PruningMasks, budget: FlopsBudget,
+               ffn_importance: torch.Tensor, incumbent: PruningMasks, budget: Budget,
                settings: PPOSettings = PPOSettings(), progress: Progress | None = None) -> PPOResult:
     """PPOM: search binary head/neuron masks under ``budget`` with PPO (see the module docstring).
 
@@ -188,7 +192,7 @@ def ppo_search(evaluate: Callable[[PruningMasks], float], head_importance: torch
         head_importance: (L, H) Fisher importances (the initial ranking and the projection priority).
         ffn_importance: (L, F).
         incumbent: the masks to beat (Kwon's search + rearrangement); evaluated first.
-        budget: the FLOPs budget.
+        budget: the FLOPs or latency budget.
         settings: :class:`PPOSettings`.
         progress: called as ``progress(description, done, total)`` after each evaluation.
 

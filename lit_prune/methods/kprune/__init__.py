@@ -28,8 +28,8 @@ opens with its part of the paper and where it departs from the paper or the code
 from lit_prune.methods.kprune.callback import KPruneCallback
 from lit_prune.methods.kprune.knowledge import BatchGradients, KnowledgeAccumulator, knowledge_step
 from lit_prune.methods.kprune.process import KPruneResult, SublayerStep, kprune
-from lit_prune.methods.kprune.search import search_sublayer, unit_costs
+from lit_prune.methods.kprune.search import decided_counts, search_sublayer
 from lit_prune.methods.kprune.tuning import add_tuning_batch, tune_sublayer
 
 __all__ = ["BatchGradients", "KPruneCallback", "KPruneResult", "KnowledgeAccumulator", "SublayerStep",
-           "add_tuning_batch", "knowledge_step", "kprune", "search_sublayer", "tune_sublayer", "unit_costs"]
+           "add_tuning_batch", "knowledge_step", "kprune", "decided_counts", "search_sublayer", "tune_sublayer"]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.latency_model import Budget
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.base import RetrainingFreePruning
 from lit_prune.methods.kprune.process import kprune
@@ -28,7 +28,9 @@ class KPruneCallback(RetrainingFreePruning):
     processes. No labels are used.
 
     Args:
-        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1] (the paper's constraint is 1 − flops_kept).
+        flops_kept: the fraction of the dense FLOPs to keep, in (0, 1] (the paper's constraint is 1 − flops_kept;
+            ``None``: 0.5, unless ``speedup`` is given: a latency budget, see
+            :class:`~lit_prune.methods.base.RetrainingFreePruning`).
         num_tokens: draw calibration examples until they hold this many tokens (the paper: about 100,000).
         num_samples: draw this many examples instead (``num_tokens`` must then be ``None``).
         temperature: T of the predictive-knowledge distillation loss (the paper: 2).
@@ -57,7 +59,7 @@ class KPruneCallback(RetrainingFreePruning):
 
     def __init__(
         self,
-        flops_kept: float = 0.5,
+        flops_kept: float | None = None,
         num_tokens: int | None = 100_000,
         num_samples: int | None = None,
         temperature: float = 2.0,
@@ -107,7 +109,7 @@ class KPruneCallback(RetrainingFreePruning):
         return None if self.cache_mb is None else int(self.cache_mb * 2**20)
 
     def run_method(self, model: nn.Module, dense: nn.Module, batches: list[dict[str, torch.Tensor]],
-                   batch_ids: list[int], num_batches: int, budget: FlopsBudget, reduce: Reduce,
+                   batch_ids: list[int], num_batches: int, budget: Budget, reduce: Reduce,
                    progress: Progress) -> tuple[PruningMasks, dict[str, Any]]:
         result = kprune(model, batches, budget, dense=dense, temperature=self.temperature, mu=self.mu,
                         lam_pred=self.lam_pred, lam_rep=self.lam_rep, weight_tuning=self.weight_tuning,

@@ -44,17 +44,16 @@ import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from lit_prune.core.arch import get_adapter
-from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.latency_model import Budget
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.kprune.knowledge import BatchGradients, KnowledgeAccumulator, knowledge_step
-from lit_prune.methods.kprune.search import search_sublayer, unit_costs
+from lit_prune.methods.kprune.search import decided_counts, search_sublayer
 from lit_prune.methods.kprune.tuning import tune_sublayer
 from lit_prune.prune.batches import model_inputs
 from lit_prune.prune.cache import SpillCache
@@ -155,7 +154,7 @@ def _dense_target(dense: nn.Module, part: Part, layer: int, sublayer: Sublayer, 
 
 
 @torch.no_grad()
-def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: FlopsBudget, *,
+def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Budget, *,
            dense: nn.Module | None = None, temperature: float = 2.0, mu: float = 64.0, lam_pred: float = 1.0,
            lam_rep: float = 2.5e-4, weight_tuning: bool = True, ridge: float = 1e-6,
            length_groups: int | None = None, cache_bytes: int | None = None, reduce: Reduce | None = None,
@@ -165,7 +164,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
     Args:
         model: a fine-tuned dense BERT / RoBERTa / DistilBERT task model (classification, regression or QA).
         batches: the calibration batches of this process (labels are not needed).
-        budget: the FLOPs budget (its ``seq_len`` is the ``s`` of the accounting).
+        budget: the FLOPs budget (its ``seq_len`` is the ``s`` of the accounting) or a latency budget.
         dense: the dense teacher; ``None`` copies ``model`` first.
         temperature, mu, lam_pred, lam_rep: the paper's T, μ, λ_pred, λ_rep.
         weight_tuning: refit each pruned sublayer's output projection (off: masks only, for ablations).
@@ -198,8 +197,6 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
     device = next(model.parameters()).device
     num_layers = adapter.num_layers
     masks = PruningMasks.ones(num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim, device=device)
-    head_cost, neuron_cost = unit_costs(budget)
-    remaining = budget.max_macs
     if length_groups is None:
         length_groups = 4 if device.type == "cpu" else 1
     parts = split_batches(batches, length_groups, [model] if same else [model, dense], temperature)
@@ -245,9 +242,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
                 gradients.add_to(knowledge)
                 if progress:
                     progress(description, i + 1, len(parts))
-            step = _decide(model, masks, target, knowledge, system, remaining, head_cost, neuron_cost, mu, lam_pred,
-                           lam_rep, ridge, reduce)
-            remaining -= step.kept * (head_cost if sublayer == "attention" else neuron_cost)
+            step = _decide(model, masks, target, knowledge, system, budget, mu, lam_pred, lam_rep, ridge, reduce)
             step.seconds = time.perf_counter() - started
             result.steps.append(step)
     result.cache = {"memory_limit_mb": None if cache_bytes is None else cache_bytes / 2**20,
@@ -256,13 +251,15 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Flops
 
 
 def _decide(model: nn.Module, masks: PruningMasks, target: int, knowledge: KnowledgeAccumulator,
-            system: ProjectionSystem | None, remaining: Fraction, head_cost: Fraction, neuron_cost: Fraction,
-            mu: float, lam_pred: float, lam_rep: float, ridge: float, reduce: Reduce) -> SublayerStep:
+            system: ProjectionSystem | None, budget: Budget, mu: float, lam_pred: float, lam_rep: float,
+            ridge: float, reduce: Reduce) -> SublayerStep:
     """After the target's pass: sum over processes, search its mask, set it in ``masks`` and tune its weights."""
     layer, sublayer = sublayer_of(target)
     knowledge = KnowledgeAccumulator.from_dict(reduce(knowledge.to_dict()))
-    head_scores, neuron_scores = knowledge.scores(mu, lam_pred, lam_rep, float(2 * head_cost), float(2 * neuron_cost))
-    kept = search_sublayer(head_scores, neuron_scores, target, remaining, head_cost, neuron_cost).to(masks.head.device)
+    head_cost, neuron_cost = budget.unit_costs  # knowledge per multiply-add, or per millisecond
+    head_scores, neuron_scores = knowledge.scores(mu, lam_pred, lam_rep, float(head_cost), float(neuron_cost))
+    kept = search_sublayer(head_scores, neuron_scores, target, budget.fits_counts,
+                           decided_counts(masks, target)).to(masks.head.device)
     step = SublayerStep(layer, sublayer, int(kept.sum()), kept.numel(), "empty" if not kept.any() else "untuned")
     field_ = masks.head if sublayer == "attention" else masks.ffn
     field_[layer] = kept.to(field_.dtype)

@@ -35,7 +35,7 @@ class KwonCallback(MaskTuningPruning):
 
     method = "kwon"
 
-    def __init__(self, flops_kept: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, flops_kept: float | None = None, **kwargs: Any) -> None:
         super().__init__(flops_kept=flops_kept, **kwargs)
         self.raise_problems(self.problems)
 

@@ -1,0 +1,217 @@
+"""Latency budgets: the measured latency model, its cache, the searches under it, and ``speedup`` in the callbacks."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.latency_model import (LatencyBudget, LatencyShape, LatencyTable, fit_curve, load_or_measure,
+                                          measure_table, model_signature, table_path)
+from lit_prune.core.masks import PruningMasks
+from lit_prune.hardware import hardware_summary
+from lit_prune.methods import KPruneCallback, KwonCallback
+from lit_prune.methods.gpruner.ppo import BudgetProjection
+from lit_prune.methods.kprune.search import decided_counts, search_sublayer
+from lit_prune.prune.search import search_masks
+from lit_prune.report import read_report
+from tests.conftest import tiny_model
+from tests.test_pruning_callbacks import UserData, UserModule
+
+L_, H, D_H, F = 2, 4, 8, 48
+
+
+def synthetic_table(attention=None, ffn=None, fixed=2.0, model=None) -> LatencyTable:
+    """A table of the tiny BERT's shape with known numbers: by default 1 ms per head and 0.1 ms per neuron."""
+    attention = attention if attention is not None else [float(h) for h in range(H + 1)]
+    ffn_counts = [0, 1, 12, 24, 36, 48]
+    ffn = ffn if ffn is not None else [0.1 * n for n in ffn_counts]
+    dense = fixed + L_ * (attention[-1] + ffn[-1])
+    return LatencyTable(shape=LatencyShape(2, 8, 1), model=model or model_signature(tiny_model("bert")),
+                        hardware=hardware_summary("cpu") | {"threads": 1}, fixed_ms=fixed, dense_ms=dense,
+                        attention_counts=list(range(H + 1)), attention_ms=attention, ffn_counts=ffn_counts,
+                        ffn_ms=ffn, width_sizes=[1, 2, 4, 8], width_ms=[1.0, 2.0, 3.0, 4.0])
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def test_fit_curve_is_zero_at_zero_and_never_decreases():
+    assert fit_curve([0, 1, 2, 3, 4], [0.0, 5.0, 3.0, 7.0, 6.0]) == [0.0, 4.0, 4.0, 6.5, 6.5]
+    assert fit_curve([0, 1, 2], [0.0, -1.0, 2.0]) == [0.0, 0.0, 2.0]  # noise below nothing kept: clipped at 0
+    with pytest.raises(ValueError, match="ascending distinct counts starting at 0"):
+        fit_curve([1, 2], [0.0, 1.0])
+
+
+def test_predictions_interpolate_the_ffn_and_add_the_layers():
+    table = synthetic_table(ffn=[0.0, 1.0, 2.0, 4.0, 6.0, 8.0])
+    assert table.ffn(1) == 1.0 and table.ffn(6) == pytest.approx(1 + 5 / 11) and table.ffn(30) == pytest.approx(5.0)
+    structure = [{"heads": [[8, 8]] * 3, "ffn": 30}, {"heads": [], "ffn": 0}]
+    assert table.predict(structure) == pytest.approx(2.0 + 3.0 + 5.0)
+    assert table.predict_counts([3, 0], [30, 0]) == pytest.approx(10.0)
+    # heads with fewer dims: the padded width's time over the whole heads' (4 dims of 8: 3.0 / 4.0)
+    assert table.predict([{"heads": [[4, 4]] * 2, "ffn": 0}, {"heads": [], "ffn": 0}]) == pytest.approx(2.0 + 2 * 0.75)
+    assert table.max_speedup == pytest.approx(table.dense_ms / 2.0)
+
+
+def test_a_table_round_trips_through_json():
+    table = synthetic_table()
+    again = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert again.to_dict() == table.to_dict()
+    with pytest.raises(ValueError, match="not a lit_prune.LatencyTable version 1 table"):
+        LatencyTable.from_dict({"format": "something else"})
+
+
+@pytest.mark.parametrize("speedup, message", [
+    (0.5, r"speedup=0.5: expected a number >= 1"),
+    (float("nan"), r"speedup=nan: expected a number >= 1"),
+    (100.0, r"speedup=100 is beyond what removing every head and neuron allows .* at most 9.80x \(the dense model takes 19.6 ms"),
+])
+def test_impossible_speedups_are_refused_with_the_maximum(speedup, message):
+    with pytest.raises(ValueError, match=message):
+        LatencyBudget(synthetic_table(), speedup)  # dense 2 + 2·(4 + 4.8) = 19.6 ms, nothing kept 2 ms: 9.8x
+
+
+def test_the_maximum_in_the_message_is_the_tables():
+    table = synthetic_table(fixed=1.0)  # dense 18.6 ms: at most 18.6x
+    with pytest.raises(ValueError, match=r"at most 18.60x"):
+        LatencyBudget(table, 20.0)
+    assert LatencyBudget(table, 18.6).max_ms == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ the searches
+def test_kwon_search_under_a_linear_table_equals_the_flops_search():
+    """With per-unit costs proportional to the FLOPs', the latency search is the FLOPs search."""
+    model = tiny_model("bert")
+    flops = FlopsBudget.for_model(model, 8, 0.5)
+    head_cost, neuron_cost = (float(c) for c in flops.unit_costs)
+    scale = 1e-3
+    table = synthetic_table(attention=[h * head_cost * scale for h in range(H + 1)],
+                            ffn=[n * neuron_cost * scale for n in [0, 1, 12, 24, 36, 48]], fixed=1.0)
+    latency = LatencyBudget(table, 1 / (0.5 + (1 - 0.5) * 1.0 / table.dense_ms))  # the same time for the layers
+    generator = torch.Generator().manual_seed(0)
+    heads, neurons = torch.rand(L_, H, generator=generator), torch.rand(L_, F, generator=generator)
+    assert search_masks(heads, neurons, latency) == search_masks(heads, neurons, flops)
+
+
+def test_kwon_search_under_a_nonlinear_table_fits_and_leaves_no_room():
+    # the first head of a layer costs 3 ms, each further one 0.5; the first neuron 1 ms, then 0.05
+    table = synthetic_table(attention=[0.0, 3.0, 3.5, 4.0, 4.5], ffn=[0.0, 1.0, 1.55, 2.15, 2.75, 3.35])
+    budget = LatencyBudget(table, 2.0)
+    generator = torch.Generator().manual_seed(1)
+    masks = search_masks(torch.rand(L_, H, generator=generator), torch.rand(L_, F, generator=generator), budget)
+    assert budget.fits(masks)
+    predicted = table.predict(masks.structure())
+    assert predicted <= budget.max_ms and predicted > budget.max_ms - 1.0  # the next neuron would not fit
+
+
+def test_kprune_search_under_a_latency_budget_counts_the_decided_layers():
+    table = synthetic_table()
+    budget = LatencyBudget(table, 2.0)  # 9.8 ms: 7.8 ms for the layers
+    masks = PruningMasks.ones(L_, H, D_H, F)
+    masks.head[0, 2:] = 0  # layer 0's attention decided: 2 heads (2 ms)
+    decided = decided_counts(masks, 1)
+    assert decided[0].tolist() == [2, 0] and decided[1].tolist() == [0, 0]
+    heads, neurons = torch.zeros(L_, H), torch.zeros(L_, F)
+    neurons[0] = torch.linspace(2, 1, F)  # layer 0's neurons first, then layer 1's heads
+    heads[1] = 0.5
+    kept = search_sublayer(heads, neurons, 1, budget.fits_counts, decided)
+    # 5.8 ms left: all 48 neurons of layer 0 (4.8 ms), then one head of layer 1 (1 ms)
+    assert int(kept.sum()) == 48
+    masks.ffn[0] = kept.float()
+    assert table.predict_counts([2, 1], [48, 0]) <= budget.max_ms < table.predict_counts([2, 2], [48, 0])
+
+
+def test_gpruner_projection_under_a_latency_budget_fits():
+    table = synthetic_table(attention=[0.0, 3.0, 3.5, 4.0, 4.5])
+    budget = LatencyBudget(table, 2.5)
+    generator = torch.Generator().manual_seed(2)
+    project = BudgetProjection(budget, torch.rand(L_ * H, generator=generator), torch.rand(L_ * F, generator=generator))
+    for _ in range(5):
+        masks = project(torch.rand(L_ * H, generator=generator) > 0.2, torch.rand(L_ * F, generator=generator) > 0.2)
+        assert budget.fits(masks)
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def test_measured_table_is_fitted_and_cached(tmp_path):
+    model = tiny_model("bert")
+    shape = LatencyShape.of(model, 4, 16, threads=1)
+    table, notes = load_or_measure(model, shape, tmp_path, warmup=1, repeats=3)
+    assert notes[-1].startswith("latency table measured in") and "saved to" in notes[-1]
+    assert table.attention_ms[0] == 0 and table.ffn_ms[0] == 0
+    assert all(b >= a for a, b in zip(table.attention_ms, table.attention_ms[1:]))
+    assert all(b >= a for a, b in zip(table.ffn_ms, table.ffn_ms[1:]))
+    assert table.ffn_counts == [0, 1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48]
+    assert table.dense_ms > table.fixed_ms > 0 and table.scale > 0
+    assert table.predict_counts([H] * L_, [F] * L_) == pytest.approx(table.dense_ms)  # fitted to the dense time
+    assert set(table.validation) == {"held_out_measured_ms", "held_out_predicted_ms", "relative_error"}
+    again, notes = load_or_measure(model, shape, tmp_path)
+    assert notes == [f"latency table reused from {table_path(tmp_path, model, shape)} (measured in "
+                     f"{table.seconds:.0f} s on {notes[0].split(' on ', 1)[1].split(', batch')[0]}, {shape.label()})"]
+    assert again.to_dict() == table.to_dict()
+    # a table of the same model and shape from another machine is never used, and is named
+    other = table.to_dict()
+    other["hardware"] = {**other["hardware"], "cpu_model": "Another CPU", "cpu_count": 96}
+    foreign = tmp_path / (table_path(tmp_path, model, shape).name.rsplit("-", 1)[0] + "-0123456789ab.json")
+    foreign.write_text(json.dumps(other))
+    _, notes = load_or_measure(model, shape, tmp_path)
+    assert any(note.startswith(f"latency table {foreign} ignored: measured on CPU: Another CPU (96 cores)")
+               for note in notes)
+    assert notes[-1].startswith("latency table reused")
+
+
+def test_a_compacted_model_or_a_shape_elsewhere_is_refused():
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match=r"the model is on cpu in float32; move it there first"):
+        measure_table(model, LatencyShape(2, 8, 1, dtype="bfloat16"))
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+def fit(callback, max_steps: int = 2):
+    module = UserModule()
+    trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", devices=1, callbacks=[callback])
+    trainer.fit(module, UserData())
+    return trainer, module
+
+
+@pytest.mark.parametrize("callback_class", [KwonCallback, KPruneCallback])
+def test_a_speedup_budget_prunes_to_the_tables_prediction_and_reports_the_measurement(callback_class, tmp_path):
+    sample = {"num_samples": 32} if callback_class is KwonCallback else {"num_samples": 32, "num_tokens": None}
+    callback = callback_class(speedup=1.5, evaluate=False, latency_batch_size=8, latency_seq_len=12,
+                              latency_threads=1, latency_cache=str(tmp_path / "tables"), latency_repeats=3,
+                              calibration_batch_size=8, output_dir=str(tmp_path), **sample)
+    fit(callback)
+    report = read_report(tmp_path)
+    budget = report["latency"]["budget"]
+    assert budget["requested_speedup"] == 1.5
+    assert budget["predicted_speedup"] >= 1.5 * (1 - 1e-9)  # the search kept the prediction within the budget
+    assert budget["measured"]["asked"]["batch_size"] == 8 and budget["measured"]["batch_1"]["batch_size"] == 1
+    assert budget["measured_speedup"] > 0 and budget["table"]["shape"]["seq_len"] == 12
+    assert report["settings"]["speedup"] == 1.5 and report["settings"]["flops_kept"] is None
+    assert report["flops"]["target"] is None
+    assert len(list((tmp_path / "tables").glob("*.json"))) == 1
+
+
+def test_an_impossible_speedup_stops_before_training(tmp_path):
+    callback = KPruneCallback(speedup=1000.0, num_samples=16, num_tokens=None, evaluate=False, latency_batch_size=4,
+                              latency_seq_len=8, latency_threads=1, latency_cache=str(tmp_path), output_dir=str(tmp_path))
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", devices=1, callbacks=[callback])
+    with pytest.raises(ValueError, match=r"speedup=1000 is beyond what removing every head and neuron allows .* at "
+                                         r"most \d+\.\d\dx"):
+        trainer.fit(UserModule(), UserData())
+    assert trainer.global_step == 0 and not (tmp_path / "pruning_report.json").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"flops_kept": 0.5, "speedup": 2.0}, r"flops_kept=0.5 and speedup=2.0: give one budget, not both"),
+    ({"speedup": 0.8}, r"speedup=0.8: expected a number >= 1"),
+    ({"speedup": 2.0, "latency_batch_size": 0}, r"latency_batch_size=0 with speedup=2.0: a latency budget is "
+                                                r"measured at a batch size >= 1"),
+    ({"speedup": 2.0, "latency_seq_len": 0}, r"latency_seq_len=0: expected an integer >= 1 or None"),
+])
+def test_bad_latency_settings_fail_at_construction(settings, message):
+    with pytest.raises(ValueError, match=message):
+        KwonCallback(**settings).raise_problems(KwonCallback(**settings).problems)
