@@ -215,3 +215,40 @@ def test_an_impossible_speedup_stops_before_training(tmp_path):
 def test_bad_latency_settings_fail_at_construction(settings, message):
     with pytest.raises(ValueError, match=message):
         KwonCallback(**settings).raise_problems(KwonCallback(**settings).problems)
+
+
+# ------------------------------------------------------------------------------------------------ GRAIN
+def test_grain_selection_under_a_latency_fraction_removes_the_least_important_first():
+    from lit_prune.methods.grain.layout import GrainLayout
+    from lit_prune.methods.grain.selection import select_units_by
+
+    model = tiny_model("bert")
+    layout = GrainLayout.from_model(model)
+    table = synthetic_table()
+    generator = torch.Generator().manual_seed(3)
+    scores = {"qk": torch.rand(L_, H, D_H, generator=generator), "vo": torch.rand(L_, H, D_H, generator=generator),
+              "ffn": torch.rand(L_, F, generator=generator)}
+    fraction = lambda masks: table.predict(masks.structure()) / table.dense_ms  # noqa: E731
+    masks = select_units_by(scores, layout.masks(), layout, 0.6, fraction)
+    assert fraction(masks) <= 0.6
+    # the removed neurons are the least important of all (removed query/value dims may also go with their head)
+    lowest_kept = min(float(scores[name][getattr(masks, name) != 0].min()) for name in ("qk", "vo", "ffn"))
+    assert float(scores["ffn"][masks.ffn == 0].max()) <= lowest_kept
+    assert select_units_by(scores, masks, layout, 0.6, fraction) == masks  # already within: nothing more goes
+
+
+def test_grain_with_a_speedup_schedules_the_latency_model(tmp_path):
+    from lit_prune.methods import GrainCallback
+
+    callback = GrainCallback(speedup=1.4, start=0.0, end=0.5, evaluate=False, importance_from="teacher",
+                             latency_batch_size=4, latency_seq_len=12, latency_threads=1, latency_repeats=3,
+                             latency_cache=str(tmp_path / "tables"), output_dir=str(tmp_path))
+    fit(callback, max_steps=6)
+    report = read_report(tmp_path)
+    assert report["settings"]["speedup"] == 1.4 and report["settings"]["params_kept"] is None
+    history = report["schedule"]["history"]
+    assert history[-1]["density"] == pytest.approx(1 / 1.4) and history[-1]["latency_kept"] <= 1 / 1.4 + 1e-9
+    assert all(entry["latency_kept"] <= entry["density"] + 1e-9 for entry in history)
+    assert report["latency"]["budget"]["predicted_speedup"] >= 1.4 * (1 - 1e-9)
+    with pytest.raises(ValueError, match=r"params_kept=0.2 and speedup=2.0: give one budget, not both"):
+        GrainCallback(params_kept=0.2, speedup=2.0)

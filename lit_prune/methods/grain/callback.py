@@ -29,20 +29,24 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 
 from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
+from lit_prune.core.latency_model import LatencyBudget, LatencyTable
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
+from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
 from lit_prune.methods.grain.distillation import StepCapture, broadcast_teacher, distillation_summary, prepare_teacher
 from lit_prune.methods.grain.importance import GrainImportance, mask_gradients_of
 from lit_prune.methods.grain.layout import UNIT_FIELDS, GrainLayout, Units
-from lit_prune.methods.grain.selection import select_units
+from lit_prune.methods.grain.selection import select_units, select_units_by
 from lit_prune.methods.grain.settings import ImportanceFrom, settings_problems
 from lit_prune.methods.run import (finish_run, resolve_seq_len, timed_evaluation,
                                    training_seconds, training_summary)
@@ -67,7 +71,14 @@ class GrainCallback(Callback):
 
     Args:
         params_kept: the fraction of the encoder's attention and FFN Linear weights (biases excluded) to keep at
-            the end, in (0, 1] (GRAIN's "density": 0.2, 0.1, 0.05).
+            the end, in (0, 1] (GRAIN's "density": 0.2, 0.1, 0.05; ``None``: 0.2, unless ``speedup`` is given).
+        speedup: a latency budget instead: the schedule's density is the latency model's predicted time over the
+            dense time, ending at 1 / speedup (measured on this machine at ``latency_batch_size`` ×
+            ``latency_seq_len`` with ``latency_threads`` when the fit starts; see
+            :mod:`lit_prune.core.latency_model`). Give ``params_kept`` or ``speedup``, not both.
+        latency_seq_len, latency_threads, latency_cache: the latency budget's sequence length (``None``: the data's
+            average), threads (``None``: the run's) and tables' folder (see
+            :class:`~lit_prune.methods.base.RetrainingFreePruning`).
         units: ``"intra"`` (query units, value units, FFN neurons: GRAIN) or ``"heads_ffn"`` (whole heads and FFN
             neurons: the paper's ablation).
         start: fraction of the training steps after which pruning starts (GRAIN: 0.2).
@@ -111,7 +122,7 @@ class GrainCallback(Callback):
 
     def __init__(
         self,
-        params_kept: float = 0.2,
+        params_kept: float | None = None,
         units: Units = "intra",
         start: float = 0.2,
         end: float = 0.4,
@@ -132,16 +143,28 @@ class GrainCallback(Callback):
         temperature: float = 8.0,
         batch_to_inputs: BatchToInputs | None = None,
         tokenizer: Any = None,
+        speedup: float | None = None,
+        latency_seq_len: int | None = None,
+        latency_threads: int | None = None,
+        latency_cache: str | None = None,
     ) -> None:
         super().__init__()
-        problems = settings_problems(
-            params_kept=params_kept, units=units, start=start, end=end, ema_beta=ema_beta, alpha=alpha,
+        self.latency = LatencySettings(speedup, latency_batch_size, latency_seq_len, latency_threads, latency_cache)
+        problems = self.latency.problems("params_kept", params_kept)
+        if params_kept is None and speedup is None:
+            params_kept = 0.2
+        problems += settings_problems(
+            params_kept=1.0 if params_kept is None else params_kept, units=units, start=start, end=end, ema_beta=ema_beta, alpha=alpha,
             prune_every=prune_every, latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
             seq_len=seq_len, embedding_rank=embedding_rank, importance_from=importance_from, teacher=teacher,
             temperature=temperature, batch_to_inputs=batch_to_inputs)
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
-        self.params_kept, self.units, self.start, self.end = float(params_kept), units, start, end
+        self.params_kept = None if params_kept is None else float(params_kept)
+        self.units, self.start, self.end = units, start, end
+        # the schedule's final density: of the weights, or of the latency model's predicted time
+        self.final = self.params_kept if speedup is None else 1 / float(speedup)
+        self.table: LatencyTable | None = None
         self.ema_beta, self.alpha, self.prune_every = ema_beta, alpha, prune_every
         self.output_dir, self.save_model, self.evaluate = output_dir, save_model, evaluate
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
@@ -172,7 +195,8 @@ class GrainCallback(Callback):
 
     # ------------------------------------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
-        return {"params_kept": self.params_kept, "units": self.units, "start": self.start, "end": self.end,
+        return {"params_kept": self.params_kept, **self.latency.as_dict(), "units": self.units, "start": self.start,
+                "end": self.end,
                 "ema_beta": self.ema_beta, "alpha": self.alpha, "prune_every": self.prune_every, "seed": self.seed,
                 "embedding_rank": self.embedding_rank, "importance_from": self.importance_from,
                 "teacher": self.teacher, "temperature": self.temperature}
@@ -242,6 +266,9 @@ class GrainCallback(Callback):
             raise ValueError(f"{type(self).__name__}: the Trainer cannot tell how many steps it will train "
                              f"(estimated_stepping_batches={total}); set trainer.max_steps")
         self.total_steps = int(total)
+        if self.latency.speedup is not None and self.table is None:  # before training: an impossible speedup stops
+            self.table = latency_table(self._target, self.latency)
+            LatencyBudget(self.table, self.latency.speedup)
         self._started = time.perf_counter()
         self._seconds: dict[str, float] = {}
         if self.evaluate and self.last_step < 0:
@@ -300,24 +327,37 @@ class GrainCallback(Callback):
         if step == self.last_step:  # gradient accumulation: no new optimiser step
             return
         self.last_step = step
-        density = cubic_schedule(step, self.total_steps, self.params_kept, self.start, self.end)
-        if density < self.density and (step % self.prune_every == 0 or density == self.params_kept):
+        density = cubic_schedule(step, self.total_steps, self.final, self.start, self.end)
+        if density < self.density and (step % self.prune_every == 0 or density == self.final):
             self._prune_to(density, step)
         pl_module.log("grain/params_kept", self.layout.kept_parameters(self.masks) / self.layout.dense_parameters,
                       on_step=True, on_epoch=False, batch_size=1)
+        if self.table is not None:
+            pl_module.log("grain/latency_kept", self._latency_kept(self.masks), on_step=True, on_epoch=False,
+                          batch_size=1)
+
+    def _latency_kept(self, masks: PruningMasks) -> float:
+        """The latency model's predicted time of ``masks`` over the dense time."""
+        return self.table.predict(masks.structure()) / self.table.dense_ms
 
     def _prune_to(self, density: float, step: int) -> None:
-        new = select_units(self.importance.scores, self.masks, self.layout, density, self.units)
+        if self.table is not None:
+            new = select_units_by(self.importance.scores, self.masks, self.layout, density, self._latency_kept,
+                                  self.units)
+        else:
+            new = select_units(self.importance.scores, self.masks, self.layout, density, self.units)
         with torch.no_grad():
             for name in ("head", "qk", "vo", "ffn"):
                 getattr(self.masks, name).copy_(getattr(new, name))
         self.density = density
         kept = self.layout.kept_parameters(self.masks) / self.layout.dense_parameters
         every = max(1, self.total_steps // 100)
-        if not self.history or step - self.history[-1]["step"] >= every or density == self.params_kept:
+        if not self.history or step - self.history[-1]["step"] >= every or density == self.final:
             binary = self.masks.binary()
             self.history.append({"step": step, "density": density, "params_kept": kept,
                                  "heads": int(binary.heads_alive().sum()), "ffn": int(binary.ffn.sum())})
+            if self.table is not None:
+                self.history[-1]["latency_kept"] = self._latency_kept(binary)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.finish(trainer, pl_module)
@@ -333,11 +373,12 @@ class GrainCallback(Callback):
         """Prune to the target (when training stopped before the schedule's end), compact the model in place,
         evaluate and time it, write the pruned folder and the report; return the report."""
         warnings_: list[str] = []
-        if self.density > self.params_kept:
+        if self.density > self.final:
+            budget = f"params_kept={self.params_kept}" if self.table is None else f"speedup={self.latency.speedup}"
             warnings_.append(f"training stopped at step {self.last_step} of {self.total_steps}, before the schedule "
-                             f"reached params_kept={self.params_kept} (density {self.density:.4f}): the remaining "
-                             "units were removed at the end, without training after")
-            self._prune_to(self.params_kept, self.last_step)
+                             f"reached {budget} (density {self.density:.4f}): the remaining units were removed at "
+                             "the end, without training after")
+            self._prune_to(self.final, self.last_step)
         self._hooks.close()  # masks and the teacher's capture off: the model is copied below
         self._hooks = None
         distillation = (distillation_summary(self.teacher, self.temperature, self._capture)
@@ -370,8 +411,16 @@ class GrainCallback(Callback):
                                  latency_repeats=self.latency_repeats, output_dir=self.output_dir,
                                  save_model=self.save_model, method_report=report, fallback_batch=self._first_batch,
                                  params_report={"target": self.params_kept},
-                                 flops_report={"seq_len_from": seq_len_from})
+                                 flops_report={"seq_len_from": seq_len_from}, extra_latency=self._budget_report())
         return self.report
+
+    def _budget_report(self) -> Callable[[nn.Module, nn.Module], dict[str, Any]] | None:
+        """The latency budget's entry of the report (``None`` without one)."""
+        if self.table is None:
+            return None
+        budget = LatencyBudget(self.table, self.latency.speedup)
+        structure = self.masks.structure()
+        return lambda dense, pruned: {"budget": budget_report(budget, dense, pruned, structure, self.latency_repeats)}
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -396,7 +445,7 @@ class GrainCallback(Callback):
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state.get("settings", {})
         changed = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in self.settings().items()
-                   if k in ("params_kept", "units", "start", "end") and k in saved and saved[k] != v]
+                   if k in ("params_kept", "speedup", "units", "start", "end") and k in saved and saved[k] != v]
         if changed:
             raise ValueError(f"{type(self).__name__}: the checkpoint was written with other pruning settings "
                              f"({'; '.join(changed)}); resume with the same settings")

@@ -13,9 +13,14 @@ Paper: Yang, Cui, Wang, ACL 2023: global pruning across unit types. Reference co
   weight count says so.
 * Departure: the reference stops as soon as the removed mass reaches 1 − density (so it keeps slightly more than
   the target); here the density is met exactly or from below, like every lit_prune budget.
+* A latency budget (lit_prune's addition, ``speedup``): the density is the latency model's predicted time over the
+  dense time, and the least important units are removed until the prediction is within it
+  (:func:`select_units_by`; the ranking is the same).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -29,6 +34,56 @@ def _cascade(masks: PruningMasks) -> PruningMasks:
     alive = masks.heads_alive().to(masks.qk.dtype)[..., None]  # (L, H, 1)
     return PruningMasks(head=masks.head * alive[..., 0], qk=masks.qk * alive, vo=masks.vo * alive,
                         ffn=masks.ffn.clone())
+
+
+def _ranked(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: GrainLayout,
+            units: Units) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept units ranked least important first: their sizes (weights held) and owners (field index, position)."""
+    sizes = layout.unit_sizes
+    fields = UNIT_FIELDS[units]
+    flat_scores, flat_sizes, owners = [], [], []
+    for index, name in enumerate(fields):
+        mask = getattr(masks, name)
+        alive = mask.reshape(-1) != 0
+        if name == "head":  # whole heads: the size of what they still hold
+            size = (sizes["qk"] * masks.qk.sum(-1) + sizes["vo"] * masks.vo.sum(-1)).reshape(-1)
+        else:
+            size = torch.full_like(mask.reshape(-1), float(sizes[name]))
+        positions = torch.nonzero(alive).squeeze(-1)
+        flat_scores.append(scores[name].reshape(-1)[positions].double())
+        flat_sizes.append(size[positions].double())
+        owners.append(torch.stack([torch.full_like(positions, index), positions], dim=-1))
+    all_scores, all_sizes, all_owners = torch.cat(flat_scores), torch.cat(flat_sizes), torch.cat(owners)
+    order = torch.argsort(all_scores, stable=True)
+    return all_sizes[order], all_owners[order]
+
+
+def _remove(masks: PruningMasks, owners: torch.Tensor, units: Units) -> PruningMasks:
+    """``masks`` without the units ``owners`` names, cascaded."""
+    out = {name: getattr(masks, name).clone() for name in ("head", "qk", "vo", "ffn")}
+    for index, name in enumerate(UNIT_FIELDS[units]):
+        positions = owners[owners[:, 0] == index, 1]
+        out[name].view(-1)[positions] = 0
+    return _cascade(PruningMasks(**out))
+
+
+def select_units_by(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: GrainLayout, density: float,
+                    kept_fraction: Callable[[PruningMasks], float], units: Units = "intra") -> PruningMasks:
+    """The masks after removing the least important kept units until ``kept_fraction(masks) <= density`` (a latency
+    model's predicted time over the dense time), found by bisection over how many of the ranking are removed (the
+    fraction never grows as units go). Units already removed stay removed."""
+    masks = _cascade(masks.binary())
+    if kept_fraction(masks) <= density:
+        return masks
+    _, owners = _ranked(scores, masks, layout, units)
+    low, high = 1, owners.shape[0]  # the fewest removals that reach the density (all of them always do)
+    while low < high:
+        middle = (low + high) // 2
+        if kept_fraction(_remove(masks, owners[:middle], units)) <= density:
+            high = middle
+        else:
+            low = middle + 1
+    return _remove(masks, owners[:low], units)
 
 
 def select_units(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: GrainLayout, density: float,
@@ -54,33 +109,13 @@ def select_units(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: G
     kept = layout.kept_parameters(masks)
     if kept <= budget:
         return masks
-    sizes = layout.unit_sizes
-    fields = UNIT_FIELDS[units]
-    flat_scores, flat_sizes, owners = [], [], []
-    for index, name in enumerate(fields):
-        mask = getattr(masks, name)
-        alive = mask.reshape(-1) != 0
-        if name == "head":  # whole heads: the size of what they still hold
-            size = (sizes["qk"] * masks.qk.sum(-1) + sizes["vo"] * masks.vo.sum(-1)).reshape(-1)
-        else:
-            size = torch.full_like(mask.reshape(-1), float(sizes[name]))
-        positions = torch.nonzero(alive).squeeze(-1)
-        flat_scores.append(scores[name].reshape(-1)[positions].double())
-        flat_sizes.append(size[positions].double())
-        owners.append(torch.stack([torch.full_like(positions, index), positions], dim=-1))
-    all_scores, all_sizes, all_owners = torch.cat(flat_scores), torch.cat(flat_sizes), torch.cat(owners)
-    order = torch.argsort(all_scores, stable=True)
-    removed_mass = torch.cumsum(all_sizes[order], 0)
+    sizes, owners = _ranked(scores, masks, layout, units)
+    removed_mass = torch.cumsum(sizes, 0)
     excess = kept - budget
     count = int(torch.searchsorted(removed_mass, torch.tensor(excess, dtype=removed_mass.dtype)).item()) + 1
-    chosen = all_owners[order[:count]]
-    out = {name: getattr(masks, name).clone() for name in ("head", "qk", "vo", "ffn")}
-    for index, name in enumerate(fields):
-        positions = chosen[chosen[:, 0] == index, 1]
-        out[name].view(-1)[positions] = 0
-    result = _cascade(PruningMasks(**out))
+    result = _remove(masks, owners[:count], units)
     assert layout.kept_parameters(result) <= budget + 1e-6 * layout.dense_parameters
     return result
 
 
-__all__ = ["select_units"]
+__all__ = ["select_units", "select_units_by"]
