@@ -143,8 +143,15 @@ def test_measured_table_is_fitted_and_cached(tmp_path):
     assert all(b >= a for a, b in zip(table.attention_ms, table.attention_ms[1:]))
     assert all(b >= a for a, b in zip(table.ffn_ms, table.ffn_ms[1:]))
     assert table.ffn_counts == [0, 1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48]
-    assert table.dense_ms > table.fixed_ms > 0 and table.scale > 0
-    assert table.predict_counts([H] * L_, [F] * L_) == pytest.approx(table.dense_ms)  # fitted to the dense time
+    assert table.dense_ms > table.fixed_ms > 0
+    # calibrated on whole models: the dense one's point is the last (exact unless noise made the fit pool it), and
+    # nothing kept is the fixed time
+    assert table.predict_counts([H] * L_, [F] * L_) == pytest.approx(table.fixed_ms + table.calibration_ms[-1])
+    assert table.measured["dense"] == pytest.approx(table.dense_ms, abs=1e-4)
+    assert table.predict_counts([0] * L_, [0] * L_) == pytest.approx(table.fixed_ms)
+    assert table.calibration_sum[0] == 0 and all(b > a for a, b in zip(table.calibration_sum,
+                                                                        table.calibration_sum[1:]))
+    assert all(b >= a for a, b in zip(table.calibration_ms, table.calibration_ms[1:]))
     assert set(table.validation) == {"held_out_measured_ms", "held_out_predicted_ms", "relative_error"}
     again, notes = load_or_measure(model, shape, tmp_path)
     assert notes == [f"latency table reused from {table_path(tmp_path, model, shape)} (measured in "

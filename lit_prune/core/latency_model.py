@@ -17,17 +17,20 @@ Each value is the one-layer model's time minus the one-layer model's time with n
 timed in one interleaved loop (each round runs every variant once, in a fresh random order, after warm-up passes),
 and the median of each is taken, so drifts of a shared machine spread over all of them. The tables are then
 **fitted**: made non-decreasing (pool-adjacent-violators: a unit removed never costs time) with nothing kept at
-zero, and scaled by one factor so that the prediction of the dense model equals the dense model's measured time
-(the same loop times the whole dense and emptied models). A held-out model (half the heads and half the neurons
-of every layer) is timed too and its prediction error is reported with the table.
+zero. Layers timed alone do not add up exactly to a whole model (caches, memory traffic), so the same loop also
+times whole models keeping a quarter, half and three quarters of every layer's heads and neurons, the dense model
+and the emptied one, and the sum of the layers' times is mapped to the whole model's time through these points
+(piecewise linear, non-decreasing): the prediction is exact there. A held-out model (layers alternating between
+three quarters of the heads with a quarter of the neurons and the reverse) is timed too, and its prediction error
+is reported with the table.
 
 Departure from Kwon et al.'s reference code (``efficiency/latency.py``), which fits a constant up to a threshold and
 a line above it, and keeps at least the threshold's units in every layer: here every head count is measured and
 the FFN is interpolated between 18 measured points, so the fit follows the machine's curve (including the time an
 emptied sublayer saves), and a sublayer may be emptied.
 
-**Prediction**: ``fixed_ms + Σ_layers attention(h_l) · width_factor_l + ffn(n_l)``; the width factor is 1 for
-whole heads, else ``width_ms`` at the layer's average padded head size over ``width_ms`` at d_h (compacted layers
+**Prediction**: ``fixed_ms + calibration(Σ_layers attention(h_l) · width_factor_l + ffn(n_l))``; the width factor
+is 1 for whole heads, else ``width_ms`` at the layer's average padded head size over ``width_ms`` at d_h (compacted layers
 run heads of one power-of-two size class in one padded call: see the modelling file's ``head_layout``).
 
 **The cache**: a table is written as JSON under ``cache_dir`` (``$LIT_PRUNE_CACHE/latency``, else
@@ -148,7 +151,8 @@ class LatencyTable:
         attention_counts, attention_ms: fitted time added by a layer's attention with that many whole heads.
         ffn_counts, ffn_ms: fitted time added by a layer's FFN with that many neurons (interpolated between).
         width_sizes, width_ms: fitted time of all H heads at that uniform head size.
-        scale: the factor applied to the one-layer times so that the dense prediction equals ``dense_ms``.
+        calibration_sum, calibration_ms: the layers' summed times of the whole models timed, and those models'
+            measured times over ``fixed_ms`` (ascending, from (0, 0) to the dense model); empty: the sum as it is.
         measured: the raw medians (ms) per variant, for the record.
         validation: the held-out model's measured and predicted time and the relative error.
         seconds: how long the measurement took.
@@ -165,7 +169,8 @@ class LatencyTable:
     ffn_ms: list[float]
     width_sizes: list[int]
     width_ms: list[float]
-    scale: float = 1.0
+    calibration_sum: list[float] = field(default_factory=list)
+    calibration_ms: list[float] = field(default_factory=list)
     measured: dict[str, float] = field(default_factory=dict)
     validation: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -195,9 +200,19 @@ class LatencyTable:
                        neuron_counts: torch.Tensor | Sequence[int]) -> float:
         """Predicted time of the model keeping that many whole heads and neurons per layer (sequences of length L).
         """
+        return self.whole_model(self.layers_sum(head_counts, neuron_counts))
+
+    def layers_sum(self, head_counts: torch.Tensor | Sequence[int], neuron_counts: torch.Tensor | Sequence[int]) -> float:
+        """The layers' summed one-layer times for those per-layer counts of whole heads and neurons."""
         heads = torch.as_tensor(head_counts, dtype=torch.long).cpu()
         neurons = torch.as_tensor(neuron_counts, dtype=torch.long).cpu()
-        return self.fixed_ms + float(self._attention_all[heads].sum() + self._ffn_all[neurons].sum())
+        return float(self._attention_all[heads].sum() + self._ffn_all[neurons].sum())
+
+    def whole_model(self, layers_ms: float) -> float:
+        """The whole model's time for layers that add ``layers_ms`` when timed alone (the calibration)."""
+        if not self.calibration_sum:
+            return self.fixed_ms + layers_ms
+        return self.fixed_ms + _interpolate(self.calibration_sum, self.calibration_ms, [layers_ms])[0]
 
     def width_factor(self, heads: Sequence[Sequence[int]]) -> float:
         """How much of the whole-head time a layer with these (q, v) head sizes takes (1 for whole heads)."""
@@ -214,10 +229,10 @@ class LatencyTable:
     def predict(self, structure: Sequence[dict[str, Any]]) -> float:
         """Predicted time of a kept structure (per layer ``{"heads": [[q, v], ...], "ffn": n}``, as
         :meth:`PruningMasks.structure` and compacted configs give it)."""
-        total = self.fixed_ms
+        total = 0.0
         for layer in structure:
             total += self.attention(len(layer["heads"])) * self.width_factor(layer["heads"]) + self.ffn(layer["ffn"])
-        return total
+        return self.whole_model(total)
 
     def predict_masks(self, masks: PruningMasks) -> float:
         return self.predict(masks.structure())
@@ -240,7 +255,8 @@ class LatencyTable:
     def summary(self) -> dict[str, Any]:
         """What a report records of the table."""
         return {"shape": asdict(self.shape), "hardware": hardware_label(self.hardware), "dense_ms": self.dense_ms,
-                "fixed_ms": self.fixed_ms, "max_speedup": self.max_speedup, "scale": self.scale,
+                "fixed_ms": self.fixed_ms, "max_speedup": self.max_speedup,
+                "calibration": dict(zip(("sum_ms", "whole_ms"), (self.calibration_sum, self.calibration_ms))),
                 "validation": self.validation, "attention_ms": self.attention_ms,
                 "ffn_ms": dict(zip(map(str, self.ffn_counts), self.ffn_ms)), "seconds": self.seconds}
 
@@ -270,6 +286,17 @@ def _uniform_masks(num_layers: int, num_heads: int, head_dim: int, ffn_dim: int,
     ffn = torch.zeros(num_layers, ffn_dim)
     ffn[:, :neurons] = 1
     return PruningMasks(head=head, qk=dims, vo=dims.clone(), ffn=ffn)
+
+
+def _held_out_masks(num_layers: int, num_heads: int, head_dim: int, ffn_dim: int) -> PruningMasks:
+    """The held-out check's structure: layers alternating between 3/4 of the heads with 1/4 of the neurons and the
+    reverse (a structure unlike the calibration's uniform ones)."""
+    masks = _uniform_masks(num_layers, num_heads, head_dim, ffn_dim, 0, 0)
+    for layer in range(num_layers):
+        heads, neurons = (3, 1) if layer % 2 == 0 else (1, 3)
+        masks.head[layer, :round(num_heads * heads / 4)] = 1
+        masks.ffn[layer, :round(ffn_dim * neurons / 4)] = 1
+    return masks
 
 
 def _shared_copy(model: nn.Module, keep_layers: int | None = None) -> nn.Module:
@@ -368,9 +395,12 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
         for w in widths[:-1]:
             variants[f"width={w}"] = one_layer(H, 0, w)
         variants["dense"] = model
-        variants["empty"] = compact(_shared_copy(model), _uniform_masks(L, H, d_h, F, 0, 0)).eval()
-        held_out = _uniform_masks(L, H, d_h, F, H // 2, F // 2)
-        variants["held_out"] = compact(_shared_copy(model), held_out).eval()
+        whole = {"empty": _uniform_masks(L, H, d_h, F, 0, 0)}
+        for quarter in (1, 2, 3):
+            whole[f"quarter={quarter}"] = _uniform_masks(L, H, d_h, F, round(H * quarter / 4), round(F * quarter / 4))
+        whole["held_out"] = _held_out_masks(L, H, d_h, F)
+        for name, masks in whole.items():
+            variants[name] = compact(_shared_copy(model), masks).eval()
         medians = time_variants(variants, _inputs(model, shape), warmup, repeats, progress=progress)
     finally:
         torch.set_num_threads(previous_threads)
@@ -381,18 +411,29 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
     width = [medians[f"width={w}"] - base for w in widths[:-1]] + [medians[f"heads={H}"] - base]
     width = [max(v, 1e-6) for v in _non_decreasing(width)]
     dense_ms, fixed_ms = medians["dense"], medians["empty"]
-    layer_sum = L * (attention[-1] + ffn[-1])
-    if not (dense_ms > fixed_ms and layer_sum > 0):
+    if not (dense_ms > fixed_ms and attention[-1] + ffn[-1] > 0):
         raise RuntimeError(f"latency table at {shape.label()}: the dense model ({dense_ms:.3f} ms) is not slower than "
                            f"the model with every unit removed ({fixed_ms:.3f} ms); the timings are too noisy or too "
                            "short to fit: use a larger batch or sequence, or more repeats")
-    scale = (dense_ms - fixed_ms) / layer_sum
     table = LatencyTable(
         shape=shape, model=model_signature(model), hardware=hardware_summary(shape.device) | {"threads": shape.threads},
-        fixed_ms=fixed_ms, dense_ms=dense_ms, attention_counts=list(range(H + 1)),
-        attention_ms=[v * scale for v in attention], ffn_counts=ffn_counts, ffn_ms=[v * scale for v in ffn],
-        width_sizes=widths, width_ms=width, scale=scale, measured={k: round(v, 4) for k, v in medians.items()})
-    predicted = table.predict(held_out.structure())
+        fixed_ms=fixed_ms, dense_ms=dense_ms, attention_counts=list(range(H + 1)), attention_ms=attention,
+        ffn_counts=ffn_counts, ffn_ms=ffn, width_sizes=widths, width_ms=width,
+        measured={k: round(v, 4) for k, v in medians.items()})
+    # the calibration: the layers' summed times of each whole model timed, against its measured time
+    points = sorted((table.layers_sum(masks.head.sum(1).long(), masks.ffn.sum(1).long()), medians[name] - fixed_ms)
+                    for name, masks in whole.items() if name not in ("empty", "held_out"))
+    points = [(0.0, 0.0)] + points + [(L * (attention[-1] + ffn[-1]), dense_ms - fixed_ms)]
+    fitted = _non_decreasing([max(0.0, y) for _, y in points])
+    kept = [0]  # strictly ascending sums (the dense point last), so the interpolation is defined
+    for index in range(1, len(points)):
+        if points[index][0] > points[kept[-1]][0]:
+            kept.append(index)
+        elif index == len(points) - 1:
+            kept[-1] = index
+    table.calibration_sum = [points[i][0] for i in kept]
+    table.calibration_ms = [fitted[i] for i in kept]
+    predicted = table.predict(whole["held_out"].structure())
     table.validation = {"held_out_measured_ms": medians["held_out"], "held_out_predicted_ms": predicted,
                         "relative_error": predicted / medians["held_out"] - 1}
     table.seconds = time.perf_counter() - started
