@@ -62,8 +62,10 @@ class LatencySettings:
             problems.append(str(error))
         if other_value is not None:
             problems.append(f"{other_budget}={other_value!r} and speedup={self.speedup!r}: give one budget, not both "
-                            f"({other_budget} for a FLOPs or parameter budget, speedup for a latency budget measured "
-                            "on this machine)")
+                            f"({other_budget} for a {'FLOPs' if other_budget == 'flops_kept' else 'parameter'} "
+                            "budget, speedup for a latency budget measured on this machine; to replace a recipe's "
+                            f"{other_budget} on the command line, add --trainer.callbacks.init_args.{other_budget} "
+                            "null)")
         if isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool) and self.batch_size < 1:
             problems.append(f"latency_batch_size={self.batch_size!r} with speedup={self.speedup!r}: a latency budget "
                             "is measured at a batch size >= 1")
