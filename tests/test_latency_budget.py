@@ -259,3 +259,14 @@ def test_grain_with_a_speedup_schedules_the_latency_model(tmp_path):
     assert report["latency"]["budget"]["predicted_speedup"] >= 1.4 * (1 - 1e-9)
     with pytest.raises(ValueError, match=r"params_kept=0.2 and speedup=2.0: give one budget, not both"):
         GrainCallback(params_kept=0.2, speedup=2.0)
+
+
+def test_a_cpu_table_never_serves_a_gpu_run():
+    """The hardware key holds the device kind and the GPU: a table measured on the CPU has another file name (and
+    would be named as ignored) for a run on a GPU."""
+    from lit_prune.hardware import hardware_key
+
+    cpu = hardware_summary("cpu") | {"threads": 2}
+    gpu = {**cpu, "device": "cuda:0", "gpu": "NVIDIA H100 80GB HBM3"}
+    assert hardware_key(cpu) != hardware_key(gpu)
+    assert hardware_key(cpu) != hardware_key({**cpu, "threads": 1})  # nor does another thread count
