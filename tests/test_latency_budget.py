@@ -270,3 +270,25 @@ def test_a_cpu_table_never_serves_a_gpu_run():
     gpu = {**cpu, "device": "cuda:0", "gpu": "NVIDIA H100 80GB HBM3"}
     assert hardware_key(cpu) != hardware_key(gpu)
     assert hardware_key(cpu) != hardware_key({**cpu, "threads": 1})  # nor does another thread count
+
+
+# ------------------------------------------------------------------------------------------------ the study
+def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tmp_path):
+    from benchmarks.studies.latency_budget import flops_comparison, markdown, plot
+
+    def fake(part, task, budget, measured, score, requested=None, error=None):
+        return {"part": part, "method": "kprune", "task": task, "budget": budget, "main_metric": "f1",
+                "dense_score": 0.85, "score": score, "flops_kept": 0.4, "requested": requested, "predicted": requested,
+                "report_measured": measured, "measured": {"speedup": measured, "seq_len": 128}, "error": error}
+
+    rows = [fake("flops", "mrpc", {"speedup": 2.0}, 2.1, 0.84, requested=2.0, error=0.05),
+            fake("flops", "mrpc", {"flops_kept": 0.5}, 1.5, 0.845),
+            fake("flops", "mrpc", {"flops_kept": 0.3}, 2.5, 0.80),
+            fake("speedups", "mrpc", {"speedup": 3.0}, 2.85, 0.79, requested=3.0, error=-0.05)]
+    [comparison] = flops_comparison(rows)
+    assert comparison["flops_score"] == pytest.approx(0.845 + (0.80 - 0.845) * 0.6)
+    assert comparison["difference"] == pytest.approx(0.84 - 0.818)
+    text = markdown(rows)
+    assert "| kprune | mrpc | 3x | 3.00x | 2.85x (s=128) | -5.0% | yes |" in text
+    assert "Mean difference (latency − FLOPs): +0.0220." in text
+    assert plot(rows, tmp_path / "plot.png").stat().st_size > 1000

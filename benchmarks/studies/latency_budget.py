@@ -15,8 +15,8 @@ Parts (``--parts``):
 
     LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.latency_budget [--parts speedups,batch1,flops]
 
-Writes ``benchmarks/results/latency_budget.json`` and ``.md`` (and the runs under ``runs/latency_budget/``); a run
-whose report exists is not run again. Teachers come from the benchmark runner's cache (fine-tuned when missing).
+Writes ``benchmarks/results/latency_budget.json``, ``.md`` and ``.png``, and its section of ``BENCHMARKS.md`` (the runs
+go under ``runs/latency_budget/``); a run whose report exists is not run again, only timed again. Teachers come from the benchmark runner's cache (fine-tuned when missing).
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from typing import Any
 import torch
 
 from benchmarks.runner import REPO, TEACHER_FILE, ensure_teacher, load_config, run_command, teacher_dir
+from benchmarks.tables import replace_section
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.latency import compare
 from lit_prune.hardware import hardware_label, hardware_summary
 from lit_prune.report import read_report
 
 RESULTS = REPO / "benchmarks" / "results"
+BENCHMARKS = REPO / "BENCHMARKS.md"
 RUNS = REPO / "runs" / "latency_budget"
 #: the acceptance bounds of the measured speedup around the request
 TOLERANCE = {"speedups": 0.07, "batch1": 0.10}
@@ -200,10 +202,59 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Left: measured against requested speedups (the ±7% band); right: dev score against measured speedup, latency
+    and FLOPs budgets (KPrune)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    asked = [r for r in rows if r["requested"] and r["part"] in ("speedups", "batch1")]
+    if asked:
+        top = max(max(r["requested"] for r in asked), max(r["measured"]["speedup"] for r in asked)) * 1.1
+        line = [1, top]
+        left.plot(line, line, color="grey", lw=1)
+        left.fill_between(line, [x * 0.93 for x in line], [x * 1.07 for x in line], color="grey", alpha=0.15,
+                          label="±7%")
+        for (method, part), marker in zip(sorted({(r["method"], r["part"]) for r in asked}), "os^vD"):
+            chosen = [r for r in asked if (r["method"], r["part"]) == (method, part)]
+            left.scatter([r["requested"] for r in chosen], [r["measured"]["speedup"] for r in chosen], marker=marker,
+                         label=f"{method} ({'batch 1' if part == 'batch1' else 'batch 32 × 128'})")
+        left.set(xlabel="requested speedup", ylabel="measured speedup (plain transformers)", xlim=(1, top),
+                 ylim=(1, top), title="Latency budgets: requested vs measured")
+        left.legend(fontsize=8)
+    for task, color in zip(sorted({r["task"] for r in rows if r["part"] == "flops"}), ("C0", "C1", "C2", "C3")):
+        flops = sorted((r for r in rows if r["part"] == "flops" and r["task"] == task and not r["requested"]),
+                       key=lambda r: r["measured"]["speedup"])
+        right.plot([r["measured"]["speedup"] for r in flops], [r["score"] for r in flops], "o-", color=color,
+                   label=f"{task}: flops_kept")
+        for r in rows:
+            if r["part"] == "flops" and r["task"] == task and r["requested"]:
+                right.scatter([r["measured"]["speedup"]], [r["score"]], marker="*", s=160, color=color,
+                              label=f"{task}: speedup {r['requested']:g}")
+    right.set(xlabel="measured speedup", ylabel="dev score (main metric)", title="KPrune: latency vs FLOPs budgets")
+    if right.has_data():
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def save(rows: dict[str, dict[str, Any]]) -> None:
     ordered = list(rows.values())
     atomic_write_text(RESULTS / "latency_budget.json", json.dumps(ordered, indent=1) + "\n")
-    atomic_write_text(RESULTS / "latency_budget.md", markdown(ordered))
+    text = markdown(ordered)
+    plot(ordered, RESULTS / "latency_budget.png")
+    text += "\n![requested vs measured; latency vs FLOPs budgets](latency_budget.png)\n"
+    atomic_write_text(RESULTS / "latency_budget.md", text)
+    document = BENCHMARKS.read_text() if BENCHMARKS.is_file() else ""
+    section = text.replace("# Latency budgets:", "## Latency budgets:", 1).replace("\n## ", "\n### ")
+    section = section.replace("](latency_budget.png)", "](benchmarks/results/latency_budget.png)")
+    atomic_write_text(BENCHMARKS, replace_section(document, "latency_budget", section))
 
 
 def main(argv: list[str] | None = None) -> int:
