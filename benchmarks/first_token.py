@@ -24,7 +24,7 @@ import torch
 from benchmarks.outputs import reproduce_command, write_outputs
 from lit_prune.assets import resolve_model
 from lit_prune.data.glue import GLUE_TASKS, GlueDataModule
-from lit_prune.hardware import hardware_summary
+from lit_prune.core.hardware import hardware_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_prune.core.atomic import atomic_write_text
-from lit_prune.hardware import hardware_summary
+from lit_prune.core.hardware import hardware_summary
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("kwon", "kprune", "gpruner")

@@ -29,7 +29,7 @@ import yaml
 
 from benchmarks.outputs import reproduce_command, write_outputs
 from lit_prune.data.glue import GLUE_TASKS, GlueDataModule
-from lit_prune.hardware import hardware_summary
+from lit_prune.core.hardware import hardware_summary
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")

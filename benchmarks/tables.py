@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks.runner import achieved
 from lit_prune.core.atomic import atomic_write_bytes, atomic_write_text
-from lit_prune.hardware import hardware_key, hardware_label
+from lit_prune.core.hardware import hardware_key, hardware_label
 
 DPI = 100
 METRIC_PANEL = (4.0, 3.4)  # inches per task panel

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.flops import FlopsBudget
 from lit_prune.data import GlueDataModule
-from lit_prune.hardware import hardware_summary
+from lit_prune.core.hardware import hardware_summary
 from lit_prune.methods.base import RetrainingFreePruning
 from lit_prune.methods.kprune import kprune
 from lit_prune.prune.batches import model_batch

@@ -35,7 +35,7 @@ from benchmarks.runner import REPO, TEACHER_FILE, ensure_teacher, load_config, r
 from benchmarks.tables import replace_section
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.latency import compare
-from lit_prune.hardware import hardware_label, hardware_summary
+from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.report import read_report
 
 RESULTS = REPO / "benchmarks" / "results"

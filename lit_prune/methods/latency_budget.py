@@ -23,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_prune.core.latency import compare
-from lit_prune.core.latency_model import LatencyBudget, LatencyShape, LatencyTable, check_speedup, load_or_measure
+from lit_prune.core.latency_model import LatencyBudget, LatencyShape, LatencyTable, check_speedup
+from lit_prune.core.latency_tables import load_or_measure
 from lit_prune.methods.contract import PruningTarget
 from lit_prune.methods.run import progress_bar
 from lit_prune.prune.batches import count_tokens

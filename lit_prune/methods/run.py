@@ -27,7 +27,7 @@ from lit_prune.core.flops import count_parameters, model_dense_flops, model_flop
 from lit_prune.core.io import save_pruned
 from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
-from lit_prune.hardware import hardware_summary
+from lit_prune.core.hardware import hardware_summary
 from lit_prune.methods.contract import PruningTarget
 from lit_prune.prune.batches import model_batch
 from lit_prune.report import MASKS_FILE, PRUNED_MODEL_DIR, REPORT_FILE, write_report

@@ -19,7 +19,7 @@ from lit_prune.assets import resolve_model
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_directory, atomic_write_text
 from lit_prune.core.io import is_pruned_folder, load_pruned, read_pruned_config, save_pruned
-from lit_prune.hardware import hardware_summary
+from lit_prune.core.hardware import hardware_summary
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,269 @@
+"""Measuring latency tables on the running machine, and their cache (see :mod:`lit_prune.core.latency_model` for
+what a table holds, how it is fitted and how it predicts).
+
+Every variant is a compacted copy of the model (a one-layer copy for the per-count tables, whole models for the
+calibration and the held-out check) that shares the embeddings and the task head with the model, so memory stays
+small. All are timed in one interleaved loop: after warm-up passes of each, every round runs every variant once in a
+fresh random order, and the median of each is taken.
+
+The cache: a table is written as JSON under ``cache_dir`` (``$LIT_PRUNE_CACHE/latency``, else
+``~/.cache/lit_prune/latency``), named by the model's shape and the timed shape, then by the hardware fingerprint
+(:func:`~lit_prune.core.hardware.hardware_key`); :func:`load_or_measure` reuses a table measured here, and names every
+table of the same model and shape from other hardware as ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_prune.core.arch import get_adapter
+from lit_prune.core.atomic import atomic_write_text
+from lit_prune.core.compact import compact
+from lit_prune.core.hardware import hardware_key, hardware_label, hardware_summary
+from lit_prune.core.latency_model import (FFN_STEPS, TABLE_VERSION, LatencyShape, LatencyTable, non_decreasing,
+                                          fit_curve, model_signature)
+from lit_prune.core.masks import PruningMasks
+
+Progress = Callable[[str, int, int], None]
+
+# ------------------------------------------------------------------------------------------------ measuring
+def _uniform_masks(num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, heads: int, neurons: int,
+                   width: int | None = None) -> PruningMasks:
+    """Every layer keeps its first ``heads`` heads (with their first ``width`` dims) and ``neurons`` neurons."""
+    width = head_dim if width is None else width
+    head = torch.zeros(num_layers, num_heads)
+    head[:, :heads] = 1
+    dims = torch.zeros(num_layers, num_heads, head_dim)
+    dims[:, :, :width] = 1
+    ffn = torch.zeros(num_layers, ffn_dim)
+    ffn[:, :neurons] = 1
+    return PruningMasks(head=head, qk=dims, vo=dims.clone(), ffn=ffn)
+
+
+def _held_out_masks(num_layers: int, num_heads: int, head_dim: int, ffn_dim: int) -> PruningMasks:
+    """The held-out check's structure: layers alternating between 3/4 of the heads with 1/4 of the neurons and the
+    reverse (a structure unlike the calibration's uniform ones)."""
+    masks = _uniform_masks(num_layers, num_heads, head_dim, ffn_dim, 0, 0)
+    for layer in range(num_layers):
+        heads, neurons = (3, 1) if layer % 2 == 0 else (1, 3)
+        masks.head[layer, :round(num_heads * heads / 4)] = 1
+        masks.ffn[layer, :round(ffn_dim * neurons / 4)] = 1
+    return masks
+
+
+def _shared_copy(model: nn.Module, keep_layers: int | None = None) -> nn.Module:
+    """A deep copy of ``model`` that shares every parameter and buffer outside its encoder layers (cheap in
+    memory); with ``keep_layers``, only the first that many layers."""
+    adapter = get_adapter(model)
+    layer_tensors = {id(t) for t in list(adapter.layers.parameters()) + list(adapter.layers.buffers())}
+    memo: dict[int, Any] = {id(t): t for t in list(model.parameters()) + list(model.buffers())
+                            if id(t) not in layer_tensors}
+    copied = copy.deepcopy(model, memo)
+    if keep_layers is not None:
+        copied_adapter = get_adapter(copied)
+        base = copied.base_model
+        path = copied_adapter.spec.layers
+        parent_path, _, name = path.rpartition(".")
+        parent = base.get_submodule(parent_path) if parent_path else base
+        setattr(parent, name, nn.ModuleList(list(copied_adapter.layers)[:keep_layers]))
+        setattr(copied.config, copied_adapter.spec.num_layers, keep_layers)
+    return copied.eval()
+
+
+def _inputs(model: nn.Module, shape: LatencyShape) -> dict[str, torch.Tensor]:
+    """Random token ids (away from the special tokens at the start of the vocabulary), no padding."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 1000)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(min(1000, vocab // 2), vocab, (shape.batch_size, shape.seq_len), generator=generator)
+    device = next(model.parameters()).device
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def time_variants(variants: dict[str, nn.Module], inputs: dict[str, torch.Tensor], warmup: int, repeats: int,
+                  seed: int = 0, progress: Progress | None = None) -> dict[str, float]:
+    """Median wall time (ms) of each variant's forward pass, timed interleaved: after ``warmup`` passes of each,
+    ``repeats`` rounds each run every variant once in a fresh random order."""
+    device = next(next(iter(variants.values())).parameters()).device
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    order = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in order}
+    rng = random.Random(seed)
+    total = len(order) * (warmup + repeats)
+    done = 0
+    with torch.inference_mode():
+        for round_ in range(warmup + repeats):
+            rng.shuffle(order)
+            for name in order:
+                synchronize()
+                start = time.perf_counter()
+                variants[name](**inputs)
+                synchronize()
+                if round_ >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+                done += 1
+            if progress:
+                progress("latency table", done, total)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeats: int = 7,
+                  progress: Progress | None = None) -> LatencyTable:
+    """Measure and fit the latency table of ``model`` (dense, on its device and in its dtype) at ``shape``.
+
+    Args:
+        model: a dense BERT / RoBERTa / DistilBERT model (any head); it is not changed.
+        shape: what to time; its device and dtype must be the model's.
+        warmup, repeats: untimed and timed rounds of the interleaved loop (the medians of ``repeats`` are taken).
+        progress: ``progress(description, done, total)`` after each round.
+
+    Raises:
+        ValueError: a compacted model, or a shape whose device / dtype is not the model's.
+    """
+    adapter = get_adapter(model)
+    adapter.require_dense("measure a latency table")
+    here = LatencyShape.of(model, shape.batch_size, shape.seq_len, shape.threads)
+    if (here.device, here.dtype) != (shape.device, shape.dtype):
+        raise ValueError(f"latency shape {shape.label()}: the model is on {here.device} in {here.dtype}; move it "
+                         "there first (tables are measured where the model runs)")
+    started = time.perf_counter()
+    L, H, d_h, F = adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim
+    ffn_counts = sorted({0, 1, *(round(F * i / FFN_STEPS) for i in range(1, FFN_STEPS + 1))})
+    widths = sorted({max(1, d_h >> i) for i in range(d_h.bit_length())})
+    was_training = model.training
+    model.eval()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(shape.threads)
+    try:
+        one = _shared_copy(model, keep_layers=1)
+        variants: dict[str, nn.Module] = {}
+
+        def one_layer(heads: int, neurons: int, width: int | None = None) -> nn.Module:
+            return compact(_shared_copy(one), _uniform_masks(1, H, d_h, F, heads, neurons, width)).eval()
+
+        for h in range(H + 1):
+            variants[f"heads={h}"] = one_layer(h, 0)
+        for n in ffn_counts[1:]:
+            variants[f"neurons={n}"] = one_layer(0, n)
+        for w in widths[:-1]:
+            variants[f"width={w}"] = one_layer(H, 0, w)
+        variants["dense"] = model
+        whole = {"empty": _uniform_masks(L, H, d_h, F, 0, 0)}
+        for quarter in (1, 2, 3):
+            whole[f"quarter={quarter}"] = _uniform_masks(L, H, d_h, F, round(H * quarter / 4), round(F * quarter / 4))
+        whole["held_out"] = _held_out_masks(L, H, d_h, F)
+        for name, masks in whole.items():
+            variants[name] = compact(_shared_copy(model), masks).eval()
+        medians = time_variants(variants, _inputs(model, shape), warmup, repeats, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+        model.train(was_training)
+    base = medians["heads=0"]
+    attention = fit_curve(list(range(H + 1)), [medians[f"heads={h}"] - base for h in range(H + 1)])
+    ffn = fit_curve(ffn_counts, [0.0] + [medians[f"neurons={n}"] - base for n in ffn_counts[1:]])
+    width = [medians[f"width={w}"] - base for w in widths[:-1]] + [medians[f"heads={H}"] - base]
+    width = [max(v, 1e-6) for v in non_decreasing(width)]
+    dense_ms, fixed_ms = medians["dense"], medians["empty"]
+    if not (dense_ms > fixed_ms and attention[-1] + ffn[-1] > 0):
+        raise RuntimeError(f"latency table at {shape.label()}: the dense model ({dense_ms:.3f} ms) is not slower than "
+                           f"the model with every unit removed ({fixed_ms:.3f} ms); the timings are too noisy or too "
+                           "short to fit: use a larger batch or sequence, or more repeats")
+    table = LatencyTable(
+        shape=shape, model=model_signature(model), hardware=hardware_summary(shape.device) | {"threads": shape.threads},
+        fixed_ms=fixed_ms, dense_ms=dense_ms, attention_counts=list(range(H + 1)), attention_ms=attention,
+        ffn_counts=ffn_counts, ffn_ms=ffn, width_sizes=widths, width_ms=width,
+        measured={k: round(v, 4) for k, v in medians.items()})
+    # the calibration: the layers' summed times of each whole model timed, against its measured time
+    points = sorted((table.layers_sum(masks.head.sum(1).long(), masks.ffn.sum(1).long()), medians[name] - fixed_ms)
+                    for name, masks in whole.items() if name not in ("empty", "held_out"))
+    points = [(0.0, 0.0)] + points + [(L * (attention[-1] + ffn[-1]), dense_ms - fixed_ms)]
+    fitted = non_decreasing([max(0.0, y) for _, y in points])
+    kept = [0]  # strictly ascending sums (the dense point last), so the interpolation is defined
+    for index in range(1, len(points)):
+        if points[index][0] > points[kept[-1]][0]:
+            kept.append(index)
+        elif index == len(points) - 1:
+            kept[-1] = index
+    table.calibration_sum = [points[i][0] for i in kept]
+    table.calibration_ms = [fitted[i] for i in kept]
+    predicted = table.predict(whole["held_out"].structure())
+    table.validation = {"held_out_measured_ms": medians["held_out"], "held_out_predicted_ms": predicted,
+                        "relative_error": predicted / medians["held_out"] - 1}
+    table.seconds = time.perf_counter() - started
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ the cache
+def default_cache_dir() -> Path:
+    """``$LIT_PRUNE_CACHE/latency``, else ``$XDG_CACHE_HOME/lit_prune/latency``, else ``~/.cache/lit_prune/latency``."""
+    if os.environ.get("LIT_PRUNE_CACHE"):
+        return Path(os.environ["LIT_PRUNE_CACHE"]) / "latency"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lit_prune" / "latency"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def table_path(cache_dir: Path, model: nn.Module, shape: LatencyShape) -> Path:
+    """``<model and shape digest>-<hardware digest>.json``: same model and shape on other hardware share the
+    prefix (so they can be found, and named as ignored)."""
+    hardware = hardware_summary(shape.device) | {"threads": shape.threads}
+    return Path(cache_dir) / (f"{_digest([model_signature(model), asdict(shape), TABLE_VERSION])}-"
+                              f"{_digest(list(hardware_key(hardware)))}.json")
+
+
+def load_or_measure(model: nn.Module, shape: LatencyShape, cache_dir: str | Path | None = None,
+                    warmup: int = 2, repeats: int = 7, progress: Progress | None = None
+                    ) -> tuple[LatencyTable, list[str]]:
+    """The latency table of ``model`` at ``shape`` on this machine: from the cache when it was measured here
+    before, else measured (and saved).
+
+    Returns:
+        The table, and what happened, in lines for the log: reused (and where from), or measured (how long, where
+        saved), and every table of this model and shape from other hardware that was ignored.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = table_path(cache, model, shape)
+    notes = []
+    here = hardware_key(hardware_summary(shape.device) | {"threads": shape.threads})
+    for other in sorted(cache.glob(path.name.rsplit("-", 1)[0] + "-*.json")) if cache.is_dir() else []:
+        if other == path:
+            continue
+        try:
+            hardware = json.loads(other.read_text())["hardware"]
+        except (OSError, ValueError, KeyError, TypeError):
+            hardware = None
+        if hardware is None or hardware_key(hardware) != here:
+            notes.append(f"latency table {other} ignored: measured on "
+                         f"{hardware_label(hardware) if hardware else 'an unreadable machine record'}, not on this "
+                         f"machine ({hardware_label(hardware_summary(shape.device) | {'threads': shape.threads})})")
+    if path.is_file():
+        try:
+            table = LatencyTable.from_dict(json.loads(path.read_text()))
+            if hardware_key(table.hardware) == here:
+                notes.append(f"latency table reused from {path} (measured in {table.seconds:.0f} s on "
+                             f"{hardware_label(table.hardware)}, {shape.label()})")
+                return table, notes
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            notes.append(f"latency table {path} ignored: unreadable ({error})")
+    table = measure_table(model, shape, warmup=warmup, repeats=repeats, progress=progress)
+    atomic_write_text(path, json.dumps(table.to_dict(), indent=1) + "\n")
+    notes.append(f"latency table measured in {table.seconds:.0f} s ({shape.label()}; held-out model predicted "
+                 f"within {100 * table.validation['relative_error']:+.1f}%), saved to {path}")
+    return table, notes
+
+
+__all__ = ["default_cache_dir", "load_or_measure", "measure_table", "table_path", "time_variants"]
