@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,13 +59,16 @@ def saved_kind(config: Any) -> str | None:
     return None
 
 
-def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
+def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None,
+                finish: Callable[[Path], Any] | None = None) -> Path:
     """Write a compacted model (and its tokenizer) as a self-contained Hugging Face folder, atomically.
 
     Args:
         model: a model returned by :func:`lit_prune.core.compact.compact` (or loaded by :func:`load_pruned`).
         folder: the destination; an existing folder is replaced only once the new one is complete.
         tokenizer: saved beside the model when given.
+        finish: called with the complete temporary folder before it takes ``folder``'s place, to add files of its
+            own (the model card), so they are written atomically with the rest.
 
     Returns:
         ``folder``.
@@ -92,6 +96,8 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> 
         shutil.copyfile(hf.__file__, tmp / MODELING_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if finish is not None:
+            finish(tmp)
     return folder
 
 

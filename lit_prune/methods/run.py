@@ -29,6 +29,7 @@ from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
 from lit_prune.core.hardware import hardware_summary
 from lit_prune.methods.contract import PruningTarget
+from lit_prune.model_card import write_model_card
 from lit_prune.prune.batches import model_batch
 from lit_prune.report import MASKS_FILE, PRUNED_MODEL_DIR, REPORT_FILE, write_report
 
@@ -204,16 +205,19 @@ def training_summary(trainer: L.Trainer) -> dict[str, Any]:
 
 def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: dict[str, Any], tokenizer: Any,
                   save_model: bool) -> None:
-    """Write the pruned folder (when ``save_model``), the binary masks and the report into ``folder``, and print a
-    one-line summary. Call on process 0 only."""
+    """Write the pruned folder (when ``save_model``, with its model card: :func:`lit_prune.model_card.model_card`),
+    the binary masks and the report into ``folder``, and print a one-line summary. Call on process 0 only."""
     folder.mkdir(parents=True, exist_ok=True)
     if save_model:
         if tokenizer is None:
             warnings.warn(f"lit_prune: no tokenizer was found on the LightningModule, its data module or the model's "
                           f"folder: {folder / PRUNED_MODEL_DIR} is written without one. Pass tokenizer=<a tokenizer, "
                           "or its name or folder> to the callback to save it beside the model", stacklevel=2)
-        save_pruned(model, folder / PRUNED_MODEL_DIR, tokenizer=tokenizer)
         report["pruned_model"] = str(folder / PRUNED_MODEL_DIR)
+        # the folder says what it is wherever it is copied or uploaded: README.md, a Hugging Face model card, written
+        # into the folder before it takes its place
+        save_pruned(model, folder / PRUNED_MODEL_DIR, tokenizer=tokenizer,
+                    finish=lambda tmp: write_model_card(tmp, report))
     masks.save(folder / MASKS_FILE)
     write_report(folder / REPORT_FILE, report)
     main = report["metrics"]["main"]
