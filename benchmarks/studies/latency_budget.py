@@ -15,6 +15,10 @@ Parts (``--parts``):
 
     LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.latency_budget [--parts speedups,batch1,flops]
 
+Timings need a quiet machine; pruning does not (once the latency tables are cached). Beside other work, prune with
+``--prune-only``, then run again without it on a quiet machine (it times the folders, pruning nothing new);
+``--remeasure`` times every recorded folder again.
+
 Writes ``benchmarks/results/latency_budget.json``, ``.md`` and ``.png``, and its section of ``BENCHMARKS.md`` (the runs
 go under ``runs/latency_budget/``); a run whose report exists is not run again, only timed again. Teachers come from the benchmark runner's cache (fine-tuned when missing).
 """
@@ -103,10 +107,26 @@ def row(part: str, method: str, task: str, budget: dict[str, Any], report: dict[
             "prune_seconds": report["seconds"].get("prune"), "folder": str(folder.relative_to(REPO))}
 
 
-def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, dict[str, Any]]) -> None:
-    def key(r: dict[str, Any]) -> str:
-        return f"{r['part']}/{r['method']}/{r['task']}/{json.dumps(r['budget'], sort_keys=True)}"
+def key(r: dict[str, Any]) -> str:
+    return f"{r['part']}/{r['method']}/{r['task']}/{json.dumps(r['budget'], sort_keys=True)}"
 
+
+def remeasure(rows: dict[str, dict[str, Any]]) -> None:
+    """Time every row's folder again (the pruning is kept): for a quiet machine after runs made beside other work."""
+    for name, old in list(rows.items()):
+        teacher, _ = teacher_of(old["task"])
+        shape = old["measured"]
+        measured = measure(teacher, REPO / old["folder"] / "pruned_model", shape["batch_size"], shape["seq_len"],
+                           shape["threads"], shape["repeats"])
+        rows[name] = {**old, "measured": measured,
+                      "error": None if old["requested"] is None else measured["speedup"] / old["requested"] - 1}
+        print(f"[{time.strftime('%H:%M:%S')}] remeasured {name}: {old['measured']['speedup']:.2f}x -> "
+              f"{measured['speedup']:.2f}x", flush=True)
+        save(rows)
+
+
+def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, dict[str, Any]],
+             timing: bool = True) -> None:
     plans = []
     if part == "speedups":
         plans = [(m, t, {"flops_kept": None, "speedup": s, "latency_batch_size": 32, "latency_seq_len": 128,
@@ -125,6 +145,9 @@ def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, di
         folder = RUNS / method / task / name
         started = time.perf_counter()
         report = prune(method, task, folder, budget, teacher, dense_metrics)
+        if not timing:
+            print(f"[{time.strftime('%H:%M:%S')}] {part} {method} {task} {budget}: pruned (not timed)", flush=True)
+            continue
         length = seq_len or report["latency"]["budget"]["table"]["shape"]["seq_len"]
         result = row(part, method, task, budget, report, teacher, folder, batch_size, length, threads)
         result["seconds"] = round(time.perf_counter() - started, 1)
@@ -262,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="speedups,batch1,flops", help="comma-separated: speedups, batch1, flops")
     parser.add_argument("--methods", default="kwon,kprune", help="for speedups and batch1")
     parser.add_argument("--tasks", default=None, help="default: mrpc,stsb (flops: mrpc,stsb,sst2)")
+    parser.add_argument("--prune-only", action="store_true",
+                        help="prune, do not time (beside other work: time later with --remeasure on a quiet machine)")
+    parser.add_argument("--remeasure", action="store_true", help="time every recorded run again, prune nothing")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(parts) - {"speedups", "batch1", "flops"})
@@ -272,10 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     if out.is_file():
         for r in json.loads(out.read_text()):
             rows[f"{r['part']}/{r['method']}/{r['task']}/{json.dumps(r['budget'], sort_keys=True)}"] = r
+    if args.remeasure:
+        remeasure(rows)
+        parts = []
     for part in parts:
         default = "mrpc,stsb,sst2" if part == "flops" else "mrpc,stsb"
         tasks = (args.tasks or default).split(",")
-        run_part(part, args.methods.split(","), tasks, rows)
+        run_part(part, args.methods.split(","), tasks, rows, timing=not args.prune_only)
     print(markdown(list(rows.values())))
     return 0
 
