@@ -226,7 +226,13 @@ def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: d
     if main and dense and pruned:
         summary += f"; {main} {dense.get(main, float('nan')):.4f} → {pruned.get(main, float('nan')):.4f}"
     if report["latency"]:
-        summary += f"; {report['latency']['speedup']:.2f}× faster"
+        budget = report["latency"].get("budget")
+        if budget:  # a latency budget: the speed at the shape it was asked for first
+            shape = budget["measured"]["asked"]
+            summary += (f"; asked {budget['requested_speedup']:g}× faster, measured {budget['measured_speedup']:.2f}× "
+                        f"at batch {shape['batch_size']} × {shape['seq_len']} tokens")
+        summary += (f"; {report['latency']['speedup']:.2f}× faster on {report['latency']['batch_size']} examples of the "
+                    f"{report['latency']['inputs']}")
     if "prune" in report["seconds"]:
         summary += f"; {report['seconds']['prune']:.1f} s pruning"
     summary += f". Report: {folder / REPORT_FILE}"
