@@ -89,7 +89,8 @@ def test_kwon_search_under_a_linear_table_equals_the_flops_search():
     scale = 1e-3
     table = synthetic_table(attention=[h * head_cost * scale for h in range(H + 1)],
                             ffn=[n * neuron_cost * scale for n in [0, 1, 12, 24, 36, 48]], fixed=1.0)
-    latency = LatencyBudget(table, 1 / (0.5 + (1 - 0.5) * 1.0 / table.dense_ms))  # the same time for the layers
+    # the same time for the layers; any neuron count (no rounding to multiples, which FLOPs budgets do not do)
+    latency = LatencyBudget(table, 1 / (0.5 + (1 - 0.5) * 1.0 / table.dense_ms), neuron_multiple=1)
     generator = torch.Generator().manual_seed(0)
     heads, neurons = torch.rand(L_, H, generator=generator), torch.rand(L_, F, generator=generator)
     assert search_masks(heads, neurons, latency) == search_masks(heads, neurons, flops)
@@ -98,12 +99,22 @@ def test_kwon_search_under_a_linear_table_equals_the_flops_search():
 def test_kwon_search_under_a_nonlinear_table_fits_and_leaves_no_room():
     # the first head of a layer costs 3 ms, each further one 0.5; the first neuron 1 ms, then 0.05
     table = synthetic_table(attention=[0.0, 3.0, 3.5, 4.0, 4.5], ffn=[0.0, 1.0, 1.55, 2.15, 2.75, 3.35])
-    budget = LatencyBudget(table, 2.0)
     generator = torch.Generator().manual_seed(1)
-    masks = search_masks(torch.rand(L_, H, generator=generator), torch.rand(L_, F, generator=generator), budget)
+    heads, neurons = torch.rand(L_, H, generator=generator), torch.rand(L_, F, generator=generator)
+    budget = LatencyBudget(table, 2.0, neuron_multiple=1)
+    masks = search_masks(heads, neurons, budget)
     assert budget.fits(masks)
     predicted = table.predict(masks.structure())
     assert predicted <= budget.max_ms and predicted > budget.max_ms - 1.0  # the next neuron would not fit
+    # by default every layer keeps a multiple of 16 neurons (or all 48), its most important ones, within the budget
+    aligned = LatencyBudget(table, 2.0)
+    masks = search_masks(heads, neurons, aligned)
+    counts = masks.ffn.sum(1).long().tolist()
+    assert aligned.fits(masks) and all(c % 16 == 0 for c in counts) and sum(counts) > 0
+    for layer, count in enumerate(counts):
+        kept = neurons[layer][masks.ffn[layer] != 0]
+        pruned = neurons[layer][masks.ffn[layer] == 0]
+        assert count == 0 or count == F or float(kept.min()) >= float(pruned.max())
 
 
 def test_kprune_search_under_a_latency_budget_counts_the_decided_layers():
@@ -121,6 +132,10 @@ def test_kprune_search_under_a_latency_budget_counts_the_decided_layers():
     assert int(kept.sum()) == 48
     masks.ffn[0] = kept.float()
     assert table.predict_counts([2, 1], [48, 0]) <= budget.max_ms < table.predict_counts([2, 2], [48, 0])
+    # 4 ms left fit 40 neurons: rounded down to 32, the best ones (the rest goes to the sublayers above)
+    tighter = LatencyBudget(table, table.dense_ms / (table.fixed_ms + 2.0 + 4.0))
+    kept = search_sublayer(heads, neurons, 1, tighter.fits_counts, decided, tighter.neuron_multiple)
+    assert kept.tolist() == [True] * 32 + [False] * 16
 
 
 def test_gpruner_projection_under_a_latency_budget_fits():

@@ -289,5 +289,10 @@ class FlopsBudget:
         return FlopsBudget(self.num_layers, self.num_heads, self.head_dim, self.ffn_dim, self.hidden_size,
                            self.seq_len, math.sqrt(self.flops_kept))
 
+    @property
+    def neuron_multiple(self) -> int:
+        """FLOPs are exact for any count: no rounding of the per-layer neuron counts."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "flops", "flops_kept": self.flops_kept, "seq_len": self.seq_len}

@@ -18,6 +18,8 @@ Departures from the paper and the reference code (each deliberate):
 * k runs over 0..L·H (the code starts at 1, so it can never keep zero heads); the FLOPs budget is exact (rational
   arithmetic) where the code truncates floats; a budget of 1 is allowed (the code asserts < 1). Ties: stable sorts
   (lower index first) and the smallest k among equal totals (the code's strict ``>`` while k ascends).
+* Latency: every layer keeps a multiple of 16 neurons (:func:`align_neurons`: odd GEMM sizes run slower than
+  their size says, so the table would under-predict them).
 * Latency: the code's ``search_latency`` fits each sublayer as a constant up to a threshold and a line above it,
   keeps the threshold's best units of every layer and ranks the rest by a per-unit slope; here the measured,
   fitted per-count tables are used as they are (see :mod:`~lit_prune.core.latency_model`), and any layer may keep
@@ -63,6 +65,64 @@ def longest_prefix(length: int, fits: Callable[[int], bool]) -> int | None:
         else:
             high = middle - 1
     return low
+
+
+def aligned_down(count: int, total: int, multiple: int) -> int:
+    """``count`` rounded down to a multiple of ``multiple`` (all ``total`` units stay all)."""
+    return count if count == total or multiple <= 1 else count - count % multiple
+
+
+def align_neurons(masks: PruningMasks, ffn_importance: torch.Tensor, budget: Budget,
+                  grow: bool = True) -> PruningMasks:
+    """Keep a multiple of ``budget.neuron_multiple`` neurons in every layer (or all of them): each layer's count is
+    rounded down, dropping its least important kept neurons; then, best gain first, layers are rounded up (adding
+    their most important pruned neurons) while the budget allows. A no-op for FLOPs budgets (multiple 1).
+
+    Args:
+        masks: binary masks that fit ``budget``.
+        ffn_importance: (L, F), what "least / most important" means.
+        budget: the budget.
+        grow: round layers up where the budget allows (its ``fits_counts`` counts whole heads: off for masks with
+            uneven heads, which are only rounded down).
+
+    Returns:
+        Masks with aligned neuron counts that fit ``budget`` (``masks`` itself when there is nothing to do).
+    """
+    multiple = budget.neuron_multiple
+    if multiple <= 1:
+        return masks
+    ffn = (masks.ffn != 0).clone()
+    total = ffn.shape[1]
+    importance = ffn_importance.detach().double().cpu()
+    order = torch.sort(-importance, dim=1, stable=True).indices  # (L, F) most important first
+    for layer in range(ffn.shape[0]):
+        count = int(ffn[layer].sum())
+        target = aligned_down(count, total, multiple)
+        if target < count:  # keep the layer's best `target` among its kept neurons
+            kept = order[layer][ffn[layer].cpu()[order[layer]]]
+            ffn[layer, kept[target:].to(ffn.device)] = False
+    heads = (masks.head != 0).sum(1).cpu()
+
+    def grown(layer: int) -> tuple[float, torch.Tensor]:
+        """The layer's next block of neurons (its best pruned ones, up to the next multiple) and their importance."""
+        count = int(ffn[layer].sum())
+        size = min(multiple - count % multiple, total - count)
+        pruned = order[layer][~ffn[layer].cpu()[order[layer]]][:size]
+        return float(importance[layer, pruned].sum()), pruned
+
+    while grow:
+        counts = ffn.sum(1).cpu()
+        options = sorted(((gain, layer, block) for layer in range(ffn.shape[0]) if int(counts[layer]) < total
+                          for gain, block in [grown(layer)]), key=lambda item: -item[0])
+        for gain, layer, block in options:
+            trial = counts.clone()
+            trial[layer] += block.numel()
+            if budget.fits_counts(heads, trial):
+                ffn[layer, block.to(ffn.device)] = True
+                break
+        else:
+            break
+    return PruningMasks(head=masks.head, qk=masks.qk, vo=masks.vo, ffn=ffn.to(masks.ffn.dtype))
 
 
 def search_masks(head_importance: torch.Tensor, ffn_importance: torch.Tensor, budget: Budget) -> PruningMasks:
@@ -120,8 +180,9 @@ def search_masks(head_importance: torch.Tensor, ffn_importance: torch.Tensor, bu
     ffn[ffn_order[:neurons]] = 1
     masks = PruningMasks(head=head.view(L, H), qk=torch.ones(L, H, budget.head_dim, device=device),
                          vo=torch.ones(L, H, budget.head_dim, device=device), ffn=ffn.view(L, F))
+    masks = align_neurons(masks, ffn_importance, budget)
     assert budget.fits(masks)
     return masks
 
 
-__all__ = ["layer_counts", "longest_prefix", "search_masks", "teacher_budget"]
+__all__ = ["align_neurons", "aligned_down", "layer_counts", "longest_prefix", "search_masks", "teacher_budget"]

@@ -41,7 +41,7 @@ from torch import nn
 
 from lit_prune.core.latency_model import Budget
 from lit_prune.core.masks import PruningMasks
-from lit_prune.prune.search import layer_counts, longest_prefix
+from lit_prune.prune.search import align_neurons, layer_counts, longest_prefix
 from lit_prune.prune.types import Progress
 
 
@@ -139,6 +139,7 @@ class BudgetProjection:
         self.budget = budget
         self.head_order = torch.sort(head_priority.detach().flatten().cpu(), descending=True, stable=True).indices
         self.ffn_order = torch.sort(ffn_priority.detach().flatten().cpu(), descending=True, stable=True).indices
+        self.ffn_priority = ffn_priority.detach().cpu().reshape(budget.num_layers, budget.ffn_dim)
 
     @staticmethod
     def _preferred(chosen: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -166,6 +167,8 @@ class BudgetProjection:
         ffn_keep[preferred[:n]] = True
         masks = PruningMasks(head=head_keep.float().view(L, H), qk=torch.ones(L, H, b.head_dim),
                              vo=torch.ones(L, H, b.head_dim), ffn=ffn_keep.float().view(L, F))
+        # a latency budget keeps multiples of its neuron_multiple per layer (the priority decides which)
+        masks = align_neurons(masks, self.ffn_priority, b)
         assert b.fits(masks), "BudgetProjection produced masks over the budget (a bug)"
         return masks
 

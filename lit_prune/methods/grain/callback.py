@@ -52,6 +52,7 @@ from lit_prune.methods.run import (finish_run, resolve_seq_len, timed_evaluation
                                    training_seconds, training_summary)
 from lit_prune.prune.batches import LABEL_KEYS
 from lit_prune.prune.schedules import cubic_schedule
+from lit_prune.prune.search import align_neurons
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,9 @@ class GrainCallback(Callback):
         if self.table is not None:
             new = select_units_by(self.importance.scores, self.masks, self.layout, density, self._latency_kept,
                                   self.units)
+            # multiples of 16 neurons per layer, as the table is measured (rounded down: never over the density)
+            new = align_neurons(new, self.importance.scores["ffn"], LatencyBudget(self.table, self.latency.speedup),
+                                grow=False)
         else:
             new = select_units(self.importance.scores, self.masks, self.layout, density, self.units)
         with torch.no_grad():

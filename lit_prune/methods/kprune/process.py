@@ -258,8 +258,8 @@ def _decide(model: nn.Module, masks: PruningMasks, target: int, knowledge: Knowl
     knowledge = KnowledgeAccumulator.from_dict(reduce(knowledge.to_dict()))
     head_cost, neuron_cost = budget.unit_costs  # knowledge per multiply-add, or per millisecond
     head_scores, neuron_scores = knowledge.scores(mu, lam_pred, lam_rep, float(head_cost), float(neuron_cost))
-    kept = search_sublayer(head_scores, neuron_scores, target, budget.fits_counts,
-                           decided_counts(masks, target)).to(masks.head.device)
+    kept = search_sublayer(head_scores, neuron_scores, target, budget.fits_counts, decided_counts(masks, target),
+                           budget.neuron_multiple).to(masks.head.device)
     step = SublayerStep(layer, sublayer, int(kept.sum()), kept.numel(), "empty" if not kept.any() else "untuned")
     field_ = masks.head if sublayer == "attention" else masks.ffn
     field_[layer] = kept.to(field_.dtype)

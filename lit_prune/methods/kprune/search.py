@@ -19,7 +19,7 @@ import torch
 
 from lit_prune.core.masks import PruningMasks
 from lit_prune.prune.capture import sublayer_of
-from lit_prune.prune.search import longest_prefix
+from lit_prune.prune.search import aligned_down, longest_prefix
 
 #: ``fits(head_counts (L,), neuron_counts (L,))``: whether keeping that many heads and neurons per layer (the
 #: decided sublayers' and the candidates') fits the budget
@@ -36,7 +36,7 @@ def decided_counts(masks: PruningMasks, target: int) -> tuple[torch.Tensor, torc
 
 
 def search_sublayer(head_scores: torch.Tensor, neuron_scores: torch.Tensor, target: int, fits: Fits,
-                    decided: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                    decided: tuple[torch.Tensor, torch.Tensor], multiple: int = 1) -> torch.Tensor:
     """Knowledge-preserving mask search: the kept units of sublayer ``target``.
 
     The units of the target and of every sublayer above it are ranked together by score (descending; ties: heads
@@ -48,6 +48,8 @@ def search_sublayer(head_scores: torch.Tensor, neuron_scores: torch.Tensor, targ
         target: the target sublayer, 0..2L-1.
         fits: the budget's ``fits_counts``.
         decided: :func:`decided_counts`.
+        multiple: an FFN target keeps a multiple of this many neurons (or all), its best ones: the budget's
+            ``neuron_multiple`` (what rounding leaves goes to the sublayers above, searched after it).
 
     Returns:
         (H,) or (F,) bool: the target's kept units.
@@ -78,6 +80,8 @@ def search_sublayer(head_scores: torch.Tensor, neuron_scores: torch.Tensor, targ
         size = ffn_dim
         offset = heads.numel()
         chosen = kept_positions[(kept_positions >= offset) & (kept_positions < offset + size)] - offset
+    if sublayer == "ffn":  # a latency budget keeps multiples of its neuron_multiple: the target's best ones
+        chosen = chosen[:aligned_down(chosen.numel(), size, multiple)]
     kept = torch.zeros(size, dtype=torch.bool)
     kept[chosen] = True
     return kept
