@@ -486,8 +486,10 @@ def recipe_path(task: str) -> Path:
 
 
 def teacher_key(recipe: Path, model: str, seed: int) -> str:
-    """The cache key of a teacher: the recipe file's bytes, the base model and the fine-tuning seed."""
-    digest = hashlib.sha256(recipe.read_bytes() + b"\0" + model.encode() + b"\0" + str(seed).encode())
+    """The cache key of a teacher: the recipe's settings (its parsed YAML: editing its comments keeps the key), the
+    base model and the fine-tuning seed."""
+    settings = json.dumps(yaml.safe_load(recipe.read_text()), sort_keys=True, default=str)
+    digest = hashlib.sha256(settings.encode() + b"\0" + model.encode() + b"\0" + str(seed).encode())
     return digest.hexdigest()[:12]
 
 
@@ -581,6 +583,25 @@ def adoptable_teacher(config: BenchConfig, task: str) -> tuple[Path | None, str]
     return folder, f"{_relative(saved)} equals the recipe{note}"
 
 
+def equivalent_cached_teacher(config: BenchConfig, task: str) -> tuple[Path, str] | None:
+    """A teacher cached under another key (an older key scheme, say) whose fine-tune's saved config equals the
+    recipe resolved with the benchmark's model and seed, as :func:`adoptable_teacher` checks; ``None`` if none."""
+    here = teacher_dir(config, task)
+    candidates = sorted(p for p in (config.teachers / task).glob("*") if p != here and (p / TEACHER_FILE).is_file())
+    resolved = None
+    for folder in candidates:
+        record = json.loads((folder / TEACHER_FILE).read_text())
+        saved = _saved_config(folder)
+        if record.get("model") != config.model or record.get("seed") != config.teacher_seed or saved is None \
+                or not (REPO / record.get("final_model", "") / "config.json").is_file():
+            continue
+        resolved = resolved or resolved_recipe(config, task)
+        differences, _ = config_differences(resolved, yaml.safe_load(saved.read_text()))
+        if not differences:
+            return folder, f"{_relative(saved)} (a teacher cached under another key) equals the recipe"
+    return None
+
+
 def ensure_teacher(config: BenchConfig, task: str, runner: Runner = run_command, dry_run: bool = False) -> Path:
     """The teacher's ``final_model`` folder for ``task``: cached, adopted, or fine-tuned now."""
     cache = teacher_dir(config, task)
@@ -592,6 +613,8 @@ def ensure_teacher(config: BenchConfig, task: str, runner: Runner = run_command,
             return final
         _log(f"teacher {task}: {_relative(record_file)} points to a missing {record['final_model']}; fine-tuning again")
     folder, why = adoptable_teacher(config, task)
+    if folder is None:
+        folder, why = equivalent_cached_teacher(config, task) or (None, why)
     record = {"task": task, "model": config.model, "seed": config.teacher_seed,
               "recipe": _relative(recipe_path(task)), "key": teacher_key(recipe_path(task), config.model,
                                                                          config.teacher_seed)}

@@ -252,6 +252,8 @@ def test_a_changed_recipe_gets_a_new_teacher(tmp_path, no_adoption, monkeypatch)
     recipe = tmp_path / "sst2.yaml"
     recipe.write_text(runner.recipe_path("sst2").read_text() + "\n# changed\n")
     monkeypatch.setattr(runner, "recipe_path", lambda task: recipe)
+    assert runner.teacher_dir(config, "sst2") == before  # a comment changes nothing
+    recipe.write_text(runner.recipe_path("sst2").read_text().replace("max_epochs: 1", "max_epochs: 2"))
     after = runner.teacher_dir(config, "sst2")
     assert before != after and before.parent == after.parent
     assert runner.teacher_dir(make_config(tmp_path, tasks=["sst2"], teacher_seed=7), "sst2") != after
@@ -774,3 +776,14 @@ def test_run_command_sets_the_thread_count(tmp_path, monkeypatch):
     assert seen["env"]["OMP_NUM_THREADS"] == "1" and seen["env"]["MKL_NUM_THREADS"] == "1"
     runner.run_command(["python", "train.py"], tmp_path / "log.txt")
     assert seen["env"] is None
+
+
+def test_a_teachers_key_ignores_the_recipes_comments(tmp_path):
+    from benchmarks.runner import teacher_key
+
+    first, second, third = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    first.write_text("# one header\ntrainer:\n  max_epochs: 3\n")
+    second.write_text("# another header, longer\ntrainer:\n  max_epochs: 3   # a comment\n")
+    third.write_text("trainer:\n  max_epochs: 4\n")
+    assert teacher_key(first, "m", 42) == teacher_key(second, "m", 42) != teacher_key(third, "m", 42)
+    assert teacher_key(first, "m", 42) != teacher_key(first, "m", 43)
