@@ -14,6 +14,12 @@ lists them, ``lit-prune recipes <name>`` prints one (to copy and edit).
 Parse errors come as one line (and at most a hint line) instead of jsonargparse's usage dump, with the closest
 valid name for an unknown option: ``lit-prune: unknown option --data.init_args.batchsize; did you mean
 --data.init_args.batch_size?``, exit status 2. ``JSONARGPARSE_DEBUG=true`` shows the parser's full message.
+
+A run prints what it does and nothing else of other libraries' housekeeping: :func:`quiet_third_party` silences
+one known deprecation warning (torch's, about a class Lightning still uses) and Lightning's advertising tips, each
+matched by its text; the progress bar leaves out ``v_num`` (the logger's version: the run's folder names it). A
+model or dataset that resolves nowhere is one line too: :class:`~lit_prune.assets.AssetNotFoundError`'s message (every
+place tried), exit status 1.
 """
 
 from __future__ import annotations
@@ -22,16 +28,21 @@ import argparse
 import ast
 import difflib
 import importlib
+import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_prune.assets import AssetNotFoundError
 from lit_prune.data.base import TaskDataModule
 from lit_prune.tasks.base import TaskModule
 
@@ -336,6 +347,64 @@ class LitPruneArgumentParser(LightningArgumentParser):
         self.exit(2)
 
 
+# --------------------------------------------------------------------------------------------------- a quiet run
+
+#: Third-party warnings a normal run triggers and the user can do nothing about: (message regex, category). Each is
+#: matched by its text, so any other warning of the same category still shows.
+KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # torch deprecates its LeafSpec class, which lightning.pytorch.utilities._pytree still builds in every fit
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+)
+
+#: The loggers Lightning's rank-zero messages go through ("GPU available: ...", "💡 Tip: ...").
+LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ..." lines (installing litlogger, litmodels). Lightning prints them whenever the
+    Trainer is built without its cloud logger or model registry, and offers no setting to switch them off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_NO_TIPS = _NoTips()
+
+
+def quiet_third_party() -> None:
+    """Silence :data:`KNOWN_WARNINGS` and Lightning's tips for this process (each DDP process runs :func:`main`
+    and so calls it too). Idempotent."""
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in LIGHTNING_INFO_LOGGERS:
+        logging.getLogger(name).addFilter(_NO_TIPS)  # the same filter object is added once
+
+
+class _WithoutVersion:
+    """A Lightning progress bar without ``v_num`` (Lightning's documented override of ``get_metrics``)."""
+
+    def get_metrics(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        items.pop("v_num", None)
+        return items
+
+
+class LitPruneRichProgressBar(_WithoutVersion, RichProgressBar):
+    """Lightning's rich progress bar without ``v_num``."""
+
+
+class LitPruneTQDMProgressBar(_WithoutVersion, TQDMProgressBar):
+    """Lightning's tqdm progress bar without ``v_num``."""
+
+
+def default_progress_bar() -> ProgressBar:
+    """The bar Lightning would add by default (rich when it is installed, else tqdm), without ``v_num``."""
+    try:
+        return LitPruneRichProgressBar()
+    except ModuleNotFoundError:  # rich is not installed
+        return LitPruneTQDMProgressBar()
+
+
 # --------------------------------------------------------------------------------------------------- the CLI
 
 
@@ -345,6 +414,16 @@ class LitPruneCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.name_or_path", "data.init_args.tokenizer", apply_on="parse")
         parser.link_arguments("data.init_args.task", "model.init_args.task", apply_on="parse")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with :func:`default_progress_bar` in place of Lightning's default one. A recipe that switches
+        the bar off (``enable_progress_bar: false``) or names its own bar in ``trainer.callbacks`` gets that."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, default_progress_bar()])
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LitPruneCLI | None:
@@ -360,6 +439,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LitPruneCLI | None:
         would be printed as an error and exit with status 1.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party()
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["recipes"]:
         status = _recipes_command(argv[1:])
@@ -375,16 +455,36 @@ def main(args: list[str] | None = None, run: bool = True) -> LitPruneCLI | None:
         # LightningCLI reads sys.argv itself; handing it args= as well makes it warn that both were given. The DDP
         # launcher re-runs sys.argv too, so its processes get the resolved recipe path.
         sys.argv[1:] = argv
-    cli = LitPruneCLI(
-        model_class=TaskModule,
-        datamodule_class=TaskDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_class=LitPruneArgumentParser,
-        parser_kwargs={"description": DESCRIPTION},
-        args=None if args is None else argv,
-        run=run,
-    )
+    try:
+        cli = LitPruneCLI(
+            model_class=TaskModule,
+            datamodule_class=TaskDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_class=LitPruneArgumentParser,
+            parser_kwargs={"description": DESCRIPTION},
+            args=None if args is None else argv,
+            run=run,
+        )
+    except Exception as error:
+        missing = _asset_error(error)
+        if missing is None:
+            raise
+        # a model or dataset that resolves nowhere: its message says what was tried; jsonargparse wraps it in a
+        # Union's error and two tracebacks that add nothing
+        print(f"{PROG}: {missing}", file=sys.stderr)
+        raise SystemExit(1) from None
     return None if args is None else cli
+
+
+def _asset_error(error: BaseException | None) -> AssetNotFoundError | None:
+    """The :class:`AssetNotFoundError` that ``error`` is, or was raised from, if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, AssetNotFoundError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -21,6 +21,10 @@ from conftest import REPO, tiny_config
 from lit_prune.report import read_report
 from test_glue import write_rte
 
+# Each test runs two or three python processes in turn (an uninterrupted run, a killed one, its resume): 40 to 60 s
+# apiece on a busy 2-core machine. In the full suite (`-m "slow or not slow"`), not the quick default.
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent('''
     import os, signal, sys
     import lightning as L

@@ -97,7 +97,8 @@ def test_data_dir_missing_files(tmp_path):
 def test_no_local_copy_and_hub_off(tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_PRUNE_ASSETS", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match=r"GLUE qnli: no local copy at .*glue/QNLI and the hub"):
+    with pytest.raises(FileNotFoundError, match=r"GLUE qnli: no local copy at .*glue/QNLI \(LIT_PRUNE_ASSETS=.*\) "
+                                                r"and the hub \(nyu-mll/glue\) is switched off \(HF_HUB_OFFLINE=1\)"):
         GlueDataModule(task="qnli")
 
 
@@ -246,6 +247,7 @@ def test_hub_fallback_maps_columns(tmp_path, monkeypatch, minilm_l3):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("lit_prune.data.glue.hub_status", lambda: None)  # the hub answers (this machine has none)
     data = GlueDataModule(task="mnli", tokenizer=str(minilm_l3), cache_dir=str(tmp_path / "cache"))
     assert data.source == "hub:nyu-mll/glue/mnli"
     data.setup("fit")

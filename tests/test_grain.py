@@ -364,6 +364,7 @@ def test_factorised_embeddings_train_and_stay_factorised(student_folder, tmp_pat
         GrainCallback(embedding_rank=0)
 
 
+@pytest.mark.slow  # two torchrun launches of train.py (25 s alone on a busy 2-core machine)
 def test_recipe_on_two_nodes_launched_by_torchrun(minilm_l3, tmp_path):
     """configs/grain/sst2.yaml from the command line, through the multi-node code path on one machine: two torchrun
     launches of one process each (node ranks 0 and 1), Lightning's num_nodes 2, DDP. The processes agree on the
@@ -616,6 +617,7 @@ def test_no_validation_data_times_the_first_training_batch(tmp_path):
     assert (tmp_path / "pruned_model" / "config.json").is_file()
 
 
+@pytest.mark.slow  # torchrun, two DDP processes (11 s alone on a busy 2-core machine)
 def test_a_plain_module_under_ddp_distils_from_one_teacher(tmp_path):
     """Two processes (torchrun, DDP on CPU): the teacher path's importance is averaged over the processes (the masks
     agree), and s is the average over both processes' training batches (each process alone sees 11 or 10)."""

@@ -508,6 +508,7 @@ def test_mlm_head_is_for_glue_only(mlm_folder):
         SMPQuestionAnsweringModule(str(mlm_folder), task="squad_v1", head="mlm")
 
 
+@pytest.mark.slow  # train.py with two DDP processes (26 s alone on a busy 2-core machine)
 def test_recipe_under_ddp(minilm_l3, tmp_path):
     """configs/smp/mrpc.yaml on the real paraphrase-MiniLM-L3-v2, briefly, with two processes: they end with the same
     weight masks (checked by digest), and the smaller folder loads with plain transformers. The recipe's teacher (the

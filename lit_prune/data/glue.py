@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from lit_prune.assets import describe_data_lookup, hub_offline, resolve_data_dir
+from lit_prune.assets import AssetNotFoundError, describe_data_lookup, hub_status, resolve_data_dir
 from lit_prune.data.base import TaskDataModule, file_fingerprint, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,9 @@ class GlueDataModule(TaskDataModule):
                                         f"{self.spec.name}; expected {', '.join(required)} (+ optional test file).")
             return folder
         folder = resolve_data_dir("glue", self.spec.folder, required_files=required)
-        if folder is None and hub_offline():
-            raise FileNotFoundError(f"GLUE {self.spec.name}: {describe_data_lookup('glue', self.spec.folder)} and "
-                                    f"the hub ({HUB_DATASET}) is switched off; set data_dir or LIT_PRUNE_ASSETS.")
+        if folder is None and (status := hub_status()) is not None:
+            raise AssetNotFoundError(f"GLUE {self.spec.name}: {describe_data_lookup('glue', self.spec.folder)} and "
+                                     f"the hub ({HUB_DATASET}) is {status}; set data_dir or LIT_PRUNE_ASSETS.")
         return folder
 
     @property

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from lit_prune.assets import AssetNotFoundError, describe_data_lookup, hub_offline, resolve_data_dir
+from lit_prune.assets import AssetNotFoundError, describe_data_lookup, hub_status, resolve_data_dir
 from lit_prune.data.base import TaskDataModule, file_fingerprint, tokenizer_fingerprint
 from lit_prune.data.squad_features import MODEL_INPUTS, postprocess_predictions, tokenize_examples
 
@@ -279,8 +279,8 @@ class SquadDataModule(TaskDataModule):
         import datasets
 
         tried.append(f"hub dataset {hub_id}")
-        if hub_offline():
-            raise AssetNotFoundError(f"{self._task}: no data found and the hub is switched off. Tried: "
+        if (status := hub_status()) is not None:
+            raise AssetNotFoundError(f"{self._task}: no data found and the hub is {status}. Tried: "
                                      f"data_dir (not given); {'; '.join(tried)}. Give data_dir, or set "
                                      "LIT_PRUNE_ASSETS to a folder with data/squad/<version>/.")
         try:
