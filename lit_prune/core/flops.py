@@ -168,8 +168,26 @@ def masks_parameters(masks: PruningMasks, hidden_size: int | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------------------------ budgets
+class BudgetUnits:
+    """The unit totals every budget derives from its dense shape (``num_layers``, ``num_heads``, ``ffn_dim``)."""
+
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+
+    @property
+    def total_heads(self) -> int:
+        """L·H."""
+        return self.num_layers * self.num_heads
+
+    @property
+    def total_neurons(self) -> int:
+        """L·F."""
+        return self.num_layers * self.ffn_dim
+
+
 @dataclass(frozen=True)
-class FlopsBudget:
+class FlopsBudget(BudgetUnits):
     """A FLOPs budget for whole heads and FFN neurons, with exact arithmetic (Kwon et al.'s mask search).
 
     Attributes:
@@ -208,16 +226,6 @@ class FlopsBudget:
         """The budget for masks of this shape (``hidden_size=None`` means H·d_h)."""
         d = masks.num_heads * masks.head_dim if hidden_size is None else hidden_size
         return cls(masks.num_layers, masks.num_heads, masks.head_dim, masks.ffn_dim, d, seq_len, flops_kept)
-
-    @property
-    def total_heads(self) -> int:
-        """L·H."""
-        return self.num_layers * self.num_heads
-
-    @property
-    def total_neurons(self) -> int:
-        """L·F."""
-        return self.num_layers * self.ffn_dim
 
     @property
     def head_macs(self) -> Fraction:

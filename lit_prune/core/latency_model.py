@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from lit_prune.core.arch import get_adapter
-from lit_prune.core.flops import FlopsBudget
+from lit_prune.core.flops import BudgetUnits, FlopsBudget
 from lit_prune.core.hardware import hardware_label
 from lit_prune.core.hf_modeling.modeling_lit_pruned import head_layout
 from lit_prune.core.masks import PruningMasks
@@ -273,7 +273,7 @@ def check_speedup(value: Any, setting: str = "speedup") -> float:
 
 
 @dataclass(frozen=True)
-class LatencyBudget:
+class LatencyBudget(BudgetUnits):
     """A latency budget: the pruned model's predicted time at most ``table.dense_ms / speedup``.
 
     It offers what the searches ask of a budget (as :class:`~lit_prune.core.flops.FlopsBudget` does):
@@ -321,14 +321,6 @@ class LatencyBudget:
     @property
     def ffn_dim(self) -> int:
         return self.table.model["ffn_dim"]
-
-    @property
-    def total_heads(self) -> int:
-        return self.num_layers * self.num_heads
-
-    @property
-    def total_neurons(self) -> int:
-        return self.num_layers * self.ffn_dim
 
     @property
     def max_ms(self) -> float:
