@@ -787,3 +787,27 @@ def test_a_teachers_key_ignores_the_recipes_comments(tmp_path):
     third.write_text("trainer:\n  max_epochs: 4\n")
     assert teacher_key(first, "m", 42) == teacher_key(second, "m", 42) != teacher_key(third, "m", 42)
     assert teacher_key(first, "m", 42) != teacher_key(first, "m", 43)
+
+
+def test_a_teacher_cached_under_another_key_is_adopted_when_its_settings_are_the_recipes(tmp_path, no_adoption,
+                                                                                        monkeypatch):
+    config = make_config(tmp_path, tasks=["sst2"])
+    resolved = {"seed_everything": 42, "model": {"init_args": {"name_or_path": "tiny-model", "learning_rate": 1e-4}},
+                "data": {"init_args": {"task": "sst2"}}}
+    monkeypatch.setattr(runner, "resolved_recipe", lambda config, task: resolved)
+    old = config.teachers / "sst2" / "tiny-model-seed42-0123456789ab"  # an older key scheme's folder
+    (old / "logs" / "version_0").mkdir(parents=True)
+    (old / "logs" / "version_0" / "config.yaml").write_text(yaml.safe_dump(resolved))
+    (old / "final_model").mkdir()
+    (old / "final_model" / "config.json").write_text("{}")
+    (old / runner.TEACHER_FILE).write_text(json.dumps({"task": "sst2", "model": "tiny-model", "seed": 42,
+                                                        "final_model": str(old / "final_model")}))
+    fake = FakeTrainer()
+    assert runner.ensure_teacher(config, "sst2", runner=fake) == old / "final_model"
+    assert fake.calls == []  # nothing fine-tuned again
+    record = json.loads((runner.teacher_dir(config, "sst2") / runner.TEACHER_FILE).read_text())
+    assert record["adopted_from"] == str(old) and "cached under another key" in record["why"]
+    # other settings: not adopted, fine-tuned
+    (runner.teacher_dir(config, "sst2") / runner.TEACHER_FILE).unlink()
+    resolved["model"]["init_args"]["learning_rate"] = 5e-5
+    assert runner.equivalent_cached_teacher(config, "sst2") is None
