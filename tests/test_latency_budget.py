@@ -317,6 +317,6 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
     assert comparison["flops_score"] == pytest.approx(0.845 + (0.80 - 0.845) * 0.6)
     assert comparison["difference"] == pytest.approx(0.84 - 0.818)
     text = markdown(rows)
-    assert "| kprune | mrpc | 3x | 3.00x | 2.85x (s=128) | -5.0% | yes |" in text
+    assert "| kprune | mrpc | 3x | 3.00x | 2.85x (s=128) | -5.0% | yes | 2.85x |" in text
     assert "Mean difference (latency − FLOPs): +0.0220." in text
     assert plot(rows, tmp_path / "plot.png").stat().st_size > 1000
