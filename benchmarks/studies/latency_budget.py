@@ -20,7 +20,8 @@ Timings need a quiet machine; pruning does not (once the latency tables are cach
 ``--remeasure`` times every recorded folder again.
 
 Writes ``benchmarks/results/latency_budget.json``, ``.md`` and ``.png``, and its section of ``BENCHMARKS.md`` (the runs
-go under ``runs/latency_budget/``); a run whose report exists is not run again, only timed again. Teachers come from the benchmark runner's cache (fine-tuned when missing).
+go under ``runs/latency_budget/``); a run whose report exists is not run again, only timed again. Teachers come
+from the benchmark runner's cache (fine-tuned when missing).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def measure(teacher: Path, pruned: Path, batch_size: int, seq_len: int, threads:
 
     dense = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     small = AutoModelForSequenceClassification.from_pretrained(pruned, trust_remote_code=True).eval()
-    ids = torch.randint(1000, dense.config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    ids = torch.randint(1000, dense.config.vocab_size, (batch_size, seq_len), generator=generator)
     result = compare(dense, small, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, warmup=3,
                      repeats=repeats, threads=threads)
     return {"speedup": result["speedup"], "speedup_paired": result["speedup_paired"],
@@ -194,14 +196,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         chosen = [r for r in rows if r["part"] == part]
         if not chosen:
             continue
-        lines += [f"## {title}", "", "| method | task | asked | predicted | measured | error | within | measured by the "
-                  "run's report | FLOPs kept | dev score (dense) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", "| method | task | asked | predicted | measured | error | within | measured by "
+                  "the run's report | FLOPs kept | dev score (dense) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in chosen:
             within = abs(r["error"]) <= TOLERANCE[part]
             in_run = "–" if r.get("report_measured") is None else f"{r['report_measured']:.2f}x"
             lines.append(f"| {r['method']} | {r['task']} | {r['requested']:g}x | {r['predicted']:.2f}x | "
                          f"{r['measured']['speedup']:.2f}x (s={r['measured']['seq_len']}) | {100 * r['error']:+.1f}% | "
-                         f"{'yes' if within else 'no'} | {in_run} | {r['flops_kept']:.3f} | {r['main_metric']} {r['score']:.4f} "
+                         f"{'yes' if within else 'no'} | {in_run} | {r['flops_kept']:.3f} | "
+                         f"{r['main_metric']} {r['score']:.4f} "
                          f"({r['dense_score'] if r['dense_score'] is None else round(r['dense_score'], 4)}) |")
         errors = [abs(r["error"]) for r in chosen]
         lines += ["", f"Largest error {100 * max(errors):.1f}%; {sum(e <= TOLERANCE[part] for e in errors)} of "

@@ -58,7 +58,7 @@ from lit_prune.core.hf_modeling.modeling_lit_pruned import head_layout
 from lit_prune.core.masks import PruningMasks
 
 TABLE_FORMAT = "lit_prune.LatencyTable"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: the whole-model calibration
 #: FFN sizes are measured at 0, 1 and every F / FFN_STEPS neurons
 FFN_STEPS = 16
 
@@ -187,11 +187,11 @@ class LatencyTable:
 
     def predict_counts(self, head_counts: torch.Tensor | Sequence[int],
                        neuron_counts: torch.Tensor | Sequence[int]) -> float:
-        """Predicted time of the model keeping that many whole heads and neurons per layer (sequences of length L).
-        """
+        """Predicted time of the model keeping that many whole heads and neurons per layer (length-L sequences)."""
         return self.whole_model(self.layers_sum(head_counts, neuron_counts))
 
-    def layers_sum(self, head_counts: torch.Tensor | Sequence[int], neuron_counts: torch.Tensor | Sequence[int]) -> float:
+    def layers_sum(self, head_counts: torch.Tensor | Sequence[int],
+                   neuron_counts: torch.Tensor | Sequence[int]) -> float:
         """The layers' summed one-layer times for those per-layer counts of whole heads and neurons."""
         heads = torch.as_tensor(head_counts, dtype=torch.long).cpu()
         neurons = torch.as_tensor(neuron_counts, dtype=torch.long).cpu()
@@ -332,7 +332,8 @@ class LatencyBudget(BudgetUnits):
         """Average ms of one head and one neuron in a dense layer (for per-cost scores)."""
         return self.table.attention(self.num_heads) / self.num_heads, self.table.ffn(self.ffn_dim) / self.ffn_dim
 
-    def fits_counts(self, head_counts: torch.Tensor | Sequence[int], neuron_counts: torch.Tensor | Sequence[int]) -> bool:
+    def fits_counts(self, head_counts: torch.Tensor | Sequence[int],
+                    neuron_counts: torch.Tensor | Sequence[int]) -> bool:
         """Whether keeping that many whole heads and neurons per layer is predicted within the budget."""
         return self.table.predict_counts(head_counts, neuron_counts) <= self.max_ms * (1 + 1e-12)
 

@@ -231,8 +231,8 @@ def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: d
             shape = budget["measured"]["asked"]
             summary += (f"; asked {budget['requested_speedup']:g}× faster, measured {budget['measured_speedup']:.2f}× "
                         f"at batch {shape['batch_size']} × {shape['seq_len']} tokens")
-        summary += (f"; {report['latency']['speedup']:.2f}× faster on {report['latency']['batch_size']} examples of the "
-                    f"{report['latency']['inputs']}")
+        latency = report["latency"]
+        summary += f"; {latency['speedup']:.2f}× faster on {latency['batch_size']} examples of the {latency['inputs']}"
     if "prune" in report["seconds"]:
         summary += f"; {report['seconds']['prune']:.1f} s pruning"
     summary += f". Report: {folder / REPORT_FILE}"

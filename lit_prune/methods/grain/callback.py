@@ -155,7 +155,8 @@ class GrainCallback(Callback):
         if params_kept is None and speedup is None:
             params_kept = 0.2
         problems += settings_problems(
-            params_kept=1.0 if params_kept is None else params_kept, units=units, start=start, end=end, ema_beta=ema_beta, alpha=alpha,
+            params_kept=1.0 if params_kept is None else params_kept, units=units, start=start, end=end,
+            ema_beta=ema_beta, alpha=alpha,
             prune_every=prune_every, latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
             seq_len=seq_len, embedding_rank=embedding_rank, importance_from=importance_from, teacher=teacher,
             temperature=temperature, batch_to_inputs=batch_to_inputs)

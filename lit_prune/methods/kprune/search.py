@@ -2,8 +2,8 @@
 
 The remaining units (the target sublayer's and those of every sublayer above it) are ranked together by their
 knowledge per FLOP (:meth:`~lit_prune.methods.kprune.knowledge.KnowledgeAccumulator.scores`), the best are kept
-while they fit what the budget leaves (FLOPs, or the
-latency model's time: the searches take either budget), and the resulting mask is applied to the target only: the units above
+while they fit what the budget leaves (FLOPs, or the latency model's time: the searches take either budget), and
+the resulting mask is applied to the target only: the units above
 compete for the budget but are decided on their own turn, after the target has been pruned and tuned.
 
 Departure from the reference code: the code scans thresholds of the sorted scores and keeps units strictly above
