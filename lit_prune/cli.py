@@ -143,10 +143,18 @@ def format_recipes() -> str:
     return "\n".join(lines)
 
 
+def _print(text: str, end: str = "\n") -> None:
+    """Print to stdout; a reader that stops early (``lit-prune recipes | head``) ends the output quietly."""
+    try:
+        print(text, end=end, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+
+
 def _recipes_command(args: Sequence[str]) -> int:
     """``lit-prune recipes [name]``: list the recipes, or print one. Returns the exit status."""
     if not args:
-        print(format_recipes())
+        _print(format_recipes())
         return 0
     recipe = find_recipe(args[0])
     if recipe is None or len(args) > 1:
@@ -154,7 +162,7 @@ def _recipes_command(args: Sequence[str]) -> int:
         problem = f"no recipe {args[0]!r}" if recipe is None else "recipes takes at most one name"
         print(f"{PROG}: {problem}" + (f"; closest: {', '.join(close)}" if close else ""), file=sys.stderr)
         return 2
-    print(recipe.read_text(), end="")
+    _print(recipe.read_text(), end="")
     return 0
 
 
