@@ -34,12 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.runner import REPO, TEACHER_FILE, ensure_teacher, load_config, run_command, teacher_dir
 from benchmarks.tables import replace_section
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.latency import compare
+from lit_prune.core.latency_tables import random_inputs
 from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.report import read_report
 
@@ -84,10 +83,8 @@ def measure(teacher: Path, pruned: Path, batch_size: int, seq_len: int, threads:
 
     dense = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     small = AutoModelForSequenceClassification.from_pretrained(pruned, trust_remote_code=True).eval()
-    generator = torch.Generator().manual_seed(7)
-    ids = torch.randint(1000, dense.config.vocab_size, (batch_size, seq_len), generator=generator)
-    result = compare(dense, small, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, warmup=3,
-                     repeats=repeats, threads=threads)
+    result = compare(dense, small, random_inputs(dense, batch_size, seq_len, seed=7), warmup=3, repeats=repeats,
+                     threads=threads)
     return {"speedup": result["speedup"], "speedup_paired": result["speedup_paired"],
             "dense_ms": result["dense"]["median_ms"], "pruned_ms": result["pruned"]["median_ms"],
             "batch_size": batch_size, "seq_len": seq_len, "threads": threads, "repeats": repeats}

@@ -223,9 +223,6 @@ class LatencyTable:
             total += self.attention(len(layer["heads"])) * self.width_factor(layer["heads"]) + self.ffn(layer["ffn"])
         return self.whole_model(total)
 
-    def predict_masks(self, masks: PruningMasks) -> float:
-        return self.predict(masks.structure())
-
     # -------------------------------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -83,11 +83,12 @@ def _shared_copy(model: nn.Module, keep_layers: int | None = None) -> nn.Module:
     return copied.eval()
 
 
-def _inputs(model: nn.Module, shape: LatencyShape) -> dict[str, torch.Tensor]:
-    """Random token ids (away from the special tokens at the start of the vocabulary), no padding."""
+def random_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids (away from the special tokens at the start of the vocabulary), no padding, on the model's
+    device: what a latency is timed on (the time does not depend on the ids)."""
     vocab = int(getattr(model.config, "vocab_size", 0) or 1000)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(min(1000, vocab // 2), vocab, (shape.batch_size, shape.seq_len), generator=generator)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(min(1000, vocab // 2), vocab, (batch_size, seq_len), generator=generator)
     device = next(model.parameters()).device
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
@@ -166,7 +167,8 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
         whole["held_out"] = _held_out_masks(L, H, d_h, F)
         for name, masks in whole.items():
             variants[name] = compact(_shared_copy(model), masks).eval()
-        medians = time_variants(variants, _inputs(model, shape), warmup, repeats, progress=progress)
+        inputs = random_inputs(model, shape.batch_size, shape.seq_len)
+        medians = time_variants(variants, inputs, warmup, repeats, progress=progress)
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
@@ -266,4 +268,4 @@ def load_or_measure(model: nn.Module, shape: LatencyShape, cache_dir: str | Path
     return table, notes
 
 
-__all__ = ["default_cache_dir", "load_or_measure", "measure_table", "table_path", "time_variants"]
+__all__ = ["default_cache_dir", "load_or_measure", "measure_table", "random_inputs", "table_path", "time_variants"]

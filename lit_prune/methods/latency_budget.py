@@ -24,7 +24,7 @@ from torch import nn
 
 from lit_prune.core.latency import compare
 from lit_prune.core.latency_model import LatencyBudget, LatencyShape, LatencyTable, check_speedup
-from lit_prune.core.latency_tables import load_or_measure
+from lit_prune.core.latency_tables import load_or_measure, random_inputs
 from lit_prune.methods.contract import PruningTarget
 from lit_prune.methods.run import progress_bar
 from lit_prune.prune.batches import count_tokens
@@ -111,12 +111,6 @@ def latency_table(target: PruningTarget, settings: LatencySettings) -> LatencyTa
     return LatencyTable.from_dict(table)
 
 
-def _synthetic(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
-    vocab = int(getattr(model.config, "vocab_size", 0) or 1000)
-    ids = torch.randint(min(1000, vocab // 2), vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(1))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
 def budget_report(budget: LatencyBudget, dense: nn.Module, pruned: nn.Module, structure: list[dict[str, Any]],
                   repeats: int) -> dict[str, Any]:
     """The latency budget's outcome: requested, predicted (the table, for the pruned structure) and measured
@@ -126,7 +120,7 @@ def budget_report(budget: LatencyBudget, dense: nn.Module, pruned: nn.Module, st
     predicted_ms = table.predict(structure)
     measured = {}
     for name, batch_size in (("asked", shape.batch_size), ("batch_1", 1)):
-        result = compare(dense, pruned, _synthetic(dense, batch_size, shape.seq_len), warmup=3,
+        result = compare(dense, pruned, random_inputs(dense, batch_size, shape.seq_len, seed=1), warmup=3,
                          repeats=repeats if batch_size > 1 else max(repeats, 30), threads=shape.threads)
         measured[name] = {"batch_size": batch_size, "seq_len": shape.seq_len, "dense_ms": result["dense"]["median_ms"],
                           "pruned_ms": result["pruned"]["median_ms"], "speedup": result["speedup"],

@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
-from lit_prune.core.latency_model import LatencyBudget, LatencyTable
+from lit_prune.core.latency_model import LatencyBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
@@ -166,7 +166,7 @@ class GrainCallback(Callback):
         self.units, self.start, self.end = units, start, end
         # the schedule's final density: of the weights, or of the latency model's predicted time
         self.final = self.params_kept if speedup is None else 1 / float(speedup)
-        self.table: LatencyTable | None = None
+        self.budget: LatencyBudget | None = None  # the latency budget, from the table measured at fit start
         self.ema_beta, self.alpha, self.prune_every = ema_beta, alpha, prune_every
         self.output_dir, self.save_model, self.evaluate = output_dir, save_model, evaluate
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
@@ -268,9 +268,8 @@ class GrainCallback(Callback):
             raise ValueError(f"{type(self).__name__}: the Trainer cannot tell how many steps it will train "
                              f"(estimated_stepping_batches={total}); set trainer.max_steps")
         self.total_steps = int(total)
-        if self.latency.speedup is not None and self.table is None:  # before training: an impossible speedup stops
-            self.table = latency_table(self._target, self.latency)
-            LatencyBudget(self.table, self.latency.speedup)
+        if self.latency.speedup is not None and self.budget is None:  # before training: an impossible speedup stops
+            self.budget = LatencyBudget(latency_table(self._target, self.latency), self.latency.speedup)
         self._started = time.perf_counter()
         self._seconds: dict[str, float] = {}
         if self.evaluate and self.last_step < 0:
@@ -334,21 +333,20 @@ class GrainCallback(Callback):
             self._prune_to(density, step)
         pl_module.log("grain/params_kept", self.layout.kept_parameters(self.masks) / self.layout.dense_parameters,
                       on_step=True, on_epoch=False, batch_size=1)
-        if self.table is not None:
+        if self.budget is not None:
             pl_module.log("grain/latency_kept", self._latency_kept(self.masks), on_step=True, on_epoch=False,
                           batch_size=1)
 
     def _latency_kept(self, masks: PruningMasks) -> float:
         """The latency model's predicted time of ``masks`` over the dense time."""
-        return self.table.predict(masks.structure()) / self.table.dense_ms
+        return self.budget.table.predict(masks.structure()) / self.budget.table.dense_ms
 
     def _prune_to(self, density: float, step: int) -> None:
-        if self.table is not None:
+        if self.budget is not None:
             new = select_units_by(self.importance.scores, self.masks, self.layout, density, self._latency_kept,
                                   self.units)
             # multiples of 16 neurons per layer, as the table is measured (rounded down: never over the density)
-            new = align_neurons(new, self.importance.scores["ffn"], LatencyBudget(self.table, self.latency.speedup),
-                                grow=False)
+            new = align_neurons(new, self.importance.scores["ffn"], self.budget, grow=False)
         else:
             new = select_units(self.importance.scores, self.masks, self.layout, density, self.units)
         with torch.no_grad():
@@ -361,7 +359,7 @@ class GrainCallback(Callback):
             binary = self.masks.binary()
             self.history.append({"step": step, "density": density, "params_kept": kept,
                                  "heads": int(binary.heads_alive().sum()), "ffn": int(binary.ffn.sum())})
-            if self.table is not None:
+            if self.budget is not None:
                 self.history[-1]["latency_kept"] = self._latency_kept(binary)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -379,7 +377,7 @@ class GrainCallback(Callback):
         evaluate and time it, write the pruned folder and the report; return the report."""
         warnings_: list[str] = []
         if self.density > self.final:
-            budget = f"params_kept={self.params_kept}" if self.table is None else f"speedup={self.latency.speedup}"
+            budget = f"params_kept={self.params_kept}" if self.budget is None else f"speedup={self.latency.speedup}"
             warnings_.append(f"training stopped at step {self.last_step} of {self.total_steps}, before the schedule "
                              f"reached {budget} (density {self.density:.4f}): the remaining units were removed at "
                              "the end, without training after")
@@ -421,10 +419,9 @@ class GrainCallback(Callback):
 
     def _budget_report(self) -> Callable[[nn.Module, nn.Module], dict[str, Any]] | None:
         """The latency budget's entry of the report (``None`` without one)."""
-        if self.table is None:
+        if self.budget is None:
             return None
-        budget = LatencyBudget(self.table, self.latency.speedup)
-        structure = self.masks.structure()
+        budget, structure = self.budget, self.masks.structure()
         return lambda dense, pruned: {"budget": budget_report(budget, dense, pruned, structure, self.latency_repeats)}
 
     # ------------------------------------------------------------------------------------------------ state
