@@ -362,6 +362,8 @@ class LitPruneArgumentParser(LightningArgumentParser):
 KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # torch deprecates its LeafSpec class, which lightning.pytorch.utilities._pytree still builds in every fit
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # torchmetrics' Spearman correlation keeps its inputs until computed: a dev split's scores, a few kB here
+    (r"Metric `SpearmanCorrcoef` will save all targets", UserWarning),
 )
 
 #: The loggers Lightning's rank-zero messages go through ("GPU available: ...", "💡 Tip: ...").

@@ -8,7 +8,9 @@ A pruned folder holds:
 * ``model.safetensors``: the compacted weights;
 * ``modeling_lit_pruned.py``: a copy of lit_prune's modelling file (torch + transformers only), which rebuilds
   the pruned architecture before the weights load;
-* the tokenizer files, when a tokenizer is given.
+* the tokenizer files, when a tokenizer is given;
+* for a sentence-embedding model, the sentence-transformers files (``modules.json``, the pooling config,
+  ``sentence_bert_config.json``; see :mod:`lit_prune.core.pooling`).
 
 So ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` works without lit_prune,
 and :func:`load_pruned` loads it inside lit_prune from the package's own copy of the classes (no remote code).
@@ -29,8 +31,9 @@ from transformers import AutoConfig
 from lit_prune.core.arch import STRUCTURE_KEY, get_adapter
 from lit_prune.core.atomic import atomic_directory, atomic_write_text
 from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
+from lit_prune.core.pooling import write_sentence_transformers_files
 
-Kind = Literal["base", "sequence_classification", "question_answering", "label_words"]
+Kind = Literal["base", "sequence_classification", "question_answering", "label_words", "sentence_embedding"]
 
 MODELING_FILE = "modeling_lit_pruned.py"
 WEIGHTS_FILE = "model.safetensors"
@@ -94,6 +97,8 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None,
                               for auto, k in kinds.items()}
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         shutil.copyfile(hf.__file__, tmp / MODELING_FILE)
+        if kind == "sentence_embedding":
+            write_sentence_transformers_files(tmp, model.config)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if finish is not None:
@@ -173,9 +178,10 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
 
     Args:
         folder: a folder written by :func:`save_pruned`.
-        kind: "base", "sequence_classification", "question_answering" or "label_words" (a classifier through
-            masked-LM label words; "sequence_classification" also loads a folder saved as one); ``None`` loads the
-            kind that was saved.
+        kind: "base", "sequence_classification", "question_answering", "label_words" (a classifier through
+            masked-LM label words; "sequence_classification" also loads a folder saved as one) or
+            "sentence_embedding" (the encoder with its pooling; "base" also loads a folder saved as one);
+            ``None`` loads the kind that was saved.
         **from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``dtype``, ``attn_implementation``).
 
     Raises:
@@ -192,6 +198,9 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
     if kind not in hf.KINDS:
         raise ValueError(f"kind={kind!r} is not one of {list(hf.KINDS)}")
     saved = saved_kind(config)
-    if saved is not None and hf.AUTO_CLASSES[saved] == hf.AUTO_CLASSES[kind]:
-        kind = saved  # asked for the Auto class the saved model fills (a label-word classifier is a classifier)
+    generic = hf.DEFAULT_KINDS[hf.AUTO_CLASSES[kind]]
+    if saved is not None and kind == generic and hf.AUTO_CLASSES[saved] == hf.AUTO_CLASSES[kind]:
+        # asked for the Auto class the saved model fills (a label-word classifier is a classifier, a
+        # sentence-embedding model an encoder)
+        kind = saved
     return hf.PRUNED_CLASSES[(config.model_type, kind)].from_pretrained(folder, **from_pretrained_kwargs)

@@ -46,9 +46,10 @@ from lit_prune.core.latency_model import Budget, LatencyBudget, LatencyTable
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
 from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
-from lit_prune.methods.run import (finish_run, phase, progress_bar, resolve_seq_len, restore_on_failure,
-                                   timed_evaluation)
+from lit_prune.methods.run import finish_run, phase, progress_bar, resolve_seq_len, restore_on_failure, timed_evaluation
 from lit_prune.prune.batches import count_tokens, model_batch
+from lit_prune.prune.distill import predicts_embeddings, reads_first_token_only
+from lit_prune.prune.fisher import embedding_fisher_loss
 from lit_prune.prune.mask_tuning import Solver
 from lit_prune.prune.post_training import KwonResult, Refine, check_tuning_settings, kwon_prune, tuning_cache_limit
 
@@ -70,7 +71,8 @@ class RetrainingFreePruning(Callback):
         num_tokens: draw examples until they hold this many tokens (``None``: by ``num_samples``).
         replacement: draw ``num_samples`` with replacement.
         calibration_batch_size: batch size of the calibration passes.
-        seed: seed of the calibration draw (the same on every process).
+        seed: seed of the calibration draw (the same on every process), and of the Fisher pass's draws for a
+            sentence-embedding model (:func:`~lit_prune.prune.fisher.embedding_fisher_loss`).
         output_dir: where ``pruned_model/`` and ``pruning_report.json`` go (default: the Trainer's
             ``default_root_dir``).
         save_model: write the pruned model folder.
@@ -458,11 +460,12 @@ class MaskTuningPruning(RetrainingFreePruning):
                  num_batches: int, budget: Budget, reduce: Callable, progress: Callable,
                  refine: Refine | None = None, solver: Solver | None = None) -> KwonResult:
         """Run the pipeline with this callback's settings (``refine`` and ``solver``: the stages swapped in)."""
-        is_qa = getattr(model, "qa_outputs", None) is not None
         return kwon_prune(model, batches, budget, batch_ids=batch_ids, num_batches=num_batches,
                           rearrange=self.rearrange, tune=self.tune, tuning_reference=self.tuning_reference,
-                          damping=self.damping, cls_only_last_ffn=not is_qa, reduce=reduce, progress=progress,
-                          refine=refine, solver=solver, tuning_cache_bytes=tuning_cache_limit(self.tuning_cache_mb))
+                          damping=self.damping, cls_only_last_ffn=reads_first_token_only(model), reduce=reduce,
+                          progress=progress, refine=refine, solver=solver,
+                          tuning_cache_bytes=tuning_cache_limit(self.tuning_cache_mb),
+                          fisher_loss=embedding_fisher_loss(self.seed) if predicts_embeddings(model) else None)
 
 
 __all__ = ["MaskTuningPruning", "RetrainingFreePruning"]

@@ -6,8 +6,9 @@ Every lit_prune callback (:class:`~lit_prune.methods.KwonCallback`, ``KPruneCall
 
 * **one Hugging Face model** held by the LightningModule: found automatically when the module holds exactly one
   ``transformers.PreTrainedModel`` as a direct attribute, or named by ``model_attribute`` (a dotted path). It must
-  have a task head: its outputs carry ``logits`` (sequence classification, regression, token classification) or
-  ``start_logits`` / ``end_logits`` (extractive question answering);
+  have a task head: its outputs carry ``logits`` (sequence classification, regression, token classification),
+  ``start_logits`` / ``end_logits`` (extractive question answering) or ``embeddings`` (a sentence-embedding model
+  with its pooling, :class:`~lit_prune.tasks.SentenceEmbeddingModule`: pruned without labels);
 * **batches** that are dicts of model inputs (``input_ids``, ``attention_mask``, ... plus ``labels`` or
   ``start_positions`` / ``end_positions`` where the method's loss needs them), as they come from the dataloaders
   given to ``fit`` (a data module or plain dataloaders), or any other batch shape with a ``batch_to_inputs``
@@ -43,6 +44,7 @@ from torch import nn
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.prune.batches import LABEL_KEYS, model_batch
+from lit_prune.prune.distill import predicts_embeddings
 
 BatchToInputs = Callable[[Any], Mapping[str, torch.Tensor]]
 
@@ -254,7 +256,7 @@ class PruningTarget:
             problems.append(f"the batches hold {sorted(inputs)} for {type(model).__name__}, but no 'input_ids': "
                             "give dict batches of tokenised inputs, or a batch_to_inputs that returns them")
             return problems
-        if needs_labels and not any(key in inputs for key in LABEL_KEYS):
+        if needs_labels and not predicts_embeddings(model) and not any(key in inputs for key in LABEL_KEYS):
             problems.append(f"the method needs the task loss, but the batches hold no labels ({sorted(inputs)}): "
                             "add 'labels' (classification, regression) or 'start_positions' and 'end_positions' "
                             "(question answering) to the batches, or use a label-free method (KPruneCallback)")
@@ -307,11 +309,12 @@ def output_problems(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> lis
     finally:
         for module, training in modes:
             module.training = training
-    if getattr(outputs, "logits", None) is None and getattr(outputs, "start_logits", None) is None:
-        return [f"{type(model).__name__} has no task head (its outputs hold {sorted(outputs.keys())}, no 'logits' "
-                "nor 'start_logits'/'end_logits'): pruning scores units by the model's predictions; hold the model "
-                "with its head (AutoModelForSequenceClassification, ...ForTokenClassification, "
-                "...ForQuestionAnswering) in the LightningModule, and name it with model_attribute if several"]
+    if all(getattr(outputs, name, None) is None for name in ("logits", "start_logits", "embeddings")):
+        return [(f"{type(model).__name__} has no task head (its outputs hold {sorted(outputs.keys())}, no 'logits' "
+                 "nor 'start_logits'/'end_logits' nor 'embeddings'): pruning scores units by the model's predictions; "
+                 "hold the model with its head (AutoModelForSequenceClassification, ...ForTokenClassification, "
+                 "...ForQuestionAnswering) in the LightningModule, or a sentence-embedding model with its pooling "
+                 "(lit_prune.tasks.SentenceEmbeddingModule), and name it with model_attribute if several")]
     return []
 
 

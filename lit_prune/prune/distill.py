@@ -6,8 +6,10 @@ method's paper fixes it:
 
 * :func:`distillation_loss`: KL(teacher ‖ student) at temperature T, multiplied by T² (Hinton et al.; the gradient
   scale then does not depend on T), averaged over the batch. Question answering: the mean of the start and end
-  losses. Regression (one output): the MSE of the raw outputs (T does not apply). KPrune's predictive knowledge
-  (T = 2), G-Pruner's reward (T = 1) and SMP's distillation (T = 2) use it.
+  losses. Regression (one output): the MSE of the raw outputs (T does not apply). Sentence embeddings: the squared
+  Euclidean distance between the two embeddings, averaged over the batch (T does not apply; for unit-length
+  embeddings it is 2·(1 − cosine)). KPrune's predictive knowledge (T = 2), G-Pruner's reward (T = 1) and SMP's
+  distillation (T = 2) use it.
 * :func:`soft_cross_entropy`: −Σ softmax(t/T)·log softmax(s/T), averaged over the rows, **without** the T² factor, as
   GRAIN's reference code (TextBrewer) has it (T = 8).
 * :func:`hidden_mse` / :class:`HiddenStateMatcher`: hidden-state MSE through trainable projections initialised to the
@@ -26,19 +28,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_prune.core.hf_modeling.modeling_lit_pruned import SENTENCE_EMBEDDING_KEY
 from lit_prune.prune.batches import model_inputs
 
-PredictionKind = Literal["classification", "regression", "question_answering"]
+PredictionKind = Literal["classification", "regression", "question_answering", "embedding"]
+
+
+def predicts_embeddings(model: nn.Module) -> bool:
+    """Whether ``model`` is a sentence-embedding model (its outputs carry ``embeddings``, and no labels exist)."""
+    return getattr(getattr(model, "config", None), SENTENCE_EMBEDDING_KEY, None) is not None
+
+
+def reads_first_token_only(model: nn.Module) -> bool:
+    """Whether the model's prediction reads only the first token of the last layer: a sequence classifier, or a
+    sentence-embedding model with CLS pooling (question answering and mean or max pooling read every token)."""
+    if predicts_embeddings(model):
+        return getattr(model.config, SENTENCE_EMBEDDING_KEY).get("pooling") == "cls"
+    return getattr(model, "qa_outputs", None) is None
 
 
 def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
     """What the model predicts, from its output and config (used to pick the distillation loss)."""
     if getattr(outputs, "start_logits", None) is not None:
         return "question_answering"
+    if getattr(outputs, "embeddings", None) is not None:
+        return "embedding"
     logits = getattr(outputs, "logits", None)
     if logits is None:
-        raise ValueError(f"{type(model).__name__} returns neither `logits` nor `start_logits`/`end_logits`: distillation "
-                         "needs a sequence-classification, regression or question-answering head")
+        raise ValueError(f"{type(model).__name__} returns neither `logits`, `start_logits`/`end_logits` nor "
+                         "`embeddings`: distillation needs a sequence-classification, regression, question-answering "
+                         "or sentence-embedding model")
     if getattr(model.config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
         return "regression"
     return "classification"
@@ -46,8 +65,10 @@ def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
 
 def teacher_targets(outputs: Any, model: nn.Module, temperature: float) -> dict[str, torch.Tensor]:
     """The teacher's side of :func:`distillation_loss` from its ``outputs``: softmax(logits / T) (start and end for
-    question answering), or the raw values for regression."""
+    question answering), the raw values for regression, the embeddings of a sentence-embedding model."""
     kind = prediction_kind(outputs, model)
+    if kind == "embedding":
+        return {"embeddings": outputs.embeddings.detach().float()}
     if kind == "question_answering":
         return {"start": F.softmax(outputs.start_logits.detach() / temperature, dim=-1),
                 "end": F.softmax(outputs.end_logits.detach() / temperature, dim=-1)}
@@ -66,7 +87,8 @@ def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], tempera
     """The predictive-knowledge loss between the current model's ``outputs`` and the dense ``targets``.
 
     KL(dense ‖ current) at temperature T times T², averaged over the batch (``batchmean``); the mean of the start
-    and end losses for question answering; the MSE for regression.
+    and end losses for question answering; the MSE for regression; the mean squared distance between the
+    embeddings for a sentence-embedding model.
     """
     def kl(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(logits / temperature, dim=-1), probs, reduction="batchmean") * temperature ** 2
@@ -75,6 +97,8 @@ def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], tempera
         return (kl(outputs.start_logits, targets["start"]) + kl(outputs.end_logits, targets["end"])) / 2
     if "values" in targets:
         return F.mse_loss(outputs.logits.float(), targets["values"])
+    if "embeddings" in targets:
+        return (outputs.embeddings.float() - targets["embeddings"]).pow(2).sum(-1).mean()
     return kl(outputs.logits, targets["probs"])
 
 
@@ -145,4 +169,4 @@ class HiddenStateMatcher(nn.Module):
 
 
 __all__ = ["HiddenStateMatcher", "PredictionKind", "dense_predictions", "distillation_loss", "hidden_mse",
-           "prediction_kind", "soft_cross_entropy", "teacher_targets"]
+           "prediction_kind", "predicts_embeddings", "reads_first_token_only", "soft_cross_entropy", "teacher_targets"]

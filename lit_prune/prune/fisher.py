@@ -12,6 +12,14 @@ Departures from the paper and the reference code: gradients come from ``torch.au
 (no ``.grad`` accumulation anywhere), and the masks act through :func:`~lit_prune.core.masking.apply_masks` hooks
 (transformers 5 has no ``head_mask``).
 
+Sentence-embedding models have no labels, hence no task loss; and a distillation loss to the dense model's own
+embeddings is at its minimum on the dense model, where its gradient (and so the empirical Fisher) is zero. Their
+Fisher is therefore the model's own, sampled (:func:`embedding_fisher_loss`): the embedding read as the mean of a
+unit Gaussian, a target drawn from it per sentence (y = e + z, z ~ N(0, I), seeded by the batch's position in the
+sample, so every process and every run draws the same), and the negative log-likelihood ½‖e − y‖² averaged over the
+batch as the loss. Its squared mask gradients estimate the diagonal of the Fisher information Σ_k (∂e_k/∂m)², which
+is what the empirical Fisher of a task loss estimates for a classifier's softmax.
+
 Driving this from a calibration loop (every statistic is a plain tensor): one pass over the calibration data
 (forward + backward per batch), ``stats.add(*mask_gradients(...))``, or :func:`fisher_pass` for a whole list of
 batches. Under DDP, all-gather ``head_grads`` and ``ffn_grads`` (equal batch counts per rank) and rebuild with
@@ -21,8 +29,9 @@ the batches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,9 +132,25 @@ class FisherStatistics:
 
 
 
+#: a per-batch loss for the Fisher pass: ``loss_fn(outputs, position)``, position: the batch's place in the sample
+BatchLoss = Callable[[Any, int], torch.Tensor]
+
+
+def embedding_fisher_loss(seed: int) -> BatchLoss:
+    """The Fisher pass's loss for a sentence-embedding model (see the module docstring): ½‖e − (e + z)‖² with
+    z ~ N(0, I) drawn per sentence from ``seed`` and the batch's position, averaged over the batch."""
+    def loss(outputs: Any, position: int) -> torch.Tensor:
+        embeddings = outputs.embeddings.float()
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(position))
+        noise = torch.randn(embeddings.shape, generator=generator).to(embeddings.device)
+        return 0.5 * (embeddings - (embeddings.detach() + noise)).pow(2).sum(-1).mean()
+
+    return loss
+
+
 def fisher_pass(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], *,
                 batch_ids: Sequence[int] | None = None, num_batches: int | None = None, reduce: Reduce | None = None,
-                progress: Progress | None = None) -> FisherStatistics:
+                progress: Progress | None = None, loss_fn: BatchLoss | None = None) -> FisherStatistics:
     """The Fisher pass: one forward and backward pass per calibration batch, at the all-ones masks.
 
     Args:
@@ -136,6 +161,8 @@ def fisher_pass(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
         num_batches: how many batches the whole sample has (default ``len(batches)``).
         reduce: sums a dict of tensors over processes; ``None`` in a single process.
         progress: called as ``progress(description, done, total)`` after each batch.
+        loss_fn: the loss differentiated, ``loss_fn(outputs, position)``; ``None``: the task loss the model returns
+            given labels (a sentence-embedding model: :func:`embedding_fisher_loss`).
 
     Returns:
         The statistics of the whole sample (every process's batches, in sample order), on the CPU.
@@ -157,7 +184,8 @@ def fisher_pass(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
     head_grads = torch.zeros(num_batches, adapter.num_layers, adapter.num_heads, device=device)
     ffn_grads = torch.zeros(num_batches, adapter.num_layers, adapter.ffn_dim, device=device)
     for i, (position, batch) in enumerate(zip(batch_ids, batches)):
-        head_grads[position], ffn_grads[position] = mask_gradients(model, ones, batch)
+        batch_loss = None if loss_fn is None else (lambda outputs, position=position: loss_fn(outputs, position))
+        head_grads[position], ffn_grads[position] = mask_gradients(model, ones, batch, loss_fn=batch_loss)
         if progress is not None:
             progress("Kwon Fisher", i + 1, len(batches))
     if reduce is not None:
@@ -166,4 +194,4 @@ def fisher_pass(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
     return FisherStatistics(head_grads.cpu(), ffn_grads.cpu())
 
 
-__all__ = ["FisherStatistics", "fisher_pass"]
+__all__ = ["BatchLoss", "FisherStatistics", "embedding_fisher_loss", "fisher_pass"]

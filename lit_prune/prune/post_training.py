@@ -32,7 +32,7 @@ from torch import nn
 from lit_prune.core.flops import FlopsBudget
 from lit_prune.core.masks import PruningMasks
 from lit_prune.prune.cache import SpillCache
-from lit_prune.prune.fisher import FisherStatistics, fisher_pass
+from lit_prune.prune.fisher import BatchLoss, FisherStatistics, fisher_pass
 from lit_prune.prune.mask_tuning import Solver, TuningStep, tune_masks
 from lit_prune.prune.rearrange import rearrange_masks, total_objective
 from lit_prune.prune.search import search_masks, teacher_budget
@@ -107,7 +107,8 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
                tune: bool = True, tuning_reference: Literal["intermediate", "dense"] = "intermediate",
                damping: float = 1.0, cls_only_last_ffn: bool = False, reduce: Reduce | None = None,
                progress: Progress | None = None, refine: Refine | None = None,
-               solver: Solver | None = None, tuning_cache_bytes: int | None = None) -> KwonResult:
+               solver: Solver | None = None, tuning_cache_bytes: int | None = None,
+               fisher_loss: BatchLoss | None = None) -> KwonResult:
     """Kwon et al.'s whole pipeline on ``model`` (its weights are not changed): Fisher → search → rearrangement →
     tuning. Every stage after the search can be switched off for ablations.
 
@@ -132,12 +133,14 @@ def kwon_prune(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], 
         solver: the tuning's least-squares solver (see :func:`tune_masks`).
         tuning_cache_bytes: the tuning's hidden states kept in memory at most (the rest is spilled to a temporary
             folder); ``None``: no limit.
+        fisher_loss: the Fisher pass's loss (see :func:`~lit_prune.prune.fisher.fisher_pass`); ``None``: the task
+            loss given labels.
 
     Returns:
         :class:`KwonResult`; compact the model with ``result.masks``.
     """
     stats = fisher_pass(model, batches, batch_ids=batch_ids, num_batches=num_batches, reduce=reduce,
-                        progress=progress)
+                        progress=progress, loss_fn=fisher_loss)
     device = next(model.parameters()).device
     searched = search_masks(stats.head_importance(), stats.ffn_importance(), budget)
     masks, rearranged = searched, None

@@ -3,7 +3,8 @@
 from lit_prune.tasks.base import TaskModule
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.distilled import DistilledQuestionAnsweringModule, DistilledSequenceClassificationModule
+from lit_prune.tasks.embedding import SentenceEmbeddingModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
 
 __all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule", "QuestionAnsweringModule",
-           "SequenceClassificationModule", "TaskModule"]
+           "SentenceEmbeddingModule", "SequenceClassificationModule", "TaskModule"]

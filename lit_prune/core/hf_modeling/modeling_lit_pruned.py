@@ -5,7 +5,9 @@ This file is copied into every pruned model folder and named in the folder's ``c
 ``AutoModelForQuestionAnswering``) rebuild the pruned architecture on a machine without lit_prune. It imports
 only ``torch`` and ``transformers``. A model that classifies through its masked-LM head's label words (SMP's
 classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and
-``AutoModelForSequenceClassification`` loads it as that classifier.
+``AutoModelForSequenceClassification`` loads it as that classifier. A sentence-embedding model
+(:class:`BertForSentenceEmbedding` and kin: the encoder plus its pooling) is saved as such, and ``AutoModel`` loads
+it with its pooling (sentence-transformers loads the folder through ``AutoModel`` too).
 
 The pruned structure lives in the config under ``lit_prune_structure``::
 
@@ -48,7 +50,7 @@ from transformers import (
     RobertaForSequenceClassification,
     RobertaModel,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 STRUCTURE_KEY = "lit_prune_structure"
 FORMAT_VERSION = 1
@@ -99,17 +101,21 @@ LAYOUTS: dict[str, dict[str, str]] = {
 }
 LAYOUTS["roberta"] = dict(LAYOUTS["bert"])
 
-KINDS = ("base", "sequence_classification", "question_answering", "label_words")
+KINDS = ("base", "sequence_classification", "question_answering", "label_words", "sentence_embedding")
 AUTO_CLASSES = {
     "base": "AutoModel",
     "sequence_classification": "AutoModelForSequenceClassification",
     "question_answering": "AutoModelForQuestionAnswering",
     # a classifier too: a folder saved as this kind gives it for AutoModelForSequenceClassification
     "label_words": "AutoModelForSequenceClassification",
+    # an encoder too: a folder saved as this kind gives it (with its pooling) for AutoModel
+    "sentence_embedding": "AutoModel",
 }
 #: the kind each Auto class loads from a folder, unless the folder was saved as another kind of that Auto class
 DEFAULT_KINDS = {auto: kind for kind, auto in reversed(AUTO_CLASSES.items())}
 LABEL_WORDS_KEY = "lit_prune_label_words"
+SENTENCE_EMBEDDING_KEY = "lit_prune_sentence_embedding"
+POOLING_MODES = ("mean", "cls", "max")
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -622,6 +628,100 @@ class LitPrunedDistilBertForLabelWordClassification(_Pruned, DistilBertForLabelW
     """A pruned :class:`DistilBertForLabelWordClassification`."""
 
 
+# ------------------------------------------------------------------------------------------ sentence embeddings
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """One vector per input from the token states ``hidden`` (B, S, d), as sentence-transformers' ``Pooling`` does:
+    ``mean`` over the non-padding tokens, the first (``cls``) token, or the ``max`` over non-padding tokens."""
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None
+            else attention_mask).unsqueeze(-1).to(hidden.dtype)
+    if mode == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "max":
+        return hidden.masked_fill(mask == 0, -1e9).max(1).values
+    raise ValueError(f"pooling mode {mode!r} is not one of {list(POOLING_MODES)}")
+
+
+@dataclass
+class SentenceEmbeddingOutput(BaseModelOutputWithPooling):
+    """The encoder's outputs plus ``embeddings`` (B, d): one pooled (and, where the model normalises, unit-length)
+    vector per input. ``outputs[0]`` stays the token states, as sentence-transformers reads them."""
+
+    embeddings: torch.FloatTensor | None = None
+
+
+class _SentenceEmbedding:
+    """An encoder that also pools its token states into sentence embeddings (a sentence-transformers model's
+    Transformer, Pooling and Normalize modules in one).
+
+    ``config.lit_prune_sentence_embedding`` is ``{"pooling": "mean" | "cls" | "max", "normalize": bool,
+    "max_seq_length": int}``. Built without the encoder's pooler layer (sentence embeddings do not use it).
+    """
+
+    def embedding_settings(self) -> dict[str, Any]:
+        settings = getattr(self.config, SENTENCE_EMBEDDING_KEY, None)
+        if not settings or settings.get("pooling") not in POOLING_MODES:
+            raise ValueError(f"{type(self).__name__}: config.{SENTENCE_EMBEDDING_KEY} must give the pooling, one of "
+                             f"{list(POOLING_MODES)}; got {settings!r}")
+        return settings
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None) -> SentenceEmbeddingOutput:
+        settings = self.embedding_settings()
+        extra = {name: value for name, value in (("token_type_ids", token_type_ids), ("position_ids", position_ids),
+                                                 ("output_attentions", output_attentions),
+                                                 ("output_hidden_states", output_hidden_states))
+                 if value is not None}
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                  return_dict=True, **extra)
+        embeddings = pool_tokens(outputs.last_hidden_state, attention_mask, settings["pooling"])
+        if settings.get("normalize"):
+            embeddings = F.normalize(embeddings, p=2, dim=1)
+        return SentenceEmbeddingOutput(last_hidden_state=outputs.last_hidden_state, embeddings=embeddings,
+                                       hidden_states=getattr(outputs, "hidden_states", None),
+                                       attentions=getattr(outputs, "attentions", None))
+
+
+class BertForSentenceEmbedding(_SentenceEmbedding, BertModel):
+    """:class:`transformers.BertModel` with sentence pooling (see :class:`_SentenceEmbedding`)."""
+
+    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+
+
+class RobertaForSentenceEmbedding(_SentenceEmbedding, RobertaModel):
+    """:class:`transformers.RobertaModel` with sentence pooling."""
+
+    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+
+
+class DistilBertForSentenceEmbedding(_SentenceEmbedding, DistilBertModel):
+    """:class:`transformers.DistilBertModel` with sentence pooling."""
+
+
+SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
+    "bert": BertForSentenceEmbedding,
+    "roberta": RobertaForSentenceEmbedding,
+    "distilbert": DistilBertForSentenceEmbedding,
+}
+
+
+class LitPrunedBertForSentenceEmbedding(_Pruned, BertForSentenceEmbedding):
+    """A pruned :class:`BertForSentenceEmbedding`."""
+
+
+class LitPrunedRobertaForSentenceEmbedding(_Pruned, RobertaForSentenceEmbedding):
+    """A pruned :class:`RobertaForSentenceEmbedding`."""
+
+
+class LitPrunedDistilBertForSentenceEmbedding(_Pruned, DistilBertForSentenceEmbedding):
+    """A pruned :class:`DistilBertForSentenceEmbedding`."""
+
+
 PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "base"): LitPrunedBertModel,
     ("bert", "sequence_classification"): LitPrunedBertForSequenceClassification,
@@ -635,4 +735,7 @@ PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "label_words"): LitPrunedBertForLabelWordClassification,
     ("roberta", "label_words"): LitPrunedRobertaForLabelWordClassification,
     ("distilbert", "label_words"): LitPrunedDistilBertForLabelWordClassification,
+    ("bert", "sentence_embedding"): LitPrunedBertForSentenceEmbedding,
+    ("roberta", "sentence_embedding"): LitPrunedRobertaForSentenceEmbedding,
+    ("distilbert", "sentence_embedding"): LitPrunedDistilBertForSentenceEmbedding,
 }
