@@ -19,7 +19,7 @@ from lit_prune.core.io import load_pruned, save_pruned
 from lit_prune.core.masks import PruningMasks
 from lit_prune.core.pooling import embedding_settings, read_pooling
 from lit_prune.data.sentences import SentenceDataModule
-from lit_prune.methods import KPruneCallback, KwonCallback
+from lit_prune.methods import GPrunerCallback, KPruneCallback, KwonCallback
 from lit_prune.prune.distill import distillation_loss, prediction_kind, reads_first_token_only, teacher_targets
 from lit_prune.prune.fisher import fisher_pass
 from lit_prune.tasks import SentenceEmbeddingModule
@@ -133,13 +133,15 @@ def test_the_sampled_fisher_of_an_embedding_model_is_seeded_and_informative(mini
 
 
 # -------------------------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("method", ["kprune", "kwon"])
+@pytest.mark.parametrize("method", ["kprune", "kwon", "gpruner"])
 def test_label_free_pruning_gives_a_sentence_transformers_folder(method, st_folder, data_files, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / method
-    callback = (KPruneCallback(flops_kept=0.5, num_tokens=150, output_dir=str(out)) if method == "kprune" else
-                KwonCallback(flops_kept=0.5, num_samples=16, output_dir=str(out)))
+    callback = {"kprune": lambda: KPruneCallback(flops_kept=0.5, num_tokens=150, output_dir=str(out)),
+                "kwon": lambda: KwonCallback(flops_kept=0.5, num_samples=16, output_dir=str(out)),
+                "gpruner": lambda: GPrunerCallback(flops_kept=0.5, num_samples=16, reward_samples=8, ppo_iterations=2,
+                                                   ppo_rollouts=2, output_dir=str(out))}[method]()
     module = SentenceEmbeddingModule(str(st_folder))
     trainer = L.Trainer(max_epochs=0, callbacks=[callback], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, num_sanity_val_steps=0, accelerator="cpu")
@@ -190,4 +192,15 @@ def test_an_embedding_module_refuses_to_train(st_folder, data_files, tmp_path):
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         accelerator="cpu")
     with pytest.raises(ValueError, match="has no training objective.*max_epochs=1"):
+        trainer.fit(SentenceEmbeddingModule(str(st_folder)), datamodule=data_module(st_folder, data_files, tmp_path))
+
+
+@pytest.mark.parametrize("method", ["GRAIN", "SMP"])
+def test_training_methods_refuse_an_embedding_model_before_any_work(method, st_folder, data_files, tmp_path):
+    from lit_prune.methods import GrainCallback, SMPCallback
+
+    callback = GrainCallback(params_kept=0.5) if method == "GRAIN" else SMPCallback(params_kept=0.5)
+    trainer = L.Trainer(max_epochs=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, accelerator="cpu")
+    with pytest.raises(ValueError, match=f"{method} trains the model with its task loss.*KPruneCallback, KwonCallback"):
         trainer.fit(SentenceEmbeddingModule(str(st_folder)), datamodule=data_module(st_folder, data_files, tmp_path))

@@ -211,17 +211,26 @@ class PruningTarget:
         return source.is_defined() and is_overridden("validation_step", self.pl_module, parent=L.LightningModule)
 
     # ------------------------------------------------------------------------------------------------ checks
-    def problems(self, *, needs_labels: bool = False, evaluate: bool = True, dense_hint: str = "") -> list[str]:
+    def problems(self, *, needs_labels: bool = False, evaluate: bool = True, dense_hint: str = "",
+                 trains: str | None = None) -> list[str]:
         """Everything this project lacks for a callback, each with its fix (empty when all is there).
 
         Looks at one training batch (the first, through ``batch_to_inputs``) and runs the model on two of its
         examples, so a wrong batch shape, missing labels or a headless model are said before any training.
+
+        Args:
+            trains: the method's name when it trains the model with a task loss during the fit (GRAIN, SMP): a
+                sentence-embedding model, which has no task loss, is refused.
         """
         problems = []
         try:
             model = self.model
         except ValueError as error:
             return [str(error)]
+        if trains is not None and predicts_embeddings(model):
+            return [f"{trains} trains the model with its task loss during the fit, and a sentence-embedding model "
+                    f"({type(model).__name__}) has none: prune it without labels with KPruneCallback, KwonCallback "
+                    "or GPrunerCallback"]
         if get_adapter(model).is_compacted:
             problems.append(f"the model {self.name!r} is already pruned (its config has a lit_prune_structure); "
                             f"{dense_hint or 'prune the dense model'}")

@@ -221,7 +221,8 @@ class GrainCallback(Callback):
         if stage != "fit":
             return
         target = self.target(trainer, pl_module)
-        problems = target.problems(evaluate=self.evaluate, dense_hint="GRAIN prunes a dense model")
+        problems = target.problems(evaluate=self.evaluate, dense_hint="GRAIN prunes a dense model",
+                                   trains="GRAIN")
         if trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.limit_train_batches == 0:
             problems.append("the Trainer trains nothing (max_epochs, max_steps or limit_train_batches is 0): GRAIN "
                             "prunes during training; give the fit training steps")

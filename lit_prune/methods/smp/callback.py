@@ -172,7 +172,8 @@ class SMPCallback(Callback):
         if stage != "fit":
             return
         target = self.target(trainer, pl_module)
-        problems = list(self.problems) + target.problems(evaluate=self.evaluate, dense_hint="SMP prunes a dense model")
+        problems = list(self.problems) + target.problems(evaluate=self.evaluate, dense_hint="SMP prunes a dense model",
+                                                         trains="SMP")
         if trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.limit_train_batches == 0:
             problems.append(f"the Trainer trains nothing (max_epochs={trainer.max_epochs}, max_steps="
                             f"{trainer.max_steps}, limit_train_batches={trainer.limit_train_batches}): SMP trains its "
