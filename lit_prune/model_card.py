@@ -73,11 +73,13 @@ DATASETS: dict[str, tuple[str, str | None, str]] = {
     **{task: ("nyu-mll/glue", task, f"GLUE {name}") for task, name in GLUE_NAMES.items()},
     "squad_v1": ("rajpurkar/squad", None, "SQuAD v1.1"),
     "squad_v2": ("rajpurkar/squad_v2", None, "SQuAD v2.0"),
+    "conll2003": ("eriktks/conll2003", None, "CoNLL-2003"),
 }
 
 #: the Hub's pipeline tag of each saved model kind (lit_prune.core.io's kinds)
 PIPELINE_TAGS = {"sequence_classification": "text-classification", "label_words": "text-classification",
-                 "question_answering": "question-answering", "base": "feature-extraction"}
+                 "question_answering": "question-answering", "token_classification": "token-classification",
+                 "sentence_embedding": "sentence-similarity", "base": "feature-extraction"}
 
 #: lit_prune's metric names -> the Hub's metric ids (the others are the same on both sides)
 HUB_METRICS = {"mcc": "matthews_correlation", "pearson": "pearsonr", "spearman": "spearmanr"}
@@ -91,7 +93,8 @@ _GENERIC_FOLDERS = {"final_model", "pruned_model", "model", "checkpoint", "best"
 # ------------------------------------------------------------------------------------------------ what it is
 def task_kind(report: dict[str, Any], kind: str | None = None) -> str | None:
     """The saved model kind: ``kind`` when known (from the folder's config), else what the report's task implies
-    ("sequence_classification" for GLUE, "question_answering" for SQuAD), else ``None``."""
+    ("sequence_classification" for GLUE, "question_answering" for SQuAD, "token_classification" for CoNLL-2003,
+    "sentence_embedding" for the embedding task), else ``None``."""
     if kind is not None:
         return kind
     task = report.get("task")
@@ -99,7 +102,7 @@ def task_kind(report: dict[str, Any], kind: str | None = None) -> str | None:
         return "sequence_classification"
     if isinstance(task, str) and task.startswith("squad"):
         return "question_answering"
-    return None
+    return {"conll2003": "token_classification", "embedding": "sentence_embedding"}.get(task)
 
 
 def base_model(report: dict[str, Any]) -> str | None:
@@ -304,6 +307,11 @@ def loading_lines(report: dict[str, Any], kind: str | None, has_tokenizer: bool)
     if has_tokenizer:
         code.append("tokenizer = AutoTokenizer.from_pretrained(folder)")
     code.append("```")
+    if task_kind(report, kind) == "sentence_embedding":
+        code += ["", "With sentence-transformers (its pooling and normalisation included):", "", "```python",
+                 "from sentence_transformers import SentenceTransformer", "",
+                 'model = SentenceTransformer("path/to/pruned_model", trust_remote_code=True)',
+                 'embeddings = model.encode(["A sentence to embed."])', "```"]
     return ["## How to load it", "", *code, "",
             ("It needs no lit_prune install: `trust_remote_code=True` runs the folder's own `modeling_lit_pruned.py` "
              "(torch and transformers only), which rebuilds the pruned shapes recorded in `config.json` "

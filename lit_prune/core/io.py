@@ -4,7 +4,8 @@ A pruned folder holds:
 
 * ``config.json``: the original config type (``model_type`` unchanged) plus ``lit_prune_structure`` (the kept
   structure and the dense shape, see :mod:`lit_prune.core.hf_modeling.modeling_lit_pruned`) and ``auto_map``
-  entries for ``AutoModel``, ``AutoModelForSequenceClassification`` and ``AutoModelForQuestionAnswering``;
+  entries for ``AutoModel``, ``AutoModelForSequenceClassification``, ``AutoModelForQuestionAnswering`` and
+  ``AutoModelForTokenClassification``;
 * ``model.safetensors``: the compacted weights;
 * ``modeling_lit_pruned.py``: a copy of lit_prune's modelling file (torch + transformers only), which rebuilds
   the pruned architecture before the weights load;
@@ -33,7 +34,8 @@ from lit_prune.core.atomic import atomic_directory, atomic_write_text
 from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
 from lit_prune.core.pooling import write_sentence_transformers_files
 
-Kind = Literal["base", "sequence_classification", "question_answering", "label_words", "sentence_embedding"]
+Kind = Literal["base", "sequence_classification", "question_answering", "token_classification", "label_words",
+               "sentence_embedding"]
 
 MODELING_FILE = "modeling_lit_pruned.py"
 WEIGHTS_FILE = "model.safetensors"
@@ -178,8 +180,8 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
 
     Args:
         folder: a folder written by :func:`save_pruned`.
-        kind: "base", "sequence_classification", "question_answering", "label_words" (a classifier through
-            masked-LM label words; "sequence_classification" also loads a folder saved as one) or
+        kind: "base", "sequence_classification", "question_answering", "token_classification", "label_words" (a
+            classifier through masked-LM label words; "sequence_classification" also loads a folder saved as one) or
             "sentence_embedding" (the encoder with its pooling; "base" also loads a folder saved as one);
             ``None`` loads the kind that was saved.
         **from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``dtype``, ``attn_implementation``).

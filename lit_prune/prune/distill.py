@@ -31,7 +31,7 @@ from torch import nn
 from lit_prune.core.hf_modeling.modeling_lit_pruned import SENTENCE_EMBEDDING_KEY
 from lit_prune.prune.batches import model_inputs
 
-PredictionKind = Literal["classification", "regression", "question_answering", "embedding"]
+PredictionKind = Literal["classification", "token_classification", "regression", "question_answering", "embedding"]
 
 
 def predicts_embeddings(model: nn.Module) -> bool:
@@ -41,10 +41,12 @@ def predicts_embeddings(model: nn.Module) -> bool:
 
 def reads_first_token_only(model: nn.Module) -> bool:
     """Whether the model's prediction reads only the first token of the last layer: a sequence classifier, or a
-    sentence-embedding model with CLS pooling (question answering and mean or max pooling read every token)."""
+    sentence-embedding model with CLS pooling (question answering, token classification and mean or max pooling
+    read every token)."""
     if predicts_embeddings(model):
         return getattr(model.config, SENTENCE_EMBEDDING_KEY).get("pooling") == "cls"
-    return getattr(model, "qa_outputs", None) is None
+    name = type(model).__name__
+    return name.endswith(("ForSequenceClassification", "ForLabelWordClassification"))
 
 
 def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
@@ -58,14 +60,21 @@ def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
         raise ValueError(f"{type(model).__name__} returns neither `logits`, `start_logits`/`end_logits` nor "
                          "`embeddings`: distillation needs a sequence-classification, regression, question-answering "
                          "or sentence-embedding model")
+    if logits.dim() == 3:
+        return "token_classification"
     if getattr(model.config, "problem_type", None) == "regression" or logits.shape[-1] == 1:
         return "regression"
     return "classification"
 
 
-def teacher_targets(outputs: Any, model: nn.Module, temperature: float) -> dict[str, torch.Tensor]:
+def teacher_targets(outputs: Any, model: nn.Module, temperature: float,
+                    batch: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """The teacher's side of :func:`distillation_loss` from its ``outputs``: softmax(logits / T) (start and end for
-    question answering), the raw values for regression, the embeddings of a sentence-embedding model."""
+    question answering), the raw values for regression, the embeddings of a sentence-embedding model.
+
+    Token classification ((B, S, C) logits) also records which tokens count (``token_mask``): those the task loss
+    counts (``labels`` != -100) when ``batch`` has labels, else its non-padding tokens, else all.
+    """
     kind = prediction_kind(outputs, model)
     if kind == "embedding":
         return {"embeddings": outputs.embeddings.detach().float()}
@@ -74,13 +83,26 @@ def teacher_targets(outputs: Any, model: nn.Module, temperature: float) -> dict[
                 "end": F.softmax(outputs.end_logits.detach() / temperature, dim=-1)}
     if kind == "regression":
         return {"values": outputs.logits.detach().float()}
-    return {"probs": F.softmax(outputs.logits.detach() / temperature, dim=-1)}
+    probs = F.softmax(outputs.logits.detach() / temperature, dim=-1)
+    if kind == "token_classification":
+        return {"probs": probs, "token_mask": token_mask(batch, probs.shape[:2]).to(probs.device)}
+    return {"probs": probs}
+
+
+def token_mask(batch: Mapping[str, Any] | None, shape: torch.Size) -> torch.Tensor:
+    """(B, S) bool: the tokens a token-classification loss counts (see :func:`teacher_targets`)."""
+    batch = batch or {}
+    if isinstance(batch.get("labels"), torch.Tensor) and batch["labels"].shape == shape:
+        return batch["labels"] != -100
+    if isinstance(batch.get("attention_mask"), torch.Tensor):
+        return batch["attention_mask"].bool()
+    return torch.ones(shape, dtype=torch.bool)
 
 
 @torch.no_grad()
 def dense_predictions(dense: nn.Module, batch: Mapping[str, Any], temperature: float) -> dict[str, torch.Tensor]:
     """The dense model's :func:`teacher_targets` for one batch (a forward pass without gradients)."""
-    return teacher_targets(dense(**model_inputs(dense, batch)), dense, temperature)
+    return teacher_targets(dense(**model_inputs(dense, batch)), dense, temperature, batch)
 
 
 def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], temperature: float) -> torch.Tensor:
@@ -88,7 +110,8 @@ def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], tempera
 
     KL(dense ‖ current) at temperature T times T², averaged over the batch (``batchmean``); the mean of the start
     and end losses for question answering; the MSE for regression; the mean squared distance between the
-    embeddings for a sentence-embedding model.
+    embeddings for a sentence-embedding model; for token classification, KL times T² averaged over the tokens the
+    task loss counts.
     """
     def kl(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(logits / temperature, dim=-1), probs, reduction="batchmean") * temperature ** 2
@@ -99,6 +122,9 @@ def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], tempera
         return F.mse_loss(outputs.logits.float(), targets["values"])
     if "embeddings" in targets:
         return (outputs.embeddings.float() - targets["embeddings"]).pow(2).sum(-1).mean()
+    if "token_mask" in targets:  # token classification: the mean over the counted tokens
+        keep = targets["token_mask"]
+        return kl(outputs.logits[keep], targets["probs"][keep])
     return kl(outputs.logits, targets["probs"])
 
 
@@ -169,4 +195,5 @@ class HiddenStateMatcher(nn.Module):
 
 
 __all__ = ["HiddenStateMatcher", "PredictionKind", "dense_predictions", "distillation_loss", "hidden_mse",
-           "prediction_kind", "predicts_embeddings", "reads_first_token_only", "soft_cross_entropy", "teacher_targets"]
+           "prediction_kind", "predicts_embeddings", "reads_first_token_only", "soft_cross_entropy", "teacher_targets",
+           "token_mask"]

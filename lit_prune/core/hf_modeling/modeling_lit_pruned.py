@@ -2,8 +2,8 @@
 
 This file is copied into every pruned model folder and named in the folder's ``config.json`` ``auto_map``, so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
-``AutoModelForQuestionAnswering``) rebuild the pruned architecture on a machine without lit_prune. It imports
-only ``torch`` and ``transformers``. A model that classifies through its masked-LM head's label words (SMP's
+``AutoModelForQuestionAnswering``, ``AutoModelForTokenClassification``) rebuild the pruned architecture on a machine
+without lit_prune. It imports only ``torch`` and ``transformers``. A model that classifies through its masked-LM head's label words (SMP's
 classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and
 ``AutoModelForSequenceClassification`` loads it as that classifier. A sentence-embedding model
 (:class:`BertForSentenceEmbedding` and kin: the encoder plus its pooling) is saved as such, and ``AutoModel`` loads
@@ -40,14 +40,17 @@ from transformers import (
     BertForMaskedLM,
     BertForQuestionAnswering,
     BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     DistilBertForMaskedLM,
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
     DistilBertModel,
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
+    RobertaForTokenClassification,
     RobertaModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
@@ -101,11 +104,13 @@ LAYOUTS: dict[str, dict[str, str]] = {
 }
 LAYOUTS["roberta"] = dict(LAYOUTS["bert"])
 
-KINDS = ("base", "sequence_classification", "question_answering", "label_words", "sentence_embedding")
+KINDS = ("base", "sequence_classification", "question_answering", "token_classification", "label_words",
+         "sentence_embedding")
 AUTO_CLASSES = {
     "base": "AutoModel",
     "sequence_classification": "AutoModelForSequenceClassification",
     "question_answering": "AutoModelForQuestionAnswering",
+    "token_classification": "AutoModelForTokenClassification",
     # a classifier too: a folder saved as this kind gives it for AutoModelForSequenceClassification
     "label_words": "AutoModelForSequenceClassification",
     # an encoder too: a folder saved as this kind gives it (with its pooling) for AutoModel
@@ -517,6 +522,10 @@ class LitPrunedBertForQuestionAnswering(_Pruned, BertForQuestionAnswering):
     """A pruned :class:`transformers.BertForQuestionAnswering`."""
 
 
+class LitPrunedBertForTokenClassification(_Pruned, BertForTokenClassification):
+    """A pruned :class:`transformers.BertForTokenClassification`."""
+
+
 class LitPrunedRobertaModel(_Pruned, RobertaModel):
     """A pruned :class:`transformers.RobertaModel`."""
 
@@ -529,6 +538,10 @@ class LitPrunedRobertaForQuestionAnswering(_Pruned, RobertaForQuestionAnswering)
     """A pruned :class:`transformers.RobertaForQuestionAnswering`."""
 
 
+class LitPrunedRobertaForTokenClassification(_Pruned, RobertaForTokenClassification):
+    """A pruned :class:`transformers.RobertaForTokenClassification`."""
+
+
 class LitPrunedDistilBertModel(_Pruned, DistilBertModel):
     """A pruned :class:`transformers.DistilBertModel`."""
 
@@ -539,6 +552,10 @@ class LitPrunedDistilBertForSequenceClassification(_Pruned, DistilBertForSequenc
 
 class LitPrunedDistilBertForQuestionAnswering(_Pruned, DistilBertForQuestionAnswering):
     """A pruned :class:`transformers.DistilBertForQuestionAnswering`."""
+
+
+class LitPrunedDistilBertForTokenClassification(_Pruned, DistilBertForTokenClassification):
+    """A pruned :class:`transformers.DistilBertForTokenClassification`."""
 
 
 # ------------------------------------------------------------------------------------------------ label words
@@ -726,12 +743,15 @@ PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "base"): LitPrunedBertModel,
     ("bert", "sequence_classification"): LitPrunedBertForSequenceClassification,
     ("bert", "question_answering"): LitPrunedBertForQuestionAnswering,
+    ("bert", "token_classification"): LitPrunedBertForTokenClassification,
     ("roberta", "base"): LitPrunedRobertaModel,
     ("roberta", "sequence_classification"): LitPrunedRobertaForSequenceClassification,
     ("roberta", "question_answering"): LitPrunedRobertaForQuestionAnswering,
+    ("roberta", "token_classification"): LitPrunedRobertaForTokenClassification,
     ("distilbert", "base"): LitPrunedDistilBertModel,
     ("distilbert", "sequence_classification"): LitPrunedDistilBertForSequenceClassification,
     ("distilbert", "question_answering"): LitPrunedDistilBertForQuestionAnswering,
+    ("distilbert", "token_classification"): LitPrunedDistilBertForTokenClassification,
     ("bert", "label_words"): LitPrunedBertForLabelWordClassification,
     ("roberta", "label_words"): LitPrunedRobertaForLabelWordClassification,
     ("distilbert", "label_words"): LitPrunedDistilBertForLabelWordClassification,

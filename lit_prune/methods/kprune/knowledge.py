@@ -142,7 +142,8 @@ def knowledge_step(model: nn.Module, dense: nn.Module, masks: PruningMasks, batc
         model: the model being pruned (sublayers below ``target`` masked by ``masks`` and tuned), eval mode.
         dense: the untouched dense model (the teacher of the predictions and of the tuning targets).
         masks: the current binary masks (units of ``target`` and above all kept).
-        batch: the batch (labels are ignored).
+        batch: the batch (labels are not needed; token classification's loss counts the tokens they label, or the
+            non-padding tokens without them).
         targets: :func:`~lit_prune.prune.distill.dense_predictions` of this batch. ``None`` when ``model`` is still
             the dense model (all masks one, weights untouched): its outputs are then the dense predictions, the
             distillation loss is at its minimum and its gradient zero, so the step runs forward only, makes the
@@ -177,7 +178,7 @@ def knowledge_step(model: nn.Module, dense: nn.Module, masks: PruningMasks, batc
     with ProjectionInputs(model, target) as capture, start_forward_at(model, layer, start):
         if targets is None:
             with torch.no_grad(), apply_masks(model, masks):
-                targets = teacher_targets(model(**inputs), model, temperature)
+                targets = teacher_targets(model(**inputs), model, temperature, batch)
         else:
             def loss(outputs: Any) -> torch.Tensor:
                 return share * distillation_loss(outputs, targets, temperature)

@@ -122,7 +122,7 @@ def split_batches(batches: Sequence[Mapping[str, Any]], max_groups: int, models:
     if first is not None:
         for net in models:
             def predict(batch: Mapping[str, Any], net: nn.Module = net) -> dict[str, torch.Tensor]:
-                return teacher_targets(net(**model_inputs(net, batch)), net, temperature)
+                return teacher_targets(net(**model_inputs(net, batch)), net, temperature, batch)
 
             if not rows_agree(predict(batches[first]), split[first], [predict(part.batch) for part in split[first]]):
                 return [split_batch(batch, 1) for batch in batches]

@@ -236,7 +236,7 @@ class _StaticModelPruning:
         size = batch["input_ids"].shape[0]
         self.log("train/task_loss", loss, batch_size=size)
         if self._distill_from is not None:
-            targets = teacher_targets(self._distill_from(inputs), self._distill_from.model, self.temperature)
+            targets = teacher_targets(self._distill_from(inputs), self._distill_from.model, self.temperature, batch)
             kd = distillation_loss(student, targets, self.temperature)
             self.log("train/kd_loss", kd, batch_size=size)
             loss = self.distill_alpha * kd + (1 - self.distill_alpha) * loss
