@@ -111,11 +111,13 @@ def test_each_task_gives_its_dataset_split_pipeline_and_hub_metric_ids(tmp_path,
 
 
 def test_the_datasets_are_the_ones_lit_prune_data_loads():
-    from lit_prune.data import GLUE_TASKS, SQUAD_TASKS
+    from lit_prune.data import CONLL_TASKS, GLUE_TASKS, SQUAD_TASKS
+    from lit_prune.data.conll import HUB_DATASET as CONLL_HUB_DATASET
     from lit_prune.data.glue import HUB_DATASET
     from lit_prune.data.squad import _SOURCES
 
-    assert set(DATASETS) == set(GLUE_TASKS) | set(SQUAD_TASKS)
+    assert set(DATASETS) == set(GLUE_TASKS) | set(SQUAD_TASKS) | set(CONLL_TASKS)
+    assert DATASETS["conll2003"][0] == CONLL_HUB_DATASET
     for task in GLUE_TASKS:
         assert DATASETS[task][:2] == (HUB_DATASET, task)
         assert DATASETS[task][2] == f"GLUE {GLUE_TASKS[task].folder}"

@@ -19,7 +19,7 @@ from tests.conftest import tiny_config, tiny_inputs
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 NAMES, PLACES = ["anna", "peter", "maria"], ["paris", "berlin", "rome"]
-FILLER = "the a went to met saw in with and from".split()
+FILLER = ["the", "a", "went", "to", "met", "saw", "in", "with", "and", "from"]
 
 CALLBACKS = {
     "kwon": lambda: KwonCallback(flops_kept=0.5),
@@ -170,3 +170,56 @@ def test_each_method_prunes_a_users_ner_project(method, tokenizer, tmp_path):
     module.net.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, module.net(**inputs).logits, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------- lit_prune's own CoNLL stack, end to end
+def conll_files(folder, seed: int = 0):
+    """Train and valid files in CoNLL column format, IOB2 tags, from the made-up sentences above."""
+    folder.mkdir()
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    for split, count in (("train", 48), ("valid", 16)):
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for words, tags in tagged_sentences(count, seed + (split == "valid")):
+            lines += [f"{word} NN O {names[tag]}" for word, tag in zip(words, tags)] + [""]
+        (folder / f"{split}.txt").write_text("\n".join(lines))
+    return folder
+
+
+@pytest.mark.parametrize("method", ["grain", "kprune"])
+def test_the_conll_modules_prune_end_to_end(method, tokenizer, minilm_l3, tmp_path):
+    from transformers import AutoModelForTokenClassification, BertConfig
+
+    from lit_prune.data import TokenClassificationDataModule
+    from lit_prune.tasks import DistilledTokenClassificationModule, TokenClassificationModule
+
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    labels = ["O", "B-LOC", "B-PER"]  # the tags the made-up sentences use, in the data module's order
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=64, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                        finetuning_task="conll2003")
+    AutoModelForTokenClassification.from_config(config).save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    data = TokenClassificationDataModule(tokenizer=str(teacher), data_dir=str(conll_files(tmp_path / "conll")),
+                                         batch_size=8, eval_batch_size=16, cache_dir=str(tmp_path / "cache"))
+    assert data.label_names == labels
+    if method == "grain":
+        module = DistilledTokenClassificationModule(str(teacher), save_final_model=False)
+        callback, epochs = GrainCallback(params_kept=0.5, output_dir=str(tmp_path / "out")), 2
+    else:
+        module = TokenClassificationModule(str(teacher), save_final_model=False)
+        callback, epochs = KPruneCallback(flops_kept=0.5, output_dir=str(tmp_path / "out")), 0
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", callbacks=[callback], num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    report = read_report(tmp_path / "out")
+    assert report["metrics"]["main"] == "f1" and set(report["metrics"]["pruned"]) >= {"f1", "precision", "accuracy"}
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "out" / "pruned_model",
+                                                            trust_remote_code=True).eval()
+    assert loaded.config.id2label[2] == "B-PER"
+    batch = next(iter(data.val_dataloader()))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    module.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, module.model(**inputs).logits, rtol=1e-4, atol=1e-5)

@@ -31,7 +31,7 @@ from benchmarks.runner import REPO, run_command
 from benchmarks.tables import replace_section
 from lit_prune.assets import resolve_model
 from lit_prune.core.atomic import atomic_write_text
-from lit_prune.core.hardware import hardware_label
+from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.core.latency import compare
 from lit_prune.core.latency_tables import random_inputs
 from lit_prune.report import read_report
@@ -166,8 +166,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def machine() -> str:
+    """The machine the timings ran on, with the thread count they used."""
+    return hardware_label({**hardware_summary("cpu"), "threads": THREADS})
+
+
 def save(rows: list[dict[str, Any]]) -> None:
-    hardware = hardware_label()
+    hardware = machine()
     atomic_write_text(RESULTS / "embeddings.json", json.dumps(rows, indent=1) + "\n")
     plot(rows, RESULTS / "embeddings.png")
     text = markdown(rows, hardware) + "\n![Spearman and fidelity against the FLOPs kept](embeddings.png)\n"
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['sentence_transformers']['spearman']:.4f}, cosine {r['sentence_transformers']['cosine_to_dense']:.4f}"
                   + (f", {r['measured']['s128']['speedup']:.2f}x" if r["measured"] else ""), flush=True)
             save(list(rows.values()))
-    print(markdown(list(rows.values()), hardware_label()))
+    print(markdown(list(rows.values()), machine()))
     return 0
 
 

@@ -16,11 +16,17 @@ LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
 def forward_keys(model: nn.Module) -> set[str] | None:
-    """The keyword arguments ``model.forward`` takes (``None``: it takes any)."""
+    """The keyword arguments ``model.forward`` names (``None``: it names none and takes any, ``**kwargs`` only).
+
+    A forward that names its inputs and also takes ``**kwargs`` (every transformers model) gets only the named ones:
+    batch entries such as ``word_ids`` or ``feature_index`` are not model inputs.
+    """
     parameters = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    named = {name for name, p in parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    if not named and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
-    return set(parameters)
+    return named
 
 
 def model_batch(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

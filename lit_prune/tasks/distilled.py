@@ -1,7 +1,8 @@
 """Distilled task modules: lit_prune's task modules (same data, metrics, evaluation and final-model saving) whose
 student learns from a frozen fine-tuned teacher, for methods that train while they prune (GRAIN).
 
-:class:`DistilledSequenceClassificationModule` and :class:`DistilledQuestionAnsweringModule` train the student,
+:class:`DistilledSequenceClassificationModule`, :class:`DistilledQuestionAnsweringModule` and
+:class:`DistilledTokenClassificationModule` train the student,
 initialised from ``name_or_path``, on ``kd_weight``·prediction loss + ``hidden_weight``·hidden loss (+ an optional
 ``hard_label_weight``·task loss); the losses are :mod:`lit_prune.prune.distill`'s (GRAIN's soft cross-entropy at
 temperature 8, no T² factor, and the hidden-state MSE through identity-initialised projections). The teacher is
@@ -21,10 +22,11 @@ from torch import nn
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.prune.batches import LABEL_KEYS
-from lit_prune.prune.distill import HiddenStateMatcher, soft_cross_entropy
+from lit_prune.prune.distill import HiddenStateMatcher, soft_cross_entropy, token_mask
 from lit_prune.prune.teacher import FrozenTeacher
 from lit_prune.tasks.classification import SequenceClassificationModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
+from lit_prune.tasks.token_classification import TokenClassificationModule
 
 
 # ------------------------------------------------------------------------------------------------ task modules
@@ -199,4 +201,48 @@ class DistilledQuestionAnsweringModule(_Distillation, QuestionAnsweringModule):
                    for name in ("start_logits", "end_logits"))
 
 
-__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule"]
+class DistilledTokenClassificationModule(_Distillation, TokenClassificationModule):
+    """A named-entity task module trained by distillation from a frozen fine-tuned teacher.
+
+    The prediction loss is the soft cross-entropy over the classes of the tokens the task loss counts (each word's
+    first sub-token), as GRAIN's over a sentence's classes.
+
+    Args:
+        name_or_path: the student's starting point (for GRAIN: the fine-tuned teacher itself).
+        task: ``"conll2003"`` (train.py sets it from ``data.task``).
+        teacher, temperature, kd_weight, hidden_weight, hidden_layers, hard_label_weight, learning_rate,
+            weight_decay, warmup_ratio: see :class:`DistilledSequenceClassificationModule`.
+        **kwargs: ``label_names``, ``classifier_dropout``, ``trust_remote_code``, ``save_final_model``: see
+            :class:`~lit_prune.tasks.TokenClassificationModule`.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: str = "conll2003",
+        teacher: str | None = None,
+        temperature: float = 8.0,
+        kd_weight: float = 1.0,
+        hidden_weight: float = 1.0,
+        hidden_layers: list[int] | None = None,
+        hard_label_weight: float = 0.0,
+        learning_rate: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
+                         warmup_ratio=warmup_ratio, **kwargs)
+        self._setup_distillation(TokenClassificationModule, teacher, temperature, kd_weight, hidden_weight,
+                                 hidden_layers, hard_label_weight)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self._inputs(batch, labels=False)
+
+    def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        keep = token_mask(batch, student.logits.shape[:2]).to(student.logits.device)
+        return soft_cross_entropy(student.logits[keep], teacher.logits[keep], self.temperature)
+
+
+__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule",
+           "DistilledTokenClassificationModule"]
