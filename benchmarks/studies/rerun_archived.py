@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--cells: unknown {unknown}; known: {sorted(CELLS)}")
     out = RESULTS / "rerun_archived.json"
-    rows = {row["method"]: row for row in json.loads(out.read_text())} if out.is_file() else {}
     for method in methods:
-        rows[method] = rerun(method, Path(args.scratch))
+        row = rerun(method, Path(args.scratch))
+        # read again before writing: another rerun (other cells) may have written since this one started
+        rows = {r["method"]: r for r in json.loads(out.read_text())} if out.is_file() else {}
+        rows[method] = row
         ordered = [rows[m] for m in CELLS if m in rows]
         atomic_write_text(out, json.dumps(ordered, indent=1) + "\n")
         atomic_write_text(out.with_suffix(".md"), markdown(ordered))
