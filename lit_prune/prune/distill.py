@@ -45,8 +45,8 @@ def reads_first_token_only(model: nn.Module) -> bool:
     read every token)."""
     if predicts_embeddings(model):
         return getattr(model.config, SENTENCE_EMBEDDING_KEY).get("pooling") == "cls"
-    name = type(model).__name__
-    return name.endswith(("ForSequenceClassification", "ForLabelWordClassification"))
+    return any(cls.__name__.endswith(("ForSequenceClassification", "ForLabelWordClassification"))
+               for cls in type(model).__mro__)
 
 
 def prediction_kind(outputs: Any, model: nn.Module) -> PredictionKind:
