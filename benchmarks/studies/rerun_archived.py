@@ -2,9 +2,9 @@
 
 The library was redesigned (shared pruning layer, one run ending, methods as packages); the benchmark tables were
 measured before. This study checks they still stand: for each method it reruns one cell of its benchmark config
-exactly as the runner ran it (same teacher, recipe, settings and seed, into a scratch folder) and compares the new
-report with the archived one: the kept structure (heads and neurons per layer), the FLOPs and parameters kept, and
-every dev metric.
+exactly as the runner ran it (same teacher, recipe, settings, seed and intra-op thread count, into a scratch folder)
+and compares the new report with the archived one: the kept structure (heads and neurons per layer), the FLOPs and
+parameters kept, and every dev metric.
 
     LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.rerun_archived [--cells kwon,kprune,...]
 
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.runner import REPO, archived_report, ensure_teacher, load_config, plan, run_job
+from benchmarks.runner import REPO, archived_report, ensure_teacher, load_config, plan, run_command, run_job
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.report import read_report
 
@@ -62,8 +63,11 @@ def rerun(method: str, scratch: Path) -> dict[str, Any]:
     # a scratch folder of its own, and no archive to restore from or write into: a real rerun
     scratch_config = dataclasses.replace(config, runs=scratch / "runs", archive=scratch / "archive")
     job = dataclasses.replace(job, folder=scratch_config.runs / job.folder.relative_to(config.runs))
+    # with the intra-op threads the archived run had (the runner gives each of `jobs` parallel runs its share of
+    # the cores): a training run's floating-point sums, and so its result, depend on them
+    threads = (archived.get("hardware") or {}).get("threads")
     started = time.perf_counter()
-    report = run_job(scratch_config, job, teacher)
+    report = run_job(scratch_config, job, teacher, runner=functools.partial(run_command, threads=threads))
     return {"method": method, "benchmark": config_name, "task": task, "budget": budget, "seed": job.seed,
             "seconds": round(time.perf_counter() - started, 1), **compare(archived, report)}
 
