@@ -71,7 +71,7 @@ def test_an_unknown_recipe_is_one_line_naming_the_closest(capsys, tmp_path, monk
     assert err[0].startswith("lit-prune: --config kprune/mrcp: no such file, and no packaged recipe of that name")
     assert "closest recipes: kprune/mrpc" in err[0]
     status, err = parse_error(capsys, "fit", "--config=kprune")  # a method's folder: its recipes
-    assert status == 2 and "kprune/cola, kprune/mrpc" in err[0] and len(err) == 1
+    assert status == 2 and "kprune/cola, kprune/conll2003, kprune/embedding, kprune/mrpc" in err[0] and len(err) == 1
 
 
 def test_the_recipes_command_lists_and_prints_them(capsys):

@@ -114,7 +114,8 @@ def test_folder_layout_and_config(saved):
     assert config["auto_map"] == {
         "AutoModel": "modeling_lit_pruned.LitPrunedDistilBertModel",
         "AutoModelForSequenceClassification": "modeling_lit_pruned.LitPrunedDistilBertForSequenceClassification",
-        "AutoModelForQuestionAnswering": "modeling_lit_pruned.LitPrunedDistilBertForQuestionAnswering"}
+        "AutoModelForQuestionAnswering": "modeling_lit_pruned.LitPrunedDistilBertForQuestionAnswering",
+        "AutoModelForTokenClassification": "modeling_lit_pruned.LitPrunedDistilBertForTokenClassification"}
     assert config["lit_prune_structure"] == model.config.lit_prune_structure
     tree = ast.parse((folder / "modeling_lit_pruned.py").read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
