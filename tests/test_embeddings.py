@@ -204,3 +204,26 @@ def test_training_methods_refuse_an_embedding_model_before_any_work(method, st_f
                         enable_progress_bar=False, accelerator="cpu")
     with pytest.raises(ValueError, match=f"{method} trains the model with its task loss.*KPruneCallback, KwonCallback"):
         trainer.fit(SentenceEmbeddingModule(str(st_folder)), datamodule=data_module(st_folder, data_files, tmp_path))
+
+
+def test_grain_prunes_an_embedding_model_while_it_distils_from_itself(st_folder, data_files, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from lit_prune.methods import GrainCallback
+    from lit_prune.tasks import DistilledSentenceEmbeddingModule
+
+    module = DistilledSentenceEmbeddingModule(str(st_folder), learning_rate=1e-4)
+    out = tmp_path / "grain"
+    trainer = L.Trainer(max_epochs=2, callbacks=[GrainCallback(params_kept=0.5, output_dir=str(out))], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                        accelerator="cpu")
+    trainer.fit(module, datamodule=data_module(st_folder, data_files, tmp_path))
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["params"]["kept"] <= 0.5 + 1e-3 and "cosine_to_dense" in report["metrics"]["pruned"]
+    module.model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "pruned_model")
+    with torch.no_grad():
+        ours = module.model(**tokenizer(SENTENCES[:3], padding=True, return_tensors="pt")).embeddings
+    encoded = SentenceTransformer(str(out / "pruned_model"), trust_remote_code=True, device="cpu").encode(
+        SENTENCES[:3], convert_to_tensor=True)
+    assert torch.allclose(encoded, ours, atol=1e-5)

@@ -219,8 +219,9 @@ class PruningTarget:
         examples, so a wrong batch shape, missing labels or a headless model are said before any training.
 
         Args:
-            trains: the method's name when it trains the model with a task loss during the fit (GRAIN, SMP): a
-                sentence-embedding model, which has no task loss, is refused.
+            trains: the method's name when it trains the model with the module's loss during the fit (SMP; GRAIN
+                unless the module has a training objective): a sentence-embedding model, which has no task loss, is
+                refused.
         """
         problems = []
         try:
@@ -230,7 +231,9 @@ class PruningTarget:
         if trains is not None and predicts_embeddings(model):
             return [f"{trains} trains the model with its task loss during the fit, and a sentence-embedding model "
                     f"({type(model).__name__}) has none: prune it without labels with KPruneCallback, KwonCallback "
-                    "or GPrunerCallback"]
+                    "or GPrunerCallback" + (", or train it by distillation from itself with GRAIN "
+                                            "(lit_prune.tasks.DistilledSentenceEmbeddingModule)" if trains == "GRAIN"
+                                            else "")]
         if get_adapter(model).is_compacted:
             problems.append(f"the model {self.name!r} is already pruned (its config has a lit_prune_structure); "
                             f"{dense_hint or 'prune the dense model'}")

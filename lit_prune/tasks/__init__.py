@@ -2,12 +2,12 @@
 
 from lit_prune.tasks.base import TaskModule
 from lit_prune.tasks.classification import SequenceClassificationModule
-from lit_prune.tasks.distilled import (DistilledQuestionAnsweringModule, DistilledSequenceClassificationModule,
-                                      DistilledTokenClassificationModule)
+from lit_prune.tasks.distilled import (DistilledQuestionAnsweringModule, DistilledSentenceEmbeddingModule,
+                                      DistilledSequenceClassificationModule, DistilledTokenClassificationModule)
 from lit_prune.tasks.embedding import SentenceEmbeddingModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
 from lit_prune.tasks.token_classification import TokenClassificationModule
 
-__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule",
-           "DistilledTokenClassificationModule", "QuestionAnsweringModule",
+__all__ = ["DistilledQuestionAnsweringModule", "DistilledSentenceEmbeddingModule",
+           "DistilledSequenceClassificationModule", "DistilledTokenClassificationModule", "QuestionAnsweringModule",
            "SentenceEmbeddingModule", "SequenceClassificationModule", "TaskModule", "TokenClassificationModule"]

@@ -1,8 +1,8 @@
 """Distilled task modules: lit_prune's task modules (same data, metrics, evaluation and final-model saving) whose
 student learns from a frozen fine-tuned teacher, for methods that train while they prune (GRAIN).
 
-:class:`DistilledSequenceClassificationModule`, :class:`DistilledQuestionAnsweringModule` and
-:class:`DistilledTokenClassificationModule` train the student,
+:class:`DistilledSequenceClassificationModule`, :class:`DistilledQuestionAnsweringModule`,
+:class:`DistilledTokenClassificationModule` and :class:`DistilledSentenceEmbeddingModule` train the student,
 initialised from ``name_or_path``, on ``kd_weight``·prediction loss + ``hidden_weight``·hidden loss (+ an optional
 ``hard_label_weight``·task loss); the losses are :mod:`lit_prune.prune.distill`'s (GRAIN's soft cross-entropy at
 temperature 8, no T² factor, and the hidden-state MSE through identity-initialised projections). The teacher is
@@ -21,10 +21,11 @@ from torch import nn
 
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
-from lit_prune.prune.batches import LABEL_KEYS
+from lit_prune.prune.batches import LABEL_KEYS, model_batch
 from lit_prune.prune.distill import HiddenStateMatcher, soft_cross_entropy, token_mask
 from lit_prune.prune.teacher import FrozenTeacher
 from lit_prune.tasks.classification import SequenceClassificationModule
+from lit_prune.tasks.embedding import SentenceEmbeddingModule
 from lit_prune.tasks.qa import QuestionAnsweringModule
 from lit_prune.tasks.token_classification import TokenClassificationModule
 
@@ -244,5 +245,46 @@ class DistilledTokenClassificationModule(_Distillation, TokenClassificationModul
         return soft_cross_entropy(student.logits[keep], teacher.logits[keep], self.temperature)
 
 
-__all__ = ["DistilledQuestionAnsweringModule", "DistilledSequenceClassificationModule",
-           "DistilledTokenClassificationModule"]
+class DistilledSentenceEmbeddingModule(_Distillation, SentenceEmbeddingModule):
+    """A sentence-embedding module trained by distillation from a frozen copy of itself (no labels): the prediction
+    loss is the squared distance between the student's and the teacher's embeddings, averaged over the sentences
+    (:func:`~lit_prune.prune.distill.distillation_loss`'s for embeddings; ``temperature`` does not apply), plus the
+    hidden-state MSE. With it, GRAIN prunes a sentence-embedding model while it trains on unlabeled sentences.
+
+    Args:
+        name_or_path, pooling, normalize: see :class:`~lit_prune.tasks.SentenceEmbeddingModule`.
+        teacher, kd_weight, hidden_weight, hidden_layers, learning_rate, weight_decay, warmup_ratio: see
+            :class:`DistilledSequenceClassificationModule` (there are no labels, so no ``hard_label_weight``).
+        **kwargs: ``trust_remote_code``, ``save_final_model``.
+    """
+
+    has_training_objective = True
+
+    def __init__(
+        self,
+        name_or_path: str,
+        task: str = "embedding",
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        teacher: str | None = None,
+        kd_weight: float = 1.0,
+        hidden_weight: float = 1.0,
+        hidden_layers: list[int] | None = None,
+        learning_rate: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name_or_path, task=task, pooling=pooling, normalize=normalize, **kwargs)
+        self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
+        self._setup_distillation(SentenceEmbeddingModule, teacher, 1.0, kd_weight, hidden_weight, hidden_layers, 0.0)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in model_batch(self.model, batch).items() if name not in LABEL_KEYS}
+
+    def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (student.embeddings.float() - teacher.embeddings.float()).pow(2).sum(-1).mean()
+
+
+__all__ = ["DistilledQuestionAnsweringModule", "DistilledSentenceEmbeddingModule",
+           "DistilledSequenceClassificationModule", "DistilledTokenClassificationModule"]

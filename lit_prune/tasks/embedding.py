@@ -15,7 +15,8 @@ having evaluated the dense one, it also reports ``cosine_to_dense``: the mean co
 evaluation sentence's pruned and dense embedding.
 
 The module trains nothing: it has no training objective, so a ``fit`` must train no steps (``max_epochs: 0``, as the
-retraining-free recipes have it).
+retraining-free recipes have it). :class:`~lit_prune.tasks.distilled.DistilledSentenceEmbeddingModule` trains by
+distillation from a frozen copy of the model (GRAIN).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class SentenceEmbeddingModule(TaskModule):
     """
 
     main_metric = "spearman"
+    #: whether ``training_step`` has a loss to train with (the distilled subclass has one)
+    has_training_objective = False
 
     def __init__(
         self,
@@ -105,7 +108,7 @@ class SentenceEmbeddingModule(TaskModule):
     # ------------------------------------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
         trainer = self._trainer
-        if stage == "fit" and trainer is not None and not (
+        if stage == "fit" and trainer is not None and not self.has_training_objective and not (
                 trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.limit_train_batches == 0):
             raise ValueError(f"{type(self).__name__} has no training objective: prune it with a retraining-free "
                              f"callback in a fit that trains nothing (trainer.max_epochs=0); got "

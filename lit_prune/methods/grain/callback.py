@@ -42,14 +42,13 @@ from lit_prune.core.latency_model import LatencyBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
-from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
 from lit_prune.methods.grain.distillation import StepCapture, broadcast_teacher, distillation_summary, prepare_teacher
 from lit_prune.methods.grain.importance import GrainImportance, mask_gradients_of
 from lit_prune.methods.grain.layout import UNIT_FIELDS, GrainLayout, Units
 from lit_prune.methods.grain.selection import select_units, select_units_by
 from lit_prune.methods.grain.settings import ImportanceFrom, settings_problems
-from lit_prune.methods.run import (finish_run, resolve_seq_len, timed_evaluation,
-                                   training_seconds, training_summary)
+from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
+from lit_prune.methods.run import finish_run, resolve_seq_len, timed_evaluation, training_seconds, training_summary
 from lit_prune.prune.batches import LABEL_KEYS
 from lit_prune.prune.schedules import cubic_schedule
 from lit_prune.prune.search import align_neurons
@@ -221,8 +220,9 @@ class GrainCallback(Callback):
         if stage != "fit":
             return
         target = self.target(trainer, pl_module)
-        problems = target.problems(evaluate=self.evaluate, dense_hint="GRAIN prunes a dense model",
-                                   trains="GRAIN")
+        # a sentence-embedding module trains only by distillation (DistilledSentenceEmbeddingModule)
+        trains = None if getattr(pl_module, "has_training_objective", True) else "GRAIN"
+        problems = target.problems(evaluate=self.evaluate, dense_hint="GRAIN prunes a dense model", trains=trains)
         if trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.limit_train_batches == 0:
             problems.append("the Trainer trains nothing (max_epochs, max_steps or limit_train_batches is 0): GRAIN "
                             "prunes during training; give the fit training steps")

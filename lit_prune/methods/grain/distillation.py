@@ -28,7 +28,7 @@ from lit_prune.prune.distill import PredictionKind, prediction_kind, soft_cross_
 from lit_prune.prune.teacher import FrozenTeacher
 
 #: output fields compared between the student and a given teacher
-OUTPUT_FIELDS = ("logits", "start_logits", "end_logits")
+OUTPUT_FIELDS = ("logits", "start_logits", "end_logits", "embeddings")
 
 
 def distillation_importance_loss(student: Any, teacher: Any, model: nn.Module, temperature: float,
@@ -38,9 +38,12 @@ def distillation_importance_loss(student: Any, teacher: Any, model: nn.Module, t
     Soft cross-entropy at temperature T (:func:`~lit_prune.prune.distill.soft_cross_entropy`, no T² factor):
     over the classes (sequence classification); over the non-padding tokens' classes (token classification, with
     ``attention_mask``); the sum over start and end positions with padding left out (question answering); the MSE
-    of the outputs for regression (T does not apply).
+    of the outputs for regression, the squared distance between the embeddings of a sentence-embedding model (T does
+    not apply to either).
     """
     kind = prediction_kind(student, model)
+    if kind == "embedding":  # a sentence-embedding model: the squared distance between the embeddings
+        return (student.embeddings.float() - teacher.embeddings.float()).pow(2).sum(-1).mean()
     if kind == "question_answering":
         mask = attention_mask.bool() if attention_mask is not None else None
         return sum(soft_cross_entropy(getattr(student, name).float(), getattr(teacher, name).float(), temperature,
