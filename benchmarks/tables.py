@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -505,6 +506,16 @@ def replace_section(document: str, name: str, section: str) -> str:
     return document.rstrip() + "\n\n" + block + "\n"
 
 
+def publish_study(name: str, text: str, document_file: Path) -> Path:
+    """Write a study's markdown (``benchmarks/results/<name>.md``'s text) as its section of ``document_file``
+    (``BENCHMARKS.md``): every heading one level down, and images named relative to ``benchmarks/results/``
+    named from the repository root."""
+    section = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+    section = re.sub(r"\]\((?![a-z]+:|/|benchmarks/)([^)]+\.png)\)", r"](benchmarks/results/\1)", section)
+    document = document_file.read_text() if document_file.is_file() else ""
+    return atomic_write_text(document_file, replace_section(document, name, section))
+
+
 def write_results(config: Any, results: dict[str, Any]) -> dict[str, Path]:
     """Write ``<results>/<name>.json``, the three PNGs and the benchmark's section of the markdown file."""
     out = Path(config.results)
@@ -528,5 +539,6 @@ def write_results(config: Any, results: dict[str, Any]) -> dict[str, Path]:
     return written
 
 
-__all__ = ["collect", "markdown", "plot_cost", "plot_metric", "plot_speedup", "replace_section", "scale",
+__all__ = ["collect", "markdown", "plot_cost", "plot_metric", "plot_speedup", "publish_study", "replace_section",
+           "scale",
            "write_results"]

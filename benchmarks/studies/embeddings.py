@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.runner import REPO, run_command
-from benchmarks.tables import replace_section
+from benchmarks.tables import publish_study
 from lit_prune.assets import resolve_model
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.hardware import hardware_label, hardware_summary
@@ -180,10 +180,7 @@ def save(rows: list[dict[str, Any]]) -> None:
     plot(rows, RESULTS / "embeddings.png")
     text = markdown(rows, hardware) + "\n![Spearman and fidelity against the FLOPs kept](embeddings.png)\n"
     atomic_write_text(RESULTS / "embeddings.md", text)
-    document = BENCHMARKS.read_text() if BENCHMARKS.is_file() else ""
-    section = text.replace("# Sentence embeddings:", "## Sentence embeddings:", 1)
-    section = section.replace("](embeddings.png)", "](benchmarks/results/embeddings.png)")
-    atomic_write_text(BENCHMARKS, replace_section(document, "embeddings", section))
+    publish_study("embeddings", text, BENCHMARKS)
 
 
 def main(argv: list[str] | None = None) -> int:

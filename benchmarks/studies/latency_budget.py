@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.runner import REPO, TEACHER_FILE, ensure_teacher, load_config, run_command, teacher_dir
-from benchmarks.tables import replace_section
+from benchmarks.tables import publish_study
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.latency import compare
 from lit_prune.core.latency_tables import random_inputs
@@ -277,10 +277,7 @@ def save(rows: dict[str, dict[str, Any]]) -> None:
     plot(ordered, RESULTS / "latency_budget.png")
     text += "\n![requested vs measured; latency vs FLOPs budgets](latency_budget.png)\n"
     atomic_write_text(RESULTS / "latency_budget.md", text)
-    document = BENCHMARKS.read_text() if BENCHMARKS.is_file() else ""
-    section = text.replace("# Latency budgets:", "## Latency budgets:", 1).replace("\n## ", "\n### ")
-    section = section.replace("](latency_budget.png)", "](benchmarks/results/latency_budget.png)")
-    atomic_write_text(BENCHMARKS, replace_section(document, "latency_budget", section))
+    publish_study("latency_budget", text, BENCHMARKS)
 
 
 def main(argv: list[str] | None = None) -> int:
