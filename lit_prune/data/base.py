@@ -175,6 +175,18 @@ class TaskDataModule(L.LightningDataModule):
         self.datasets: dict[str, Any] = {}
         self._tokenizer = None
 
+    def _init_reporting(self, problems: list[str], **settings: Any) -> None:
+        """:class:`TaskDataModule`'s ``__init__`` for a subclass that checked its own settings first: one
+        ``ValueError`` lists the subclass's ``problems`` together with the base settings' (raised when any)."""
+        try:
+            TaskDataModule.__init__(self, **settings)
+        except ValueError as error:
+            if not problems:
+                raise
+            raise ValueError(f"{error}; " + "; ".join(problems)) from None
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+
     # ----------------------------------------------------------------------------------------- tokenizer
     @property
     def tokenizer(self):

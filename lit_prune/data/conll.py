@@ -264,16 +264,9 @@ class TokenClassificationDataModule(TaskDataModule):
         if folder is not None:
             sentences, schemes, file_problems = _read_folder(folder)
             problems += file_problems
-        try:
-            super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
+        self._init_reporting(problems, tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
                              eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed,
                              group_by_length=group_by_length)
-        except ValueError as error:
-            if not problems:
-                raise
-            raise ValueError(f"{error}; " + "; ".join(problems)) from None
-        if problems:
-            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         if folder is None and (status := hub_status()) is not None:
             raise AssetNotFoundError(f"{task}: {describe_data_lookup(task)} and the hub ({HUB_DATASET}) is {status}; "
                                      "set data_dir or LIT_PRUNE_ASSETS.")

@@ -251,16 +251,9 @@ class SentenceDataModule(TaskDataModule):
                 if not (glue_root / task.folder / file).is_file():
                     problems.append(f"data_dir={data_dir!r} lacks {task.folder}/{file}, which {setting}="
                                     f"{task.name!r} needs; expected the GLUE folder layout <FOLDER>/{file}")
-        try:
-            super().__init__(tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
+        self._init_reporting(problems, tokenizer=tokenizer, max_seq_length=max_seq_length, batch_size=batch_size,
                              eval_batch_size=eval_batch_size, num_workers=num_workers, cache_dir=cache_dir, seed=seed,
                              group_by_length=group_by_length)
-        except ValueError as error:
-            if not problems:
-                raise
-            raise ValueError(f"{error}; " + "; ".join(problems)) from None
-        if problems:
-            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.max_train_sentences = max_train_sentences
         self.data_dir = glue_root
         #: the folder each GLUE task in use is read from (``None``: the hub)

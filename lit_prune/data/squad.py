@@ -194,14 +194,7 @@ class SquadDataModule(TaskDataModule):
         for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 problems.append(f"{name}={value!r}: expected an integer >= 1, or None for all")
-        try:
-            super().__init__(max_seq_length=max_seq_length, **kwargs)
-        except ValueError as error:
-            if not problems:
-                raise
-            raise ValueError(f"{error}; " + "; ".join(problems)) from None
-        if problems:
-            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self._init_reporting(problems, max_seq_length=max_seq_length, **kwargs)
         self._task = task
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
         self.doc_stride = doc_stride
