@@ -309,7 +309,9 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
     def fake(part, task, budget, measured, score, requested=None, error=None):
         return {"part": part, "method": "kprune", "task": task, "budget": budget, "main_metric": "f1",
                 "dense_score": 0.85, "score": score, "flops_kept": 0.4, "requested": requested, "predicted": requested,
-                "report_measured": measured, "measured": {"speedup": measured, "seq_len": 128}, "error": error}
+                "report_measured": measured, "measured": {"speedup": measured, "seq_len": 128}, "error": error,
+                "table": requested and {"shape": {"batch_size": 32, "seq_len": 128, "threads": 2, "dtype": "float32"},
+                                        "seconds": 31.3}}
 
     rows = [fake("flops", "mrpc", {"speedup": 2.0}, 2.1, 0.84, requested=2.0, error=0.05),
             fake("flops", "mrpc", {"flops_kept": 0.5}, 1.5, 0.845),
@@ -321,4 +323,5 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
     text = markdown(rows)
     assert "| kprune | mrpc | 3x | 3.00x | 2.85x (s=128) | -5.0% | yes | 2.85x |" in text
     assert "Mean difference (latency − FLOPs): +0.0220." in text
+    assert "| batch 32 × 128 tokens, 2 thread(s), float32 | 31 s | 2 |" in text  # built once, used by both runs
     assert plot(rows, tmp_path / "plot.png").stat().st_size > 1000

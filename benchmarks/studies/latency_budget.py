@@ -10,8 +10,8 @@ Parts (``--parts``):
 * ``speedups``: Kwon and KPrune on MRPC and STS-B asked 1.5x, 2x and 3x at batch 32 × 128 tokens, 2 threads;
 * ``batch1``: the same asked 2x at batch 1 × the data's average length, 1 thread;
 * ``flops``: KPrune on MRPC, STS-B and SST-2 asked 2x (batch 32 × 128, 2 threads) against KPrune at flops_kept
-  0.5 / 0.4 / 0.3 / 0.2, timed alike: the FLOPs budget's dev score at the latency run's measured speedup is
-  interpolated between the two FLOPs runs around it.
+  0.5 / 0.4 / 0.3 / 0.2 (``--flops-budgets``), timed alike: the FLOPs budget's dev score at the latency run's
+  measured speedup is interpolated between the two FLOPs runs around it.
 
     LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.latency_budget [--parts speedups,batch1,flops]
 
@@ -96,6 +96,7 @@ def row(part: str, method: str, task: str, budget: dict[str, Any], report: dict[
     measured = measure(teacher, folder / "pruned_model", batch_size, seq_len, threads, repeats)
     main = report["metrics"]["main"]
     entry = (report.get("latency") or {}).get("budget") or {}
+    table = entry.get("table") or {}
     requested = budget.get("speedup")
     return {"part": part, "method": method, "task": task, "budget": budget, "main_metric": main,
             "dense_score": (report["metrics"]["dense"] or {}).get(main), "score": report["metrics"]["pruned"][main],
@@ -103,6 +104,7 @@ def row(part: str, method: str, task: str, budget: dict[str, Any], report: dict[
             "predicted": entry.get("predicted_speedup"), "report_measured": entry.get("measured_speedup"),
             "measured": measured,
             "error": None if requested is None else measured["speedup"] / requested - 1,
+            "table": {"shape": table["shape"], "seconds": table["seconds"]} if table else None,
             "prune_seconds": report["seconds"].get("prune"), "folder": str(folder.relative_to(REPO))}
 
 
@@ -125,7 +127,7 @@ def remeasure(rows: dict[str, dict[str, Any]]) -> None:
 
 
 def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, dict[str, Any]],
-             timing: bool = True) -> None:
+             timing: bool = True, flops_budgets: tuple[float, ...] = FLOPS_BUDGETS) -> None:
     plans = []
     if part == "speedups":
         plans = [(m, t, {"flops_kept": None, "speedup": s, "latency_batch_size": 32, "latency_seq_len": 128,
@@ -136,7 +138,7 @@ def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, di
     elif part == "flops":
         plans = [("kprune", t, {"flops_kept": None, "speedup": 2.0, "latency_batch_size": 32, "latency_seq_len": 128,
                                 "latency_threads": 2}, 32, 128, 2) for t in tasks]
-        plans += [("kprune", t, {"flops_kept": f}, 32, 128, 2) for t in tasks for f in FLOPS_BUDGETS]
+        plans += [("kprune", t, {"flops_kept": f}, 32, 128, 2) for t in tasks for f in flops_budgets]
     for method, task, budget, batch_size, seq_len, threads in plans:
         teacher, dense_metrics = teacher_of(task)
         name = "-".join(f"{k}{v}" for k, v in budget.items() if v is not None and k in ("speedup", "flops_kept",
@@ -179,6 +181,25 @@ def flops_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def tables_section(rows: list[dict[str, Any]]) -> list[str]:
+    """How long each latency table took to build, and how many runs used it (the first built it, the rest reused it
+    from the cache, as their logs say)."""
+    tables: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if not r["requested"]:
+            continue
+        table = r["table"]
+        shape = table["shape"]
+        name = f"batch {shape['batch_size']} × {shape['seq_len']} tokens, {shape['threads']} thread(s), {shape['dtype']}"
+        tables.setdefault(name, {"seconds": table["seconds"], "runs": 0})["runs"] += 1
+    if not tables:
+        return []
+    lines = ["## Latency tables (all-MiniLM-L6-v2)", "", "| shape | built in | runs that used it |", "|---|---|---|"]
+    lines += [f"| {name} | {t['seconds']:.0f} s | {t['runs']} |" for name, t in sorted(tables.items())]
+    return lines + ["", "Built once per shape and machine; every later run reuses the cached table and its log says "
+                    "so (`latency table reused from ...`).", ""]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     hardware = hardware_label(hardware_summary("cpu"))
     lines = ["# Latency budgets: requested, predicted and measured speedups", "",
@@ -206,6 +227,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         errors = [abs(r["error"]) for r in chosen]
         lines += ["", f"Largest error {100 * max(errors):.1f}%; {sum(e <= TOLERANCE[part] for e in errors)} of "
                   f"{len(errors)} within ±{100 * TOLERANCE[part]:.0f}%.", ""]
+    lines += tables_section(rows)
     comparison = flops_comparison(rows)
     if comparison:
         lines += ["## KPrune: latency budget (2x) against FLOPs budgets at the same measured speedup", "",
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="speedups,batch1,flops", help="comma-separated: speedups, batch1, flops")
     parser.add_argument("--methods", default="kwon,kprune", help="for speedups and batch1")
     parser.add_argument("--tasks", default=None, help="default: mrpc,stsb (flops: mrpc,stsb,sst2)")
+    parser.add_argument("--flops-budgets", default=",".join(f"{f:g}" for f in FLOPS_BUDGETS),
+                        help="for flops: the flops_kept runs the latency budget is compared with")
     parser.add_argument("--prune-only", action="store_true",
                         help="prune, do not time (beside other work: time later with --remeasure on a quiet machine)")
     parser.add_argument("--remeasure", action="store_true", help="time every recorded run again, prune nothing")
@@ -304,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         default = "mrpc,stsb,sst2" if part == "flops" else "mrpc,stsb"
         tasks = (args.tasks or default).split(",")
-        run_part(part, args.methods.split(","), tasks, rows, timing=not args.prune_only)
+        run_part(part, args.methods.split(","), tasks, rows, timing=not args.prune_only,
+                 flops_budgets=tuple(float(f) for f in args.flops_budgets.split(",")))
     print(markdown(list(rows.values())))
     return 0
 
