@@ -88,15 +88,21 @@ TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_h
             max_position_embeddings=64)
 
 
+MODEL_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra")
+
+
 def tiny_config(model_type: str, **overrides):
-    """A tiny random config of ``model_type`` ("bert", "roberta" or "distilbert")."""
-    from transformers import BertConfig, DistilBertConfig, RobertaConfig
+    """A tiny random config of ``model_type`` (one of :data:`MODEL_TYPES`)."""
+    from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
 
     if model_type == "bert":
         return BertConfig(**{**TINY, **overrides})
-    if model_type == "roberta":
-        return RobertaConfig(**{**TINY, "max_position_embeddings": TINY["max_position_embeddings"] + 2,
-                                "pad_token_id": 1, **overrides})
+    if model_type in ("roberta", "xlm-roberta"):
+        config = RobertaConfig if model_type == "roberta" else XLMRobertaConfig
+        return config(**{**TINY, "max_position_embeddings": TINY["max_position_embeddings"] + 2,
+                         "pad_token_id": 1, **overrides})
+    if model_type == "electra":  # embeddings narrower than the hidden size, projected up as ELECTRA-small's are
+        return ElectraConfig(**{**TINY, "embedding_size": 16, **overrides})
     if model_type == "distilbert":
         return DistilBertConfig(**{"vocab_size": TINY["vocab_size"], "dim": TINY["hidden_size"], "n_layers": 2,
                                    "n_heads": 4, "hidden_dim": TINY["intermediate_size"],
@@ -104,15 +110,16 @@ def tiny_config(model_type: str, **overrides):
     raise ValueError(model_type)
 
 
-@pytest.fixture(params=["bert", "roberta", "distilbert"])
+@pytest.fixture(params=MODEL_TYPES)
 def tiny_model_type(request) -> str:
     return request.param
 
 
 def tiny_model(model_type: str, kind: str = "sequence_classification", seed: int = 0, **overrides):
-    """A tiny random model in eval mode; ``kind`` is "sequence_classification", "question_answering", "base" or
-    "label_words" (its masked-LM head classifying through two label words, ids 7 and 9; mask token id 4)."""
-    from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    """A tiny random model in eval mode; ``kind`` is "sequence_classification", "question_answering",
+    "token_classification", "base" or "label_words" (its masked-LM head classifying through two label words, ids 7 and 9; mask token id 4)."""
+    from transformers import (AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
 
     torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)
@@ -123,7 +130,8 @@ def tiny_model(model_type: str, kind: str = "sequence_classification", seed: int
         setattr(config, LABEL_WORDS_KEY, {"words": ["no", "yes"], "ids": [7, 9], "mask_token_id": 4})
         return LABEL_WORD_CLASSES[model_type](config).eval()
     cls = {"sequence_classification": AutoModelForSequenceClassification,
-           "question_answering": AutoModelForQuestionAnswering, "base": AutoModel}[kind]
+           "question_answering": AutoModelForQuestionAnswering, "base": AutoModel,
+           "token_classification": AutoModelForTokenClassification}[kind]
     return cls.from_config(config).eval()
 
 

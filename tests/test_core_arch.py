@@ -58,9 +58,9 @@ def test_unsupported_architecture_names_type_supported_and_how_to_add():
     gpt2 = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
     with pytest.raises(UnsupportedArchitectureError,
                        match=r"model type 'gpt2' \(GPT2Model\) is not supported; supported model types: bert, "
-                             r"distilbert, roberta\. To add one.*register_architecture"):
+                             r"distilbert, electra, roberta, xlm-roberta\. To add one.*register_architecture"):
         get_adapter(gpt2)
-    assert supported_model_types() == ["bert", "distilbert", "roberta"]
+    assert supported_model_types() == ["bert", "distilbert", "electra", "roberta", "xlm-roberta"]
 
 
 def test_decoder_configuration_is_refused():

@@ -13,14 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_inputs, tiny_model
+from conftest import MODEL_TYPES, tiny_inputs, tiny_model
 from core_cases import make_masks
 from lit_prune.core.compact import compact
+from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
 from lit_prune.core.io import NotAPrunedModelError, is_pruned_folder, load_pruned, read_pruned_config, save_pruned
 
 AUTO = {"base": "AutoModel", "sequence_classification": "AutoModelForSequenceClassification",
         "question_answering": "AutoModelForQuestionAnswering",
+        "token_classification": "AutoModelForTokenClassification",
         "label_words": "AutoModelForSequenceClassification"}  # a masked-LM classifier (SMP) loads as a classifier
+#: every (model type, kind) with a pruned class (ELECTRA discriminators have no masked-LM head: no label words)
+CASES = [(model_type, kind) for model_type in MODEL_TYPES for kind in AUTO if (model_type, kind) in hf.PRUNED_CLASSES]
 
 # Runs in `python -I` (no PYTHONPATH, no current folder on sys.path) with an import blocker on top, so the
 # folders must load from their own modelling file alone.
@@ -64,11 +68,10 @@ def saved(tmp_path_factory, request):
     inputs = tiny_inputs(seed=2)
     save_file(inputs, root / "inputs.safetensors")
     cases = {}
-    for model_type in ("bert", "roberta", "distilbert"):
-        for seed, kind in enumerate(AUTO):
-            model = compact(tiny_model(model_type, kind), make_masks("intra_head", seed=seed))
-            folder = save_pruned(model, root / f"{model_type}-{kind}")
-            cases[f"{model_type}-{kind}"] = (model, folder, kind, inputs, root / "inputs.safetensors")
+    for model_type, kind in CASES:
+        model = compact(tiny_model(model_type, kind), make_masks("intra_head", seed=list(AUTO).index(kind)))
+        folder = save_pruned(model, root / f"{model_type}-{kind}")
+        cases[f"{model_type}-{kind}"] = (model, folder, kind, inputs, root / "inputs.safetensors")
     minilm = os.path.join(os.environ.get("LIT_PRUNE_ASSETS", ""), "models", "all-MiniLM-L6-v2")
     if os.path.isdir(minilm):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -140,7 +143,7 @@ def test_a_label_word_classifier_is_saved_and_loaded_as_one(saved):
     assert config["lit_prune_label_words"] == {"words": ["no", "yes"], "ids": [7, 9], "mask_token_id": 4}
     loaded = load_pruned(folder, kind="sequence_classification")
     assert type(loaded).__name__ == "LitPrunedRobertaForLabelWordClassification"
-    for model_type in ("bert", "roberta", "distilbert"):
+    for model_type in hf.LABEL_WORD_CLASSES:
         dense = tiny_model(model_type, "label_words")
         mlm = AutoModelForMaskedLM.from_config(dense.config).eval()
         mlm.load_state_dict(dense.state_dict())
@@ -154,8 +157,7 @@ def test_a_label_word_classifier_is_saved_and_loaded_as_one(saved):
         torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, torch.tensor([0, 1, 1])))
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
-@pytest.mark.parametrize("kind", list(AUTO))
+@pytest.mark.parametrize(("model_type", "kind"), CASES)
 def test_load_pruned_in_process_and_save_again(saved, model_type, kind, tmp_path):
     _, cases = saved
     model, folder, _, inputs, _ = cases[f"{model_type}-{kind}"]

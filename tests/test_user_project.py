@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_prune.methods import GPrunerCallback, GrainCallback, KPruneCallback, KwonCallback, SMPCallback
+from lit_prune.core.io import read_pruned_config
 from lit_prune.methods.contract import rebuild_pruned
 from lit_prune.report import read_report
 
@@ -156,6 +157,40 @@ def test_one_callback_with_only_its_budget_prunes_a_users_project(method, user_m
     if method != "smp":  # units physically removed
         assert report["params"]["pruned"]["encoder_linear"] < report["params"]["dense"]["encoder_linear"]
     check_pruned_folder(module, report, tmp_path, tokenizer)
+
+
+#: each method with small calibration and search settings: the families test runs 5 methods × 2 families
+QUICK = {
+    "kwon": lambda: KwonCallback(flops_kept=0.5, num_samples=32, latency_repeats=2),
+    "kprune": lambda: KPruneCallback(flops_kept=0.5, num_tokens=None, num_samples=32, latency_repeats=2),
+    "gpruner": lambda: GPrunerCallback(flops_kept=0.5, num_samples=32, reward_samples=16, ppo_iterations=2,
+                                       ppo_rollouts=4, ppo_epochs=1, latency_repeats=2),
+    "grain": lambda: GrainCallback(params_kept=0.5, latency_repeats=2),
+    "smp": lambda: SMPCallback(params_kept=0.5, latency_repeats=2),
+}
+
+
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "electra"])
+@pytest.mark.parametrize("method", sorted(QUICK))
+def test_each_method_prunes_each_family(method, model_type, tokenizer, tmp_path):
+    """The BERT tests above, on the other families' classes (through the architecture adapters only)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import tiny_config
+
+    folder = tmp_path / "user_model"
+    torch.manual_seed(0)
+    # the BERT tokenizer's vocabulary and its two token types (XLM-RoBERTa's own tokenizer has one)
+    config = tiny_config(model_type, vocab_size=tokenizer.vocab_size, type_vocab_size=2, num_labels=2)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    module = UserModule(folder)
+    fit(QUICK[method](), module, tmp_path, *loaders(tokenizer), max_epochs=1)
+    report = read_report(tmp_path)
+    assert read_pruned_config(tmp_path / "pruned_model").model_type == model_type
+    check_pruned_folder(module, report, tmp_path, tokenizer)
+    if method != "smp":
+        assert report["params"]["pruned"]["encoder_linear"] < report["params"]["dense"]["encoder_linear"]
 
 
 @pytest.mark.parametrize("method", sorted(CALLBACKS))

@@ -40,7 +40,7 @@ def factorize_embeddings(model: nn.Module, rank: int) -> dict[str, Any]:
                          f"(rank {embeddings.rank})")
     vocab, dim = embeddings.weight.shape
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < dim:
-        raise ValueError(f"embedding_rank={rank!r}: expected an integer in [1, {dim}) (the hidden size is {dim})")
+        raise ValueError(f"embedding_rank={rank!r}: expected an integer in [1, {dim}) (the word embeddings' width is {dim})")
     weight = embeddings.weight.detach()
     u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)  # (V, d), (d,), (d, d)
     table = u[:, :rank] * s[:rank]  # (V, r)

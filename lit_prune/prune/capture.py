@@ -47,14 +47,27 @@ def sublayer_modules(model: nn.Module, layer: int, sublayer: Sublayer) -> tuple[
     return modules.ffn_down, modules.ffn_norm
 
 
+def feed_encoder(encoder: nn.Module, hidden: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
+    """A pre-hook on ``encoder`` (the module holding the layer list) that replaces the hidden states it is given
+    with ``hidden``: whatever ran before it (embeddings, ELECTRA's projection of its narrower embeddings) is
+    overridden. The encoders take them as their first argument or as ``hidden_states=``."""
+
+    def replace(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    return encoder.register_forward_pre_hook(replace, with_kwargs=True)
+
+
 @contextlib.contextmanager
 def start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Iterator[None]:
     """Inside the block, ``model``'s forward pass starts at encoder layer ``layer`` with input ``hidden``.
 
-    The embeddings' output is replaced by ``hidden`` and the encoder's layer list is cut to the layers from
-    ``layer`` on (BERT, RoBERTa and DistilBERT encoders run their layer lists in order, each layer taking and
-    returning the hidden states; the attention mask is built from the inputs as before). ``hidden=None`` changes
-    nothing (start from the embeddings).
+    The encoder's input is replaced by ``hidden`` (:func:`feed_encoder`) and its layer list is cut to the layers
+    from ``layer`` on (the supported encoders run their layer lists in order, each layer taking and returning the
+    hidden states; the attention mask is built from the inputs as before). ``hidden=None`` changes nothing (start
+    from the embeddings).
     """
     if hidden is None:
         yield
@@ -64,7 +77,7 @@ def start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Itera
     parent_path, _, name = path.rpartition(".")
     parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
     layers = getattr(parent, name)
-    handle = model.base_model.embeddings.register_forward_hook(lambda module, args, output: hidden)
+    handle = feed_encoder(parent, hidden)
     setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
     try:
         yield
@@ -97,8 +110,8 @@ def start_forward_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) 
     def restore(*_: Any) -> None:
         setattr(parent, name, layers)
 
-    handles = [model.base_model.embeddings.register_forward_hook(lambda module, args, output: hidden),
-               parent.register_forward_pre_hook(cut), parent.register_forward_hook(restore)]
+    handles = [feed_encoder(parent, hidden), parent.register_forward_pre_hook(cut),
+               parent.register_forward_hook(restore)]
     try:
         yield
     finally:

@@ -1,4 +1,4 @@
-"""Structurally pruned BERT, RoBERTa and DistilBERT encoders (written by lit_prune).
+"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa and ELECTRA encoders (written by lit_prune).
 
 This file is copied into every pruned model folder and named in the folder's ``config.json`` ``auto_map``, so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
@@ -47,11 +47,20 @@ from transformers import (
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
     DistilBertModel,
+    ElectraForQuestionAnswering,
+    ElectraForSequenceClassification,
+    ElectraForTokenClassification,
+    ElectraModel,
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaModel,
+    XLMRobertaForMaskedLM,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaForTokenClassification,
+    XLMRobertaModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
@@ -102,7 +111,10 @@ LAYOUTS: dict[str, dict[str, str]] = {
         "attention_dropout": "attention_dropout",
     },
 }
-LAYOUTS["roberta"] = dict(LAYOUTS["bert"])
+# BERT-shaped encoders under their own model types (ELECTRA's discriminator also projects its smaller embeddings up
+# to the hidden size before the first layer; that projection is not pruned)
+for _model_type in ("roberta", "xlm-roberta", "electra"):
+    LAYOUTS[_model_type] = dict(LAYOUTS["bert"])
 
 KINDS = ("base", "sequence_classification", "question_answering", "token_classification", "label_words",
          "sentence_embedding")
@@ -542,6 +554,38 @@ class LitPrunedRobertaForTokenClassification(_Pruned, RobertaForTokenClassificat
     """A pruned :class:`transformers.RobertaForTokenClassification`."""
 
 
+class LitPrunedXLMRobertaModel(_Pruned, XLMRobertaModel):
+    """A pruned :class:`transformers.XLMRobertaModel`."""
+
+
+class LitPrunedXLMRobertaForSequenceClassification(_Pruned, XLMRobertaForSequenceClassification):
+    """A pruned :class:`transformers.XLMRobertaForSequenceClassification`."""
+
+
+class LitPrunedXLMRobertaForQuestionAnswering(_Pruned, XLMRobertaForQuestionAnswering):
+    """A pruned :class:`transformers.XLMRobertaForQuestionAnswering`."""
+
+
+class LitPrunedXLMRobertaForTokenClassification(_Pruned, XLMRobertaForTokenClassification):
+    """A pruned :class:`transformers.XLMRobertaForTokenClassification`."""
+
+
+class LitPrunedElectraModel(_Pruned, ElectraModel):
+    """A pruned :class:`transformers.ElectraModel` (the discriminator's encoder)."""
+
+
+class LitPrunedElectraForSequenceClassification(_Pruned, ElectraForSequenceClassification):
+    """A pruned :class:`transformers.ElectraForSequenceClassification`."""
+
+
+class LitPrunedElectraForQuestionAnswering(_Pruned, ElectraForQuestionAnswering):
+    """A pruned :class:`transformers.ElectraForQuestionAnswering`."""
+
+
+class LitPrunedElectraForTokenClassification(_Pruned, ElectraForTokenClassification):
+    """A pruned :class:`transformers.ElectraForTokenClassification`."""
+
+
 class LitPrunedDistilBertModel(_Pruned, DistilBertModel):
     """A pruned :class:`transformers.DistilBertModel`."""
 
@@ -581,7 +625,7 @@ class _LabelWordClassification:
         decoder (a pruned small model would otherwise spend much of its time scoring the whole vocabulary)."""
         if hasattr(self, "cls"):  # BERT
             hidden = self.cls.predictions.transform(hidden)
-        elif hasattr(self, "lm_head"):  # RoBERTa
+        elif hasattr(self, "lm_head"):  # RoBERTa, XLM-RoBERTa
             head = self.lm_head
             hidden = head.layer_norm(F.gelu(head.dense(hidden)))
         else:  # DistilBERT
@@ -626,10 +670,16 @@ class DistilBertForLabelWordClassification(_LabelWordClassification, DistilBertF
     """:class:`transformers.DistilBertForMaskedLM` classifying through label words."""
 
 
+class XLMRobertaForLabelWordClassification(_LabelWordClassification, XLMRobertaForMaskedLM):
+    """:class:`transformers.XLMRobertaForMaskedLM` classifying through label words."""
+
+
 LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
     "bert": BertForLabelWordClassification,
     "roberta": RobertaForLabelWordClassification,
     "distilbert": DistilBertForLabelWordClassification,
+    "xlm-roberta": XLMRobertaForLabelWordClassification,
+    # none for ELECTRA: a discriminator has no masked-LM head (SMP classifies through a trained head there)
 }
 
 
@@ -643,6 +693,10 @@ class LitPrunedRobertaForLabelWordClassification(_Pruned, RobertaForLabelWordCla
 
 class LitPrunedDistilBertForLabelWordClassification(_Pruned, DistilBertForLabelWordClassification):
     """A pruned :class:`DistilBertForLabelWordClassification`."""
+
+
+class LitPrunedXLMRobertaForLabelWordClassification(_Pruned, XLMRobertaForLabelWordClassification):
+    """A pruned :class:`XLMRobertaForLabelWordClassification`."""
 
 
 # ------------------------------------------------------------------------------------------ sentence embeddings
@@ -720,10 +774,23 @@ class DistilBertForSentenceEmbedding(_SentenceEmbedding, DistilBertModel):
     """:class:`transformers.DistilBertModel` with sentence pooling."""
 
 
+class XLMRobertaForSentenceEmbedding(_SentenceEmbedding, XLMRobertaModel):
+    """:class:`transformers.XLMRobertaModel` with sentence pooling."""
+
+    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+
+
+class ElectraForSentenceEmbedding(_SentenceEmbedding, ElectraModel):
+    """:class:`transformers.ElectraModel` with sentence pooling (it has no pooler layer)."""
+
+
 SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
     "bert": BertForSentenceEmbedding,
     "roberta": RobertaForSentenceEmbedding,
     "distilbert": DistilBertForSentenceEmbedding,
+    "xlm-roberta": XLMRobertaForSentenceEmbedding,
+    "electra": ElectraForSentenceEmbedding,
 }
 
 
@@ -737,6 +804,14 @@ class LitPrunedRobertaForSentenceEmbedding(_Pruned, RobertaForSentenceEmbedding)
 
 class LitPrunedDistilBertForSentenceEmbedding(_Pruned, DistilBertForSentenceEmbedding):
     """A pruned :class:`DistilBertForSentenceEmbedding`."""
+
+
+class LitPrunedXLMRobertaForSentenceEmbedding(_Pruned, XLMRobertaForSentenceEmbedding):
+    """A pruned :class:`XLMRobertaForSentenceEmbedding`."""
+
+
+class LitPrunedElectraForSentenceEmbedding(_Pruned, ElectraForSentenceEmbedding):
+    """A pruned :class:`ElectraForSentenceEmbedding`."""
 
 
 PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
@@ -758,4 +833,15 @@ PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "sentence_embedding"): LitPrunedBertForSentenceEmbedding,
     ("roberta", "sentence_embedding"): LitPrunedRobertaForSentenceEmbedding,
     ("distilbert", "sentence_embedding"): LitPrunedDistilBertForSentenceEmbedding,
+    ("xlm-roberta", "base"): LitPrunedXLMRobertaModel,
+    ("xlm-roberta", "sequence_classification"): LitPrunedXLMRobertaForSequenceClassification,
+    ("xlm-roberta", "question_answering"): LitPrunedXLMRobertaForQuestionAnswering,
+    ("xlm-roberta", "token_classification"): LitPrunedXLMRobertaForTokenClassification,
+    ("xlm-roberta", "label_words"): LitPrunedXLMRobertaForLabelWordClassification,
+    ("xlm-roberta", "sentence_embedding"): LitPrunedXLMRobertaForSentenceEmbedding,
+    ("electra", "base"): LitPrunedElectraModel,
+    ("electra", "sequence_classification"): LitPrunedElectraForSequenceClassification,
+    ("electra", "question_answering"): LitPrunedElectraForQuestionAnswering,
+    ("electra", "token_classification"): LitPrunedElectraForTokenClassification,
+    ("electra", "sentence_embedding"): LitPrunedElectraForSentenceEmbedding,
 }
