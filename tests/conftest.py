@@ -88,12 +88,12 @@ TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_h
             max_position_embeddings=64)
 
 
-MODEL_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra")
+MODEL_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet")
 
 
 def tiny_config(model_type: str, **overrides):
     """A tiny random config of ``model_type`` (one of :data:`MODEL_TYPES`)."""
-    from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+    from transformers import BertConfig, DistilBertConfig, ElectraConfig, MPNetConfig, RobertaConfig, XLMRobertaConfig
 
     if model_type == "bert":
         return BertConfig(**{**TINY, **overrides})
@@ -101,6 +101,9 @@ def tiny_config(model_type: str, **overrides):
         config = RobertaConfig if model_type == "roberta" else XLMRobertaConfig
         return config(**{**TINY, "max_position_embeddings": TINY["max_position_embeddings"] + 2,
                          "pad_token_id": 1, **overrides})
+    if model_type == "mpnet":  # positions start after the padding index, as RoBERTa's
+        return MPNetConfig(**{**TINY, "max_position_embeddings": TINY["max_position_embeddings"] + 2,
+                              "pad_token_id": 1, **overrides})
     if model_type == "electra":  # embeddings narrower than the hidden size, projected up as ELECTRA-small's are
         return ElectraConfig(**{**TINY, "embedding_size": 16, **overrides})
     if model_type == "distilbert":

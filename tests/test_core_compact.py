@@ -11,7 +11,7 @@ from conftest import tiny_inputs, tiny_model
 from core_cases import MASK_CASES, make_masks
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
-from lit_prune.core.hf_modeling.modeling_lit_pruned import PrunedBertSelfAttention, PrunedDistilBertSelfAttention
+from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
 
@@ -73,8 +73,7 @@ def test_compacted_shapes_structure_and_scaling(tiny_model_type):
         "hidden_size": 32, "ffn_dim": 48}
     for index, layer in enumerate(structure["layers"]):
         m = adapter.layer(index)
-        attention_class = PrunedDistilBertSelfAttention if tiny_model_type == "distilbert" else PrunedBertSelfAttention
-        assert type(m.self_attention) is attention_class
+        assert type(m.self_attention) is hf.ATTENTION_CLASSES[adapter.spec.attention_style]
         assert m.self_attention.scaling == 8 ** -0.5  # the dense head size's scaling, whatever q is
         q, v = sum(h[0] for h in layer["heads"]), sum(h[1] for h in layer["heads"])
         assert tuple(m.query.weight.shape) == tuple(m.key.weight.shape) == (q, 32)

@@ -1,6 +1,6 @@
 """The pruning core: plain PyTorch + transformers, no Lightning, usable without a Trainer.
 
-* :mod:`~lit_prune.core.arch`: architecture adapters (where BERT / RoBERTa / DistilBERT keep Q/K/V/O and FFN).
+* :mod:`~lit_prune.core.arch`: architecture adapters (where each supported encoder keeps Q/K/V/O and FFN).
 * :mod:`~lit_prune.core.masks`: :class:`~lit_prune.core.masks.PruningMasks` (heads, query/key and value dims, neurons).
 * :mod:`~lit_prune.core.masking`: :func:`~lit_prune.core.masking.apply_masks`, masks as forward hooks.
 * :mod:`~lit_prune.core.flops`: FLOPs and parameter counts, exact FLOPs budgets.

@@ -1,8 +1,9 @@
 """Architecture adapters: where an encoder keeps its layers, its Q/K/V/O projections and its FFN.
 
 Everything in the core that touches a model goes through :func:`get_adapter`, so supporting a new encoder means
-describing its layout once with :func:`register_architecture`. BERT, RoBERTa and DistilBERT are built in; their
-layouts are read from the modelling file that pruned folders carry, so the two cannot disagree.
+describing its layout once with :func:`register_architecture`. BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT and
+MPNet are built in; their layouts are read from the modelling file that pruned folders carry, so the two cannot
+disagree.
 
 Example::
 
@@ -40,7 +41,8 @@ class ArchSpec:
         attn_norm, ffn_norm: paths of the LayerNorms after the attention and the FFN sublayers.
         ffn_up, ffn_down: paths of the FFN's ``nn.Linear`` (d → F and F → d).
         attention_style: "bert" when the self-attention module returns the per-head context and ``attn_out``
-            sits outside it (BERT, RoBERTa); "distilbert" when the module applies ``attn_out`` itself.
+            sits outside it (BERT, RoBERTa, ELECTRA); "distilbert" when the module applies ``attn_out`` itself;
+            "mpnet" as "distilbert", with the relative position bias the encoder hands every layer.
         num_layers, num_heads, hidden_size, ffn_dim, attention_dropout: config attribute names.
     """
 
@@ -54,7 +56,7 @@ class ArchSpec:
     ffn_up: str
     ffn_down: str
     ffn_norm: str
-    attention_style: Literal["bert", "distilbert"]
+    attention_style: Literal["bert", "distilbert", "mpnet"]
     num_layers: str
     num_heads: str
     hidden_size: str
@@ -71,8 +73,9 @@ def register_architecture(model_type: str, spec: ArchSpec, overwrite: bool = Fal
     Args:
         model_type: the ``config.model_type`` it applies to.
         spec: the layout. Compaction replaces ``spec.self_attention`` with lit_prune's pruned module of
-            ``spec.attention_style``, whose Linear layers are named like BERT's (query, key, value) or
-            DistilBERT's (q_lin, k_lin, v_lin, out_lin); the spec's paths must use the same names.
+            ``spec.attention_style``, whose Linear layers are named like BERT's (query, key, value),
+            DistilBERT's (q_lin, k_lin, v_lin, out_lin) or MPNet's (q, k, v, o); the spec's paths must use the
+            same names.
         overwrite: replace an existing registration.
 
     Raises:
@@ -80,7 +83,8 @@ def register_architecture(model_type: str, spec: ArchSpec, overwrite: bool = Fal
     """
     if model_type in _REGISTRY and not overwrite:
         raise ValueError(f"model_type={model_type!r} already has an adapter; pass overwrite=True to replace it")
-    names = {"bert": ("query", "key", "value", None), "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin")}
+    names = {"bert": ("query", "key", "value", None), "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin"),
+             "mpnet": ("q", "k", "v", "o")}
     if spec.attention_style not in names:
         raise ValueError(f"attention_style={spec.attention_style!r} is not one of {sorted(names)}")
     expected = dict(zip(("query", "key", "value", "attn_out"), names[spec.attention_style]))
@@ -167,7 +171,7 @@ class ArchAdapter:
 
 
 def get_adapter(model: nn.Module) -> ArchAdapter:
-    """The adapter of ``model`` (a BERT, RoBERTa or DistilBERT base, sequence-classification or QA model, ...).
+    """The adapter of ``model`` (a base, sequence-classification, QA, ... model of a supported encoder).
 
     Raises:
         UnsupportedArchitectureError: the model type has no adapter, or the model is a decoder.

@@ -32,7 +32,7 @@ def compact(model: nn.Module, masks: PruningMasks) -> nn.Module:
     """Remove the units that ``masks`` prune from ``model``, in place.
 
     Args:
-        model: a dense BERT / RoBERTa / DistilBERT model (base, sequence classification, QA, ...). Copy it first
+        model: a dense model of a supported encoder (base, sequence classification, QA, ...). Copy it first
             (``copy.deepcopy``) to keep the dense model.
         masks: masks of the model's shape; real values are folded into the weights.
 

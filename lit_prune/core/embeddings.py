@@ -23,7 +23,7 @@ def factorize_embeddings(model: nn.Module, rank: int) -> dict[str, Any]:
     """Replace ``model``'s word embeddings by their best rank-``rank`` factorisation (truncated SVD), in place.
 
     Args:
-        model: a dense BERT / RoBERTa / DistilBERT model (any head) with plain word embeddings.
+        model: a dense model of a supported encoder (any head) with plain word embeddings.
         rank: r, in [1, d).
 
     Returns:
@@ -40,7 +40,8 @@ def factorize_embeddings(model: nn.Module, rank: int) -> dict[str, Any]:
                          f"(rank {embeddings.rank})")
     vocab, dim = embeddings.weight.shape
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < dim:
-        raise ValueError(f"embedding_rank={rank!r}: expected an integer in [1, {dim}) (the word embeddings' width is {dim})")
+        raise ValueError(f"embedding_rank={rank!r}: expected an integer in [1, {dim}) (the word embeddings' width is "
+                         f"{dim})")
     weight = embeddings.weight.detach()
     u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)  # (V, d), (d,), (d, d)
     table = u[:, :rank] * s[:rank]  # (V, r)

@@ -125,7 +125,7 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
     """Measure and fit the latency table of ``model`` (dense, on its device and in its dtype) at ``shape``.
 
     Args:
-        model: a dense BERT / RoBERTa / DistilBERT model (any head); it is not changed.
+        model: a dense model of a supported encoder (any head); it is not changed.
         shape: what to time; its device and dtype must be the model's.
         warmup, repeats: untimed and timed rounds of the interleaved loop (the medians of ``repeats`` are taken).
         progress: ``progress(description, done, total)`` after each round.

@@ -51,7 +51,7 @@ def apply_masks(model: nn.Module, masks: PruningMasks) -> Iterator[PruningMasks]
     """Mask ``model`` with ``masks`` inside the ``with`` block.
 
     Args:
-        model: a dense BERT / RoBERTa / DistilBERT model (any head).
+        model: a dense model of a supported encoder (any head).
         masks: masks of the model's shape; may require grad, may hold real values.
 
     Yields:

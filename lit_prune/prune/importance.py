@@ -46,7 +46,7 @@ def mask_gradients(model: nn.Module, masks: PruningMasks, batch: Mapping[str, An
     ``torch.no_grad`` / ``torch.inference_mode`` (as in a Lightning validation or predict loop).
 
     Args:
-        model: a dense BERT / RoBERTa / DistilBERT task model.
+        model: a dense task model of a supported encoder.
         masks: masks of the model's shape (Kwon: all ones).
         batch: model inputs, moved to the model's device. Without ``loss_fn`` it must carry labels: ``labels``
             (classification, regression) or ``start_positions`` and ``end_positions`` (question answering).

@@ -1,10 +1,10 @@
-"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa and ELECTRA encoders (written by lit_prune).
+"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa, ELECTRA and MPNet encoders (written by lit_prune).
 
 This file is copied into every pruned model folder and named in the folder's ``config.json`` ``auto_map``, so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
 ``AutoModelForQuestionAnswering``, ``AutoModelForTokenClassification``) rebuild the pruned architecture on a machine
-without lit_prune. It imports only ``torch`` and ``transformers``. A model that classifies through its masked-LM head's label words (SMP's
-classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and
+without lit_prune. It imports only ``torch`` and ``transformers``. A model that classifies through its masked-LM
+head's label words (SMP's classifier, :class:`BertForLabelWordClassification` and kin) is saved as such, and
 ``AutoModelForSequenceClassification`` loads it as that classifier. A sentence-embedding model
 (:class:`BertForSentenceEmbedding` and kin: the encoder plus its pooling) is saved as such, and ``AutoModel`` loads
 it with its pooling (sentence-transformers loads the folder through ``AutoModel`` too).
@@ -51,6 +51,11 @@ from transformers import (
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
     ElectraModel,
+    MPNetForMaskedLM,
+    MPNetForQuestionAnswering,
+    MPNetForSequenceClassification,
+    MPNetForTokenClassification,
+    MPNetModel,
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
@@ -110,6 +115,24 @@ LAYOUTS: dict[str, dict[str, str]] = {
         "ffn_dim": "hidden_dim",
         "attention_dropout": "attention_dropout",
     },
+}
+LAYOUTS["mpnet"] = {
+    "layers": "encoder.layer",
+    "self_attention": "attention.attn",
+    "query": "attention.attn.q",
+    "key": "attention.attn.k",
+    "value": "attention.attn.v",
+    "attn_out": "attention.attn.o",
+    "attn_norm": "attention.LayerNorm",
+    "ffn_up": "intermediate.dense",
+    "ffn_down": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+    "attention_style": "mpnet",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "hidden_size": "hidden_size",
+    "ffn_dim": "intermediate_size",
+    "attention_dropout": "attention_probs_dropout_prob",
 }
 # BERT-shaped encoders under their own model types (ELECTRA's discriminator also projects its smaller embeddings up
 # to the hidden size before the first layer; that projection is not pruned)
@@ -264,7 +287,7 @@ class PrunedAttentionCore(nn.Module):
         return self._indices[device]
 
     def attend(self, hidden_states: torch.Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear,
-               attention_mask: Any) -> torch.Tensor:
+               attention_mask: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of every kept head.
 
         In a padded layout the projections are computed from the Linear layers' weights, so forward hooks on
@@ -274,6 +297,8 @@ class PrunedAttentionCore(nn.Module):
             hidden_states: (B, s, d).
             query, key, value: the projections; heads side by side in stored order in their output features.
             attention_mask: the mask the model passes to its attention modules (see :func:`sdpa_mask`).
+            bias: an additive (B or 1, kept heads, s, s) score bias, heads in stored order (MPNet's relative
+                position bias), added to the scaled scores before the softmax.
 
         Returns:
             The (B, s, Σv) per-head context vectors, heads side by side in stored order.
@@ -286,13 +311,23 @@ class PrunedAttentionCore(nn.Module):
         else:
             projections = [query(hidden_states), key(hidden_states), value(hidden_states)]
         mask = sdpa_mask(attention_mask, hidden_states.dtype)
+        if bias is not None and mask is not None and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
+                ~mask, torch.finfo(bias.dtype).min)  # additive, to sum with the bias
         dropout_p = self.dropout_p if self.training else 0.0
         outputs = []
+        first_head = 0
         for group in self.layout.groups:
             n, w = group.num_heads, group.width
             # Splitting a slice of the last dim into heads is a view. # (B, n, s, w)
             q, k, v = (x[..., group.start:group.stop].view(batch, seq, n, w).transpose(1, 2) for x in projections)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scaling)
+            group_mask = mask
+            if bias is not None:
+                group_bias = bias[:, first_head:first_head + n]  # (B, n, s, s)
+                group_mask = group_bias if mask is None else group_bias + mask
+                first_head += n
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=group_mask, dropout_p=dropout_p,
+                                                 scale=self.scaling)
             outputs.append(out.transpose(1, 2).reshape(batch, seq, n * w))  # (B, s, n·w)
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         return context.index_select(-1, out_index) if self.layout.padded else context  # (B, s, Σv)
@@ -360,10 +395,49 @@ class PrunedDistilBertSelfAttention(PrunedAttentionCore):
         return self.out_lin(context), None
 
 
+class PrunedMPNetSelfAttention(PrunedAttentionCore):
+    """MPNet self-attention with per-head sizes. Like DistilBERT's it includes the output projection (``o``); each
+    kept head adds its own slice of the relative position bias, which the encoder computes for every dense head
+    once per forward pass (its bucket table is shared by all layers and kept whole).
+
+    Args: as :class:`PrunedBertSelfAttention`, plus ``head_ids``: the dense index of each kept head, in stored order.
+    """
+
+    def __init__(self, hidden_size: int, head_sizes: list[tuple[int, int]], scaling: float, dropout: float,
+                 head_ids: list[int] = (), device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(head_sizes, scaling, dropout)
+        if len(head_ids) != len(self.head_sizes):
+            raise ValueError(f"head_ids={list(head_ids)!r}: expected one dense index per kept head "
+                             f"({len(self.head_sizes)})")
+        self.head_ids = [int(h) for h in head_ids]
+        self.num_attention_heads = len(self.head_sizes)
+        qk_dim = sum(q for q, _ in self.head_sizes)
+        v_dim = sum(v for _, v in self.head_sizes)
+        self.q = _linear(hidden_size, qk_dim, device, dtype)
+        self.k = _linear(hidden_size, qk_dim, device, dtype)
+        self.v = _linear(hidden_size, v_dim, device, dtype)
+        self.o = _linear(v_dim, hidden_size, device, dtype)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, position_bias: Any = None,
+                output_attentions: bool = False, **kwargs: Any) -> tuple[torch.Tensor]:
+        if not self.head_sizes:
+            # No heads: the sublayer's output is the output projection's bias. # (B, s, d)
+            return (self.o.bias.expand(*hidden_states.shape[:-1], -1),)
+        bias = None
+        if position_bias is not None:  # (B, H, s, s) for the dense heads: the kept ones, in stored order
+            bias = position_bias[:, self.head_ids].to(hidden_states.dtype)
+        context = self.attend(hidden_states, self.q, self.k, self.v, attention_mask, bias=bias)
+        return (self.o(context),)
+
+
 ATTENTION_CLASSES: dict[str, type[nn.Module]] = {
     "bert": PrunedBertSelfAttention,
     "distilbert": PrunedDistilBertSelfAttention,
+    "mpnet": PrunedMPNetSelfAttention,
 }
+#: the attention styles whose pruned module needs each kept head's dense index
+NEEDS_HEAD_IDS = ("mpnet",)
 
 
 def _linear(in_features: int, out_features: int, device: torch.device | None, dtype: torch.dtype | None) -> nn.Linear:
@@ -441,7 +515,7 @@ def build_layer_modules(layout: dict[str, str], layer_structure: dict[str, Any],
 
     Args:
         layout: an entry of :data:`LAYOUTS` (or a layout of the same form).
-        layer_structure: ``{"heads": [[q, v], ...], "ffn": n}``.
+        layer_structure: ``{"heads": [[q, v], ...], "head_ids": [h, ...], "ffn": n}``.
         dims: the dense ``hidden_size`` and ``head_dim`` (see :func:`dense_dims`).
         dropout: attention-probability dropout.
 
@@ -449,9 +523,10 @@ def build_layer_modules(layout: dict[str, str], layer_structure: dict[str, Any],
     """
     heads = [tuple(h) for h in layer_structure["heads"]]
     d, n = dims["hidden_size"], layer_structure["ffn"]
+    extra = {"head_ids": layer_structure["head_ids"]} if layout["attention_style"] in NEEDS_HEAD_IDS else {}
     modules: dict[str, nn.Module] = {
         layout["self_attention"]: ATTENTION_CLASSES[layout["attention_style"]](
-            d, heads, dims["head_dim"] ** -0.5, dropout, device=device, dtype=dtype),
+            d, heads, dims["head_dim"] ** -0.5, dropout, device=device, dtype=dtype, **extra),
     }
     if not layout["attn_out"].startswith(layout["self_attention"] + "."):
         modules[layout["attn_out"]] = _linear(sum(v for _, v in heads), d, device, dtype)
@@ -552,6 +627,22 @@ class LitPrunedRobertaForQuestionAnswering(_Pruned, RobertaForQuestionAnswering)
 
 class LitPrunedRobertaForTokenClassification(_Pruned, RobertaForTokenClassification):
     """A pruned :class:`transformers.RobertaForTokenClassification`."""
+
+
+class LitPrunedMPNetModel(_Pruned, MPNetModel):
+    """A pruned :class:`transformers.MPNetModel`."""
+
+
+class LitPrunedMPNetForSequenceClassification(_Pruned, MPNetForSequenceClassification):
+    """A pruned :class:`transformers.MPNetForSequenceClassification`."""
+
+
+class LitPrunedMPNetForQuestionAnswering(_Pruned, MPNetForQuestionAnswering):
+    """A pruned :class:`transformers.MPNetForQuestionAnswering`."""
+
+
+class LitPrunedMPNetForTokenClassification(_Pruned, MPNetForTokenClassification):
+    """A pruned :class:`transformers.MPNetForTokenClassification`."""
 
 
 class LitPrunedXLMRobertaModel(_Pruned, XLMRobertaModel):
@@ -670,6 +761,10 @@ class DistilBertForLabelWordClassification(_LabelWordClassification, DistilBertF
     """:class:`transformers.DistilBertForMaskedLM` classifying through label words."""
 
 
+class MPNetForLabelWordClassification(_LabelWordClassification, MPNetForMaskedLM):
+    """:class:`transformers.MPNetForMaskedLM` classifying through label words."""
+
+
 class XLMRobertaForLabelWordClassification(_LabelWordClassification, XLMRobertaForMaskedLM):
     """:class:`transformers.XLMRobertaForMaskedLM` classifying through label words."""
 
@@ -679,6 +774,7 @@ LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
     "roberta": RobertaForLabelWordClassification,
     "distilbert": DistilBertForLabelWordClassification,
     "xlm-roberta": XLMRobertaForLabelWordClassification,
+    "mpnet": MPNetForLabelWordClassification,
     # none for ELECTRA: a discriminator has no masked-LM head (SMP classifies through a trained head there)
 }
 
@@ -693,6 +789,10 @@ class LitPrunedRobertaForLabelWordClassification(_Pruned, RobertaForLabelWordCla
 
 class LitPrunedDistilBertForLabelWordClassification(_Pruned, DistilBertForLabelWordClassification):
     """A pruned :class:`DistilBertForLabelWordClassification`."""
+
+
+class LitPrunedMPNetForLabelWordClassification(_Pruned, MPNetForLabelWordClassification):
+    """A pruned :class:`MPNetForLabelWordClassification`."""
 
 
 class LitPrunedXLMRobertaForLabelWordClassification(_Pruned, XLMRobertaForLabelWordClassification):
@@ -781,6 +881,13 @@ class XLMRobertaForSentenceEmbedding(_SentenceEmbedding, XLMRobertaModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
 
 
+class MPNetForSentenceEmbedding(_SentenceEmbedding, MPNetModel):
+    """:class:`transformers.MPNetModel` with sentence pooling (all-mpnet-base-v2 and kin)."""
+
+    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+
+
 class ElectraForSentenceEmbedding(_SentenceEmbedding, ElectraModel):
     """:class:`transformers.ElectraModel` with sentence pooling (it has no pooler layer)."""
 
@@ -791,6 +898,7 @@ SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
     "distilbert": DistilBertForSentenceEmbedding,
     "xlm-roberta": XLMRobertaForSentenceEmbedding,
     "electra": ElectraForSentenceEmbedding,
+    "mpnet": MPNetForSentenceEmbedding,
 }
 
 
@@ -808,6 +916,10 @@ class LitPrunedDistilBertForSentenceEmbedding(_Pruned, DistilBertForSentenceEmbe
 
 class LitPrunedXLMRobertaForSentenceEmbedding(_Pruned, XLMRobertaForSentenceEmbedding):
     """A pruned :class:`XLMRobertaForSentenceEmbedding`."""
+
+
+class LitPrunedMPNetForSentenceEmbedding(_Pruned, MPNetForSentenceEmbedding):
+    """A pruned :class:`MPNetForSentenceEmbedding`."""
 
 
 class LitPrunedElectraForSentenceEmbedding(_Pruned, ElectraForSentenceEmbedding):
@@ -833,6 +945,12 @@ PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "sentence_embedding"): LitPrunedBertForSentenceEmbedding,
     ("roberta", "sentence_embedding"): LitPrunedRobertaForSentenceEmbedding,
     ("distilbert", "sentence_embedding"): LitPrunedDistilBertForSentenceEmbedding,
+    ("mpnet", "base"): LitPrunedMPNetModel,
+    ("mpnet", "sequence_classification"): LitPrunedMPNetForSequenceClassification,
+    ("mpnet", "question_answering"): LitPrunedMPNetForQuestionAnswering,
+    ("mpnet", "token_classification"): LitPrunedMPNetForTokenClassification,
+    ("mpnet", "label_words"): LitPrunedMPNetForLabelWordClassification,
+    ("mpnet", "sentence_embedding"): LitPrunedMPNetForSentenceEmbedding,
     ("xlm-roberta", "base"): LitPrunedXLMRobertaModel,
     ("xlm-roberta", "sequence_classification"): LitPrunedXLMRobertaForSequenceClassification,
     ("xlm-roberta", "question_answering"): LitPrunedXLMRobertaForQuestionAnswering,

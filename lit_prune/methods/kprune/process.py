@@ -162,7 +162,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Budge
     """Run KPrune on ``model`` (weights of the tuned output projections change in place; nothing is removed yet).
 
     Args:
-        model: a fine-tuned dense BERT / RoBERTa / DistilBERT task model (classification, regression or QA).
+        model: a fine-tuned dense task model of a supported encoder (classification, regression or QA).
         batches: the calibration batches of this process (labels are not needed).
         budget: the FLOPs budget (its ``seq_len`` is the ``s`` of the accounting) or a latency budget.
         dense: the dense teacher; ``None`` copies ``model`` first.
