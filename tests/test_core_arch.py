@@ -30,13 +30,14 @@ def test_adapter_dims_and_modules(tiny_model_type, kind):
             assert isinstance(linear, nn.Linear) and tuple(linear.weight.shape) == shape
         assert isinstance(m.attn_norm, nn.LayerNorm) and isinstance(m.ffn_norm, nn.LayerNorm)
         assert m.attn_norm is not m.ffn_norm
-        if tiny_model_type == "mpnet":  # divides by sqrt(d_h) instead of holding the scaling
+        if tiny_model_type in ("mpnet", "deberta-v2"):  # divide by sqrt(d_h) instead of holding the scaling
             assert m.self_attention.attention_head_size == 8
         else:
             assert m.self_attention.scaling == 8 ** -0.5
         # The adapter finds the very modules the model runs.
         query = {"distilbert": f"transformer.layer.{index}.attention.q_lin",
-                 "mpnet": f"encoder.layer.{index}.attention.attn.q"}.get(
+                 "mpnet": f"encoder.layer.{index}.attention.attn.q",
+                 "deberta-v2": f"encoder.layer.{index}.attention.self.query_proj"}.get(
             tiny_model_type, f"encoder.layer.{index}.attention.self.query")
         assert m.query is model.base_model.get_submodule(query)
 
@@ -63,9 +64,10 @@ def test_unsupported_architecture_names_type_supported_and_how_to_add():
     gpt2 = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
     with pytest.raises(UnsupportedArchitectureError,
                        match=r"model type 'gpt2' \(GPT2Model\) is not supported; supported model types: bert, "
-                             r"distilbert, electra, mpnet, roberta, xlm-roberta\. To add one.*register_architecture"):
+                             r"deberta-v2, distilbert, electra, mpnet, roberta, xlm-roberta\. To add one.*register_architecture"):
         get_adapter(gpt2)
-    assert supported_model_types() == ["bert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta"]
+    assert supported_model_types() == ["bert", "deberta-v2", "distilbert", "electra", "mpnet", "roberta",
+                                     "xlm-roberta"]
 
 
 def test_decoder_configuration_is_refused():

@@ -60,6 +60,22 @@ def test_masked_equals_compacted_with_eager_attention_and_heavy_padding(tiny_mod
     assert_masked_equals_compacted(model, make_masks("intra_head", seed=5), inputs)
 
 
+@pytest.mark.parametrize("settings", [
+    {"share_att_key": False},  # DeBERTa's own pos_key_proj / pos_query_proj: masked and compacted with the queries
+    {"share_att_key": False, "pos_att_type": ["c2p"]},  # one relative term (the scaling counts two terms)
+    {"position_buckets": -1, "max_relative_positions": 6},  # no log buckets: clamped relative distances
+    {"relative_attention": False},  # content attention only
+])
+@pytest.mark.parametrize("case", ["intra_head", "scales", "empty_attention"])
+def test_masked_equals_compacted_for_each_deberta_variant(settings, case):
+    model = tiny_model("deberta-v2", **settings)
+    pruned = assert_masked_equals_compacted(model, make_masks(case, seed=2), tiny_inputs(batch=4, seq=12, pad_last=5))
+    attention = get_adapter(pruned).layer(1).self_attention
+    unshared = settings.get("share_att_key") is False and settings.get("relative_attention", True)
+    assert hasattr(attention, "pos_query_proj") == (unshared and "p2c" in settings.get("pos_att_type", ["p2c"]))
+    assert hasattr(attention, "pos_key_proj") == unshared
+
+
 def test_compacted_shapes_structure_and_scaling(tiny_model_type):
     model = tiny_model(tiny_model_type)
     masks = make_masks("intra_head")
@@ -74,7 +90,8 @@ def test_compacted_shapes_structure_and_scaling(tiny_model_type):
     for index, layer in enumerate(structure["layers"]):
         m = adapter.layer(index)
         assert type(m.self_attention) is hf.ATTENTION_CLASSES[adapter.spec.attention_style]
-        assert m.self_attention.scaling == 8 ** -0.5  # the dense head size's scaling, whatever q is
+        # the dense head size's scaling, whatever q is (DeBERTa's also counts its two relative terms)
+        assert m.self_attention.scaling == pytest.approx((8 * (3 if tiny_model_type == "deberta-v2" else 1)) ** -0.5)
         q, v = sum(h[0] for h in layer["heads"]), sum(h[1] for h in layer["heads"])
         assert tuple(m.query.weight.shape) == tuple(m.key.weight.shape) == (q, 32)
         assert tuple(m.value.weight.shape) == (v, 32) and tuple(m.attn_out.weight.shape) == (32, v)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_inputs, tiny_model
+from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
 from lit_prune.core.flops import FlopsBudget, flops_kept
 from lit_prune.core.masking import apply_masks
@@ -289,6 +290,19 @@ def test_run_layer_gives_both_sublayer_sums_and_the_output():
         torch.testing.assert_close(sums["output"], layer_output(model, masks, inputs, 1, None), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("model_type, overrides", [
+    ("deberta-v2", {"conv_kernel_size": 3}),  # a convolution after layer 0 only, on the encoder's input
+    ("electra", {}),  # narrower embeddings projected up before the encoder
+])
+def test_a_pass_started_at_a_layer_gives_that_layers_output_of_a_whole_pass(model_type, overrides):
+    model = tiny_model(model_type, seed=2, **overrides)
+    batch = tiny_inputs(batch=3, seq=9, seed=1)
+    with torch.no_grad():
+        hidden = model.base_model(**batch, output_hidden_states=True).hidden_states  # embeddings, layer 0, layer 1
+        started = layer_output(model, None, batch, 1, layer_output(model, None, batch, 0, None))
+    torch.testing.assert_close(started, hidden[2], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("target", [2, 3])
 def test_a_pass_from_the_cached_layer_input_measures_what_a_pass_from_the_embeddings_does(tiny_model_type, target):
     """Layer 0 pruned and tuned, the pass for a sublayer of layer 1 started at layer 1 from layer 0's output (and the
@@ -300,8 +314,7 @@ def test_a_pass_from_the_cached_layer_input_measures_what_a_pass_from_the_embedd
     masks.head[0, 1] = 0
     masks.ffn[0, ::3] = 0
     with torch.no_grad():  # a tuned layer 0: the student differs from the dense model below the target
-        adapter_layer = model.base_model.get_submodule(
-            "transformer.layer" if tiny_model_type == "distilbert" else "encoder.layer")[0]
+        adapter_layer = get_adapter(model).layers[0]
         for parameter in adapter_layer.parameters():
             parameter.mul_(1 + 0.1 * torch.randn_like(parameter))
     batch = tiny_inputs(batch=4, seq=10, seed=3)

@@ -1,8 +1,8 @@
 """Architecture adapters: where an encoder keeps its layers, its Q/K/V/O projections and its FFN.
 
 Everything in the core that touches a model goes through :func:`get_adapter`, so supporting a new encoder means
-describing its layout once with :func:`register_architecture`. BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT and
-MPNet are built in; their layouts are read from the modelling file that pruned folders carry, so the two cannot
+describing its layout once with :func:`register_architecture`. BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT,
+MPNet and DeBERTa-v2/v3 are built in; their layouts are read from the modelling file that pruned folders carry, so the two cannot
 disagree.
 
 Example::
@@ -42,8 +42,12 @@ class ArchSpec:
         ffn_up, ffn_down: paths of the FFN's ``nn.Linear`` (d → F and F → d).
         attention_style: "bert" when the self-attention module returns the per-head context and ``attn_out``
             sits outside it (BERT, RoBERTa, ELECTRA); "distilbert" when the module applies ``attn_out`` itself;
-            "mpnet" as "distilbert", with the relative position bias the encoder hands every layer.
+            "mpnet" as "distilbert", with the relative position bias the encoder hands every layer; "deberta" as
+            "bert", with DeBERTa's disentangled (content and relative position) attention.
         num_layers, num_heads, hidden_size, ffn_dim, attention_dropout: config attribute names.
+        pos_query, pos_key: paths of Linear layers that project relative position embeddings with the queries' /
+            keys' head layout (DeBERTa's ``pos_query_proj`` / ``pos_key_proj``), where a layer has them: masked and
+            compacted as the query / key projection are (``None``: the architecture has none).
     """
 
     layers: str
@@ -56,12 +60,14 @@ class ArchSpec:
     ffn_up: str
     ffn_down: str
     ffn_norm: str
-    attention_style: Literal["bert", "distilbert", "mpnet"]
+    attention_style: Literal["bert", "distilbert", "mpnet", "deberta"]
     num_layers: str
     num_heads: str
     hidden_size: str
     ffn_dim: str
     attention_dropout: str
+    pos_query: str | None = None
+    pos_key: str | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -74,8 +80,8 @@ def register_architecture(model_type: str, spec: ArchSpec, overwrite: bool = Fal
         model_type: the ``config.model_type`` it applies to.
         spec: the layout. Compaction replaces ``spec.self_attention`` with lit_prune's pruned module of
             ``spec.attention_style``, whose Linear layers are named like BERT's (query, key, value),
-            DistilBERT's (q_lin, k_lin, v_lin, out_lin) or MPNet's (q, k, v, o); the spec's paths must use the
-            same names.
+            DistilBERT's (q_lin, k_lin, v_lin, out_lin), MPNet's (q, k, v, o) or DeBERTa's (query_proj,
+            key_proj, value_proj); the spec's paths must use the same names.
         overwrite: replace an existing registration.
 
     Raises:
@@ -84,7 +90,7 @@ def register_architecture(model_type: str, spec: ArchSpec, overwrite: bool = Fal
     if model_type in _REGISTRY and not overwrite:
         raise ValueError(f"model_type={model_type!r} already has an adapter; pass overwrite=True to replace it")
     names = {"bert": ("query", "key", "value", None), "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin"),
-             "mpnet": ("q", "k", "v", "o")}
+             "mpnet": ("q", "k", "v", "o"), "deberta": ("query_proj", "key_proj", "value_proj", None)}
     if spec.attention_style not in names:
         raise ValueError(f"attention_style={spec.attention_style!r} is not one of {sorted(names)}")
     expected = dict(zip(("query", "key", "value", "attn_out"), names[spec.attention_style]))
@@ -94,8 +100,9 @@ def register_architecture(model_type: str, spec: ArchSpec, overwrite: bool = Fal
         for role, name in expected.items()
         if name is not None and getattr(spec, role) != f"{spec.self_attention}.{name}"
     ]
-    if spec.attention_style == "bert" and spec.attn_out.startswith(spec.self_attention + "."):
-        problems.append(f"attn_out={spec.attn_out!r} must lie outside self_attention for attention_style='bert'")
+    if names[spec.attention_style][3] is None and spec.attn_out.startswith(spec.self_attention + "."):
+        problems.append(f"attn_out={spec.attn_out!r} must lie outside self_attention for attention_style="
+                        f"{spec.attention_style!r}")
     if problems:
         raise ValueError(f"ArchSpec for model_type={model_type!r}: " + "; ".join(problems))
     _REGISTRY[model_type] = spec
@@ -123,6 +130,17 @@ class LayerModules:
     ffn_up: nn.Linear
     ffn_down: nn.Linear
     ffn_norm: nn.LayerNorm
+    pos_query: nn.Linear | None = None
+    pos_key: nn.Linear | None = None
+
+
+def _optional_submodule(layer: nn.Module, path: str | None) -> nn.Module | None:
+    if path is None:
+        return None
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:  # this config has no such module (DeBERTa shares the content projections)
+        return None
 
 
 class ArchAdapter:
@@ -156,7 +174,9 @@ class ArchAdapter:
     def layer(self, index: int) -> LayerModules:
         """The modules of encoder layer ``index``."""
         layer = self.layers[index]
-        return LayerModules(**{role: layer.get_submodule(getattr(self.spec, role)) for role in MODULE_ROLES})
+        optional = {role: _optional_submodule(layer, getattr(self.spec, role)) for role in ("pos_query", "pos_key")}
+        return LayerModules(**{role: layer.get_submodule(getattr(self.spec, role)) for role in MODULE_ROLES},
+                            **optional)
 
     def require_dense(self, action: str) -> None:
         """Raise when the model is already compacted: masks index the dense model's units.

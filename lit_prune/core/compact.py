@@ -92,7 +92,7 @@ def _compact_layer(adapter: ArchAdapter, index: int, masks: PruningMasks, layout
     reference = old.query.weight
     layer = adapter.layers[index]
     for path, module in hf.build_layer_modules(layout, structure, dims, adapter.attention_dropout,
-                                               reference.device, reference.dtype).items():
+                                               adapter.model.config, reference.device, reference.dtype).items():
         hf.set_submodule(layer, path, module.train(layer.training))
     new = adapter.layer(index)
 
@@ -110,6 +110,10 @@ def _compact_layer(adapter: ArchAdapter, index: int, masks: PruningMasks, layout
 
     _fill(new.query, old.query, rows(old.query, qk_rows, q_scale))
     _fill(new.key, old.key, rows(old.key, qk_rows))
+    if old.pos_query is not None:  # DeBERTa's unshared relative projections: the query's and key's rows
+        _fill(new.pos_query, old.pos_query, rows(old.pos_query, qk_rows, q_scale))
+    if old.pos_key is not None:
+        _fill(new.pos_key, old.pos_key, rows(old.pos_key, qk_rows))
     _fill(new.value, old.value, rows(old.value, v_rows))
     _fill(new.attn_out, old.attn_out, columns(old.attn_out, v_rows, o_scale))
     _fill(new.ffn_up, old.ffn_up, rows(old.ffn_up, neurons))

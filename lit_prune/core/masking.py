@@ -3,7 +3,8 @@
 transformers 5 has no ``head_mask`` (a head mask passed to forward is silently ignored), so masks act through hooks:
 
 * ``qk``: multiplies the output of the query projection, dim by dim. A zero removes that dim's term from every
-  q·k product (the same as removing the row of W_Q and of W_K); a real value scales it.
+  q·k product (the same as removing the row of W_Q and of W_K); a real value scales it. DeBERTa's relative terms
+  follow: their query-side projection (the query projection itself, or ``pos_query_proj``) is scaled alike.
 * ``head`` and ``vo``: multiply the per-head context vectors at the input of the attention output projection W_O,
   viewed as (B, s, H, d_h). A head that is effectively pruned (see :mod:`lit_prune.core.masks`) is zeroed as a whole.
 * ``ffn``: multiplies the input of the FFN down projection.
@@ -76,8 +77,12 @@ def apply_masks(model: nn.Module, masks: PruningMasks) -> Iterator[PruningMasks]
     try:
         for index in range(adapter.num_layers):
             modules = adapter.layer(index)
-            handles.append(modules.query.register_forward_hook(
-                lambda m, a, o, i=index: _scale_queries(masks, i, m, a, o)))
+            # DeBERTa's own projection of the relative embeddings into query space, where it has one (otherwise
+            # the query projection makes those too, and its hook scales them)
+            for query_like in (modules.query, modules.pos_query):
+                if query_like is not None:
+                    handles.append(query_like.register_forward_hook(
+                        lambda m, a, o, i=index: _scale_queries(masks, i, m, a, o)))
             handles.append(modules.attn_out.register_forward_pre_hook(
                 lambda m, a, i=index: _scale_context(masks, i, m, a)))
             handles.append(modules.ffn_down.register_forward_pre_hook(

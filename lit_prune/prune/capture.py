@@ -18,11 +18,12 @@ units need the projection inputs of every sublayer. These helpers get them with 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.masking import apply_masks
@@ -47,7 +48,7 @@ def sublayer_modules(model: nn.Module, layer: int, sublayer: Sublayer) -> tuple[
     return modules.ffn_down, modules.ffn_norm
 
 
-def feed_encoder(encoder: nn.Module, hidden: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
+def feed_encoder(encoder: nn.Module, hidden: torch.Tensor) -> RemovableHandle:
     """A pre-hook on ``encoder`` (the module holding the layer list) that replaces the hidden states it is given
     with ``hidden``: whatever ran before it (embeddings, ELECTRA's projection of its narrower embeddings) is
     overridden. The encoders take them as their first argument or as ``hidden_states=``."""
@@ -58,6 +59,31 @@ def feed_encoder(encoder: nn.Module, hidden: torch.Tensor) -> torch.utils.hooks.
         return args, {**kwargs, "hidden_states": hidden}
 
     return encoder.register_forward_pre_hook(replace, with_kwargs=True)
+
+
+class _LayerCut:
+    """Cuts an encoder's layer list to the layers from ``layer`` on, and puts it back.
+
+    DeBERTa-v2's encoder may apply a convolution after its first layer (``conv``, in configs with a
+    ``conv_kernel_size``); it runs after the first layer of the list, so a list cut above layer 0 runs without it.
+    """
+
+    def __init__(self, model: nn.Module, layer: int) -> None:
+        parent_path, _, self.name = get_adapter(model).spec.layers.rpartition(".")
+        self.encoder = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+        self.layers = getattr(self.encoder, self.name)
+        self.layer = layer
+        self.conv = getattr(self.encoder, "conv", None)
+
+    def cut(self, *_: Any) -> None:
+        setattr(self.encoder, self.name, nn.ModuleList(list(self.layers)[self.layer:]))
+        if self.conv is not None and self.layer > 0:
+            self.encoder.conv = None
+
+    def restore(self, *_: Any) -> None:
+        setattr(self.encoder, self.name, self.layers)
+        if self.conv is not None:
+            self.encoder.conv = self.conv
 
 
 @contextlib.contextmanager
@@ -72,17 +98,13 @@ def start_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) -> Itera
     if hidden is None:
         yield
         return
-    adapter = get_adapter(model)
-    path = adapter.spec.layers
-    parent_path, _, name = path.rpartition(".")
-    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
-    layers = getattr(parent, name)
-    handle = feed_encoder(parent, hidden)
-    setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
+    layers = _LayerCut(model, layer)
+    handle = feed_encoder(layers.encoder, hidden)
+    layers.cut()
     try:
         yield
     finally:
-        setattr(parent, name, layers)
+        layers.restore()
         handle.remove()
 
 
@@ -99,23 +121,13 @@ def start_forward_at(model: nn.Module, layer: int, hidden: torch.Tensor | None) 
     if hidden is None:
         yield
         return
-    adapter = get_adapter(model)
-    parent_path, _, name = adapter.spec.layers.rpartition(".")
-    parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
-    layers = getattr(parent, name)
-
-    def cut(module: nn.Module, args: Any) -> None:
-        setattr(parent, name, nn.ModuleList(list(layers)[layer:]))
-
-    def restore(*_: Any) -> None:
-        setattr(parent, name, layers)
-
-    handles = [feed_encoder(parent, hidden), parent.register_forward_pre_hook(cut),
-               parent.register_forward_hook(restore)]
+    layers = _LayerCut(model, layer)
+    handles = [feed_encoder(layers.encoder, hidden), layers.encoder.register_forward_pre_hook(layers.cut),
+               layers.encoder.register_forward_hook(layers.restore)]
     try:
         yield
     finally:
-        restore()  # also after a pass stopped inside the encoder (StopForward), where the forward hook never ran
+        layers.restore()  # also after a pass stopped inside the encoder (StopForward), where the hook never ran
         for handle in handles:
             handle.remove()
 
@@ -137,16 +149,28 @@ def _run_hooked(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[st
             handle.remove()
 
 
+def on_next_input(model: nn.Module, layer: int, record: Callable[[torch.Tensor], None]) -> RemovableHandle:
+    """A hook that hands ``record`` the next layer's input: what the layer above ``layer`` receives (its output, plus
+    whatever the encoder applies in between, such as DeBERTa-v2's convolution after layer 0), or the last layer's
+    output. ``record`` may raise :class:`StopForward`: nothing above runs."""
+    adapter = get_adapter(model)
+    if layer + 1 < adapter.num_layers:  # the encoders hand a layer its hidden states as the first argument
+        return adapter.layers[layer + 1].register_forward_pre_hook(lambda module, args: record(args[0]))
+    return adapter.layers[layer].register_forward_hook(
+        lambda module, args, output: record(output[0] if isinstance(output, tuple) else output))
+
+
 def layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
                   start: torch.Tensor | None) -> torch.Tensor:
-    """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``."""
+    """Encoder layer ``layer``'s output (masked, or unmasked for ``None``) given its input ``start``: the next
+    layer's input (see :func:`on_next_input`)."""
     captured: list[torch.Tensor] = []
 
-    def on_layer(module: nn.Module, args: tuple, output: Any) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
+    def record(hidden: torch.Tensor) -> None:
+        captured.append(hidden)
         raise StopForward
 
-    handle = get_adapter(model).layers[layer].register_forward_hook(on_layer)
+    handle = on_next_input(model, layer, record)
     _run_hooked(model, masks, inputs, layer, start, [handle])
     assert captured, "the forward pass never reached the layer"
     return captured[0].detach()
@@ -196,13 +220,13 @@ def run_layer(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str,
     def on_norm(name: str, args: tuple) -> None:
         captured[name] = args[0].detach()
 
-    def on_layer(module: nn.Module, args: tuple, output: Any) -> None:
-        captured["output"] = (output[0] if isinstance(output, tuple) else output).detach()
+    def on_output(hidden: torch.Tensor) -> None:
+        captured["output"] = hidden.detach()
         raise StopForward
 
     handles = [modules.attn_norm.register_forward_pre_hook(lambda m, args: on_norm("attention", args)),
                modules.ffn_norm.register_forward_pre_hook(lambda m, args: on_norm("ffn", args)),
-               adapter.layers[layer].register_forward_hook(on_layer)]
+               on_next_input(model, layer, on_output)]
     _run_hooked(model, masks, inputs, layer, start, handles)
     assert len(captured) == 3, "the forward pass never reached the end of the layer"
     return captured

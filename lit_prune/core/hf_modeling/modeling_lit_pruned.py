@@ -1,4 +1,5 @@
-"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa, ELECTRA and MPNet encoders (written by lit_prune).
+"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa, ELECTRA, MPNet and DeBERTa-v2/v3 encoders (written by
+lit_prune).
 
 This file is copied into every pruned model folder and named in the folder's ``config.json`` ``auto_map``, so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +49,10 @@ from transformers import (
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
     DistilBertModel,
+    DebertaV2ForQuestionAnswering,
+    DebertaV2ForSequenceClassification,
+    DebertaV2ForTokenClassification,
+    DebertaV2Model,
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
@@ -77,8 +83,10 @@ FACTORIZED_FORMAT_VERSION = 2
 READABLE_VERSIONS = (FORMAT_VERSION, FACTORIZED_FORMAT_VERSION)
 
 # Where each architecture keeps its parts. Paths of modules are relative to one encoder layer, except
-# ``layers`` (relative to the base model); the last five entries name config attributes.
-LAYOUTS: dict[str, dict[str, str]] = {
+# ``layers`` (relative to the base model); ``num_layers`` to ``attention_dropout`` name config attributes;
+# ``pos_query`` / ``pos_key`` (optional) name projections of relative position embeddings that share the query /
+# key head layout (present in a layer only for some configs).
+LAYOUTS: dict[str, dict[str, str | None]] = {
     "bert": {
         "layers": "encoder.layer",
         "self_attention": "attention.self",
@@ -115,6 +123,27 @@ LAYOUTS: dict[str, dict[str, str]] = {
         "ffn_dim": "hidden_dim",
         "attention_dropout": "attention_dropout",
     },
+}
+LAYOUTS["deberta-v2"] = {  # DeBERTa-v2 and v3 (their checkpoints say model_type deberta-v2)
+    "layers": "encoder.layer",
+    "self_attention": "attention.self",
+    "query": "attention.self.query_proj",
+    "key": "attention.self.key_proj",
+    "value": "attention.self.value_proj",
+    "attn_out": "attention.output.dense",
+    "attn_norm": "attention.output.LayerNorm",
+    "ffn_up": "intermediate.dense",
+    "ffn_down": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+    "attention_style": "deberta",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "hidden_size": "hidden_size",
+    "ffn_dim": "intermediate_size",
+    "attention_dropout": "attention_probs_dropout_prob",
+    # the relative embeddings' own projections, when the config does not share the content ones
+    "pos_query": "attention.self.pos_query_proj",
+    "pos_key": "attention.self.pos_key_proj",
 }
 LAYOUTS["mpnet"] = {
     "layers": "encoder.layer",
@@ -287,7 +316,7 @@ class PrunedAttentionCore(nn.Module):
         return self._indices[device]
 
     def attend(self, hidden_states: torch.Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear,
-               attention_mask: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
+               attention_mask: Any, bias: ScoreBias | None = None) -> torch.Tensor:
         """Attention of every kept head.
 
         In a padded layout the projections are computed from the Linear layers' weights, so forward hooks on
@@ -297,8 +326,10 @@ class PrunedAttentionCore(nn.Module):
             hidden_states: (B, s, d).
             query, key, value: the projections; heads side by side in stored order in their output features.
             attention_mask: the mask the model passes to its attention modules (see :func:`sdpa_mask`).
-            bias: an additive (B or 1, kept heads, s, s) score bias, heads in stored order (MPNet's relative
-                position bias), added to the scaled scores before the softmax.
+            bias: an additive score bias added to the scaled scores before the softmax (MPNet's relative position
+                bias, DeBERTa's disentangled terms): called per group of heads as ``bias(first, group, q, k)``
+                with the index of the group's first kept head, the group, and its (B, n, s, w) queries and keys;
+                returns (B or 1, n, s, s).
 
         Returns:
             The (B, s, Σv) per-head context vectors, heads side by side in stored order.
@@ -312,8 +343,7 @@ class PrunedAttentionCore(nn.Module):
             projections = [query(hidden_states), key(hidden_states), value(hidden_states)]
         mask = sdpa_mask(attention_mask, hidden_states.dtype)
         if bias is not None and mask is not None and mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(
-                ~mask, torch.finfo(bias.dtype).min)  # additive, to sum with the bias
+            mask = additive_mask(mask, hidden_states.dtype)  # to sum with the bias
         dropout_p = self.dropout_p if self.training else 0.0
         outputs = []
         first_head = 0
@@ -323,7 +353,7 @@ class PrunedAttentionCore(nn.Module):
             q, k, v = (x[..., group.start:group.stop].view(batch, seq, n, w).transpose(1, 2) for x in projections)
             group_mask = mask
             if bias is not None:
-                group_bias = bias[:, first_head:first_head + n]  # (B, n, s, s)
+                group_bias = bias(first_head, group, q, k)  # (B, n, s, s)
                 group_mask = group_bias if mask is None else group_bias + mask
                 first_head += n
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=group_mask, dropout_p=dropout_p,
@@ -331,6 +361,16 @@ class PrunedAttentionCore(nn.Module):
             outputs.append(out.transpose(1, 2).reshape(batch, seq, n * w))  # (B, s, n·w)
         context = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         return context.index_select(-1, out_index) if self.layout.padded else context  # (B, s, Σv)
+
+
+#: ``bias(first_head, group, queries, keys)``: see :meth:`PrunedAttentionCore.attend`
+ScoreBias = Callable[[int, HeadGroup, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask (True = attend) as an additive one: 0 where attended, the dtype's minimum elsewhere
+    (as transformers' eager attention fills it, so that a fully masked row softmaxes to uniform, not NaN)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def _padded_rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,18 +466,147 @@ class PrunedMPNetSelfAttention(PrunedAttentionCore):
             return (self.o.bias.expand(*hidden_states.shape[:-1], -1),)
         bias = None
         if position_bias is not None:  # (B, H, s, s) for the dense heads: the kept ones, in stored order
-            bias = position_bias[:, self.head_ids].to(hidden_states.dtype)
+            kept = position_bias[:, self.head_ids].to(hidden_states.dtype)
+
+            def bias(first: int, group: HeadGroup, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+                return kept[:, first:first + group.num_heads]
+
         context = self.attend(hidden_states, self.q, self.k, self.v, attention_mask, bias=bias)
         return (self.o(context),)
+
+
+class PrunedDebertaV2SelfAttention(PrunedAttentionCore):
+    """DeBERTa-v2/v3 disentangled self-attention with per-head sizes; returns the context fed to
+    ``attention.output.dense``, as :class:`PrunedBertSelfAttention` does.
+
+    Each kept head's score is its content term q·k plus its content-to-position term q·k_r (``c2p``) and its
+    position-to-content term k·q_r (``p2c``), all scaled by the dense 1/sqrt(d_h · (1 + number of terms)). The
+    relative embeddings stay whole; their key and query projections (``key_proj`` / ``query_proj`` when the config
+    shares them, ``pos_key_proj`` / ``pos_query_proj`` otherwise) keep each head's kept query/key dims, so removing
+    a head or a dim removes it from all three terms.
+
+    Args:
+        hidden_size, head_sizes, scaling, dropout: as :class:`PrunedBertSelfAttention` (``scaling``: 1/sqrt(d_h)).
+        settings: the config's ``relative_attention``, ``share_att_key``, ``pos_att_type``, ``position_buckets``,
+            ``max_relative_positions`` and ``hidden_dropout_prob`` (see :func:`deberta_settings`).
+    """
+
+    def __init__(self, hidden_size: int, head_sizes: list[tuple[int, int]], scaling: float, dropout: float,
+                 settings: dict[str, Any] | None = None, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        settings = settings or {}
+        self.relative_attention = bool(settings.get("relative_attention", False))
+        self.share_att_key = bool(settings.get("share_att_key", False))
+        self.pos_att_type = list(settings.get("pos_att_type") or []) if self.relative_attention else []
+        scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
+        super().__init__(head_sizes, scaling / scale_factor ** 0.5, dropout)
+        self.position_buckets = int(settings.get("position_buckets", -1))
+        self.max_relative_positions = int(settings.get("max_relative_positions", -1))
+        self.pos_ebd_size = self.position_buckets if self.position_buckets > 0 else self.max_relative_positions
+        self.num_attention_heads = len(self.head_sizes)
+        qk_dim = sum(q for q, _ in self.head_sizes)
+        v_dim = sum(v for _, v in self.head_sizes)
+        self.query_proj = _linear(hidden_size, qk_dim, device, dtype)
+        self.key_proj = _linear(hidden_size, qk_dim, device, dtype)
+        self.value_proj = _linear(hidden_size, v_dim, device, dtype)
+        if self.relative_attention:
+            self.pos_dropout = nn.Dropout(float(settings.get("hidden_dropout_prob", 0.0)))
+            if not self.share_att_key:
+                if "c2p" in self.pos_att_type:
+                    self.pos_key_proj = _linear(hidden_size, qk_dim, device, dtype)
+                if "p2c" in self.pos_att_type:
+                    self.pos_query_proj = _linear(hidden_size, qk_dim, device, dtype)
+
+    def _relative_projection(self, linear: nn.Linear, rel_embeddings: torch.Tensor) -> torch.Tensor:
+        """``linear`` applied to the relative embeddings, heads laid out as the queries are: (2k, Σq, padded)."""
+        if self.layout.padded:
+            q_index = self._layout_indices(rel_embeddings.device)[0]
+            return F.linear(rel_embeddings, *_padded_rows(linear, q_index))
+        return linear(rel_embeddings)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, output_attentions: bool = False,
+                query_states: torch.Tensor | None = None, relative_pos: torch.Tensor | None = None,
+                rel_embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        if query_states is not None:
+            raise ValueError("pruned DeBERTa attention takes its queries from hidden_states only (query_states is "
+                             "used by DeBERTa's masked-LM pre-training decoder, not by encoders)")
+        if not self.head_sizes:
+            return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None  # (B, s, 0)
+        mask = None
+        if attention_mask is not None:  # (B, 1, s, s) 0/1; padded query rows too, as DeBERTa's own masks are
+            mask = additive_mask(attention_mask.bool(), hidden_states.dtype)
+        bias = None
+        if self.pos_att_type:
+            bias = self._disentangled_bias(hidden_states, relative_pos, rel_embeddings)
+        context = self.attend(hidden_states, self.query_proj, self.key_proj, self.value_proj, mask, bias=bias)
+        return context, None
+
+    def _disentangled_bias(self, hidden_states: torch.Tensor, relative_pos: torch.Tensor | None,
+                           rel_embeddings: torch.Tensor) -> ScoreBias:
+        """The c2p and p2c terms of each group of heads, as DeBERTa-v2 computes them for the dense heads."""
+        from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+        seq = hidden_states.shape[1]
+        if relative_pos is None:
+            relative_pos = build_relative_position(hidden_states, hidden_states, bucket_size=self.position_buckets,
+                                                   max_position=self.max_relative_positions)
+        relative_pos = relative_pos.to(device=hidden_states.device, dtype=torch.long)
+        relative_pos = relative_pos.reshape(-1, seq, seq)[:, None]  # (1 or B, 1, s, s)
+        span = self.pos_ebd_size
+        rel = self.pos_dropout(rel_embeddings)[:2 * span].to(hidden_states.dtype)  # (2k, d)
+        pos_key = pos_query = None
+        if "c2p" in self.pos_att_type:
+            pos_key = self._relative_projection(self.key_proj if self.share_att_key else self.pos_key_proj, rel)
+        if "p2c" in self.pos_att_type:
+            pos_query = self._relative_projection(self.query_proj if self.share_att_key else self.pos_query_proj, rel)
+        c2p_index = torch.clamp(relative_pos + span, 0, 2 * span - 1)
+        p2c_index = torch.clamp(-relative_pos + span, 0, 2 * span - 1)
+
+        def bias(first: int, group: HeadGroup, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            n, w = group.num_heads, group.width
+            batch = q.shape[0]
+            score = 0
+            if pos_key is not None:  # content → position: q_i · k_r(δ(i, j))
+                keys = pos_key[:, group.start:group.stop].view(-1, n, w).transpose(0, 1)  # (n, 2k, w)
+                c2p = q @ keys.transpose(-1, -2)  # (B, n, s, 2k)
+                score = score + torch.gather(c2p, -1, c2p_index.expand(batch, n, seq, seq))
+            if pos_query is not None:  # position → content: k_j · q_r(δ(j, i))
+                queries = pos_query[:, group.start:group.stop].view(-1, n, w).transpose(0, 1)  # (n, 2k, w)
+                p2c = k @ queries.transpose(-1, -2)  # (B, n, s, 2k)
+                score = score + torch.gather(p2c, -1, p2c_index.expand(batch, n, seq, seq)).transpose(-1, -2)
+            return score * self.scaling
+
+        return bias
 
 
 ATTENTION_CLASSES: dict[str, type[nn.Module]] = {
     "bert": PrunedBertSelfAttention,
     "distilbert": PrunedDistilBertSelfAttention,
     "mpnet": PrunedMPNetSelfAttention,
+    "deberta": PrunedDebertaV2SelfAttention,
 }
-#: the attention styles whose pruned module needs each kept head's dense index
-NEEDS_HEAD_IDS = ("mpnet",)
+
+
+def deberta_settings(config: Any) -> dict[str, Any]:
+    """What :class:`PrunedDebertaV2SelfAttention` reads of a DeBERTa-v2 config, with DeBERTa's own defaults."""
+    max_relative_positions = getattr(config, "max_relative_positions", -1)
+    if max_relative_positions < 1:
+        max_relative_positions = config.max_position_embeddings
+    return {"relative_attention": getattr(config, "relative_attention", False),
+            "share_att_key": getattr(config, "share_att_key", False),
+            "pos_att_type": list(config.pos_att_type or []),
+            "position_buckets": getattr(config, "position_buckets", -1),
+            "max_relative_positions": max_relative_positions,
+            "hidden_dropout_prob": config.hidden_dropout_prob}
+
+
+def attention_settings(style: str, config: Any, layer_structure: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments a pruned attention module of ``style`` takes beyond the common ones."""
+    if style == "mpnet":
+        return {"head_ids": layer_structure["head_ids"]}
+    if style == "deberta":
+        return {"settings": deberta_settings(config)}
+    return {}
 
 
 def _linear(in_features: int, out_features: int, device: torch.device | None, dtype: torch.dtype | None) -> nn.Linear:
@@ -509,7 +678,7 @@ def structure_problems(structure: Any, config: Any) -> list[str]:
 
 
 def build_layer_modules(layout: dict[str, str], layer_structure: dict[str, Any], dims: dict[str, int],
-                        dropout: float, device: torch.device | None,
+                        dropout: float, config: Any, device: torch.device | None,
                         dtype: torch.dtype | None) -> dict[str, nn.Module]:
     """The modules that replace a dense layer's, keyed by their path in the layer (uninitialised weights).
 
@@ -518,12 +687,13 @@ def build_layer_modules(layout: dict[str, str], layer_structure: dict[str, Any],
         layer_structure: ``{"heads": [[q, v], ...], "head_ids": [h, ...], "ffn": n}``.
         dims: the dense ``hidden_size`` and ``head_dim`` (see :func:`dense_dims`).
         dropout: attention-probability dropout.
+        config: the model's config (what an attention style reads beyond the common settings).
 
-    The self-attention module comes first: for DistilBERT it owns the output projection.
+    The self-attention module comes first: for DistilBERT and MPNet it owns the output projection.
     """
     heads = [tuple(h) for h in layer_structure["heads"]]
     d, n = dims["hidden_size"], layer_structure["ffn"]
-    extra = {"head_ids": layer_structure["head_ids"]} if layout["attention_style"] in NEEDS_HEAD_IDS else {}
+    extra = attention_settings(layout["attention_style"], config, layer_structure)
     modules: dict[str, nn.Module] = {
         layout["self_attention"]: ATTENTION_CLASSES[layout["attention_style"]](
             d, heads, dims["head_dim"] ** -0.5, dropout, device=device, dtype=dtype, **extra),
@@ -583,7 +753,7 @@ def apply_structure(model: nn.Module) -> None:
     layers = model.base_model.get_submodule(layout["layers"])
     for layer, layer_structure in zip(layers, structure["layers"]):
         reference = layer.get_submodule(layout["query"]).weight
-        for path, module in build_layer_modules(layout, layer_structure, dims, dropout,
+        for path, module in build_layer_modules(layout, layer_structure, dims, dropout, config,
                                                 reference.device, reference.dtype).items():
             set_submodule(layer, path, module.train(layer.training))
 
@@ -627,6 +797,22 @@ class LitPrunedRobertaForQuestionAnswering(_Pruned, RobertaForQuestionAnswering)
 
 class LitPrunedRobertaForTokenClassification(_Pruned, RobertaForTokenClassification):
     """A pruned :class:`transformers.RobertaForTokenClassification`."""
+
+
+class LitPrunedDebertaV2Model(_Pruned, DebertaV2Model):
+    """A pruned :class:`transformers.DebertaV2Model` (DeBERTa-v2 and v3)."""
+
+
+class LitPrunedDebertaV2ForSequenceClassification(_Pruned, DebertaV2ForSequenceClassification):
+    """A pruned :class:`transformers.DebertaV2ForSequenceClassification`."""
+
+
+class LitPrunedDebertaV2ForQuestionAnswering(_Pruned, DebertaV2ForQuestionAnswering):
+    """A pruned :class:`transformers.DebertaV2ForQuestionAnswering`."""
+
+
+class LitPrunedDebertaV2ForTokenClassification(_Pruned, DebertaV2ForTokenClassification):
+    """A pruned :class:`transformers.DebertaV2ForTokenClassification`."""
 
 
 class LitPrunedMPNetModel(_Pruned, MPNetModel):
@@ -775,7 +961,7 @@ LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
     "distilbert": DistilBertForLabelWordClassification,
     "xlm-roberta": XLMRobertaForLabelWordClassification,
     "mpnet": MPNetForLabelWordClassification,
-    # none for ELECTRA: a discriminator has no masked-LM head (SMP classifies through a trained head there)
+    # none for ELECTRA and DeBERTa-v3: discriminators have no masked-LM head (SMP classifies through a trained head)
 }
 
 
@@ -888,6 +1074,10 @@ class MPNetForSentenceEmbedding(_SentenceEmbedding, MPNetModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
 
 
+class DebertaV2ForSentenceEmbedding(_SentenceEmbedding, DebertaV2Model):
+    """:class:`transformers.DebertaV2Model` with sentence pooling (it has no pooler layer)."""
+
+
 class ElectraForSentenceEmbedding(_SentenceEmbedding, ElectraModel):
     """:class:`transformers.ElectraModel` with sentence pooling (it has no pooler layer)."""
 
@@ -899,6 +1089,7 @@ SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
     "xlm-roberta": XLMRobertaForSentenceEmbedding,
     "electra": ElectraForSentenceEmbedding,
     "mpnet": MPNetForSentenceEmbedding,
+    "deberta-v2": DebertaV2ForSentenceEmbedding,
 }
 
 
@@ -920,6 +1111,10 @@ class LitPrunedXLMRobertaForSentenceEmbedding(_Pruned, XLMRobertaForSentenceEmbe
 
 class LitPrunedMPNetForSentenceEmbedding(_Pruned, MPNetForSentenceEmbedding):
     """A pruned :class:`MPNetForSentenceEmbedding`."""
+
+
+class LitPrunedDebertaV2ForSentenceEmbedding(_Pruned, DebertaV2ForSentenceEmbedding):
+    """A pruned :class:`DebertaV2ForSentenceEmbedding`."""
 
 
 class LitPrunedElectraForSentenceEmbedding(_Pruned, ElectraForSentenceEmbedding):
@@ -945,6 +1140,11 @@ PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
     ("bert", "sentence_embedding"): LitPrunedBertForSentenceEmbedding,
     ("roberta", "sentence_embedding"): LitPrunedRobertaForSentenceEmbedding,
     ("distilbert", "sentence_embedding"): LitPrunedDistilBertForSentenceEmbedding,
+    ("deberta-v2", "base"): LitPrunedDebertaV2Model,
+    ("deberta-v2", "sequence_classification"): LitPrunedDebertaV2ForSequenceClassification,
+    ("deberta-v2", "question_answering"): LitPrunedDebertaV2ForQuestionAnswering,
+    ("deberta-v2", "token_classification"): LitPrunedDebertaV2ForTokenClassification,
+    ("deberta-v2", "sentence_embedding"): LitPrunedDebertaV2ForSentenceEmbedding,
     ("mpnet", "base"): LitPrunedMPNetModel,
     ("mpnet", "sequence_classification"): LitPrunedMPNetForSequenceClassification,
     ("mpnet", "question_answering"): LitPrunedMPNetForQuestionAnswering,
