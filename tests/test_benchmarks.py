@@ -811,3 +811,24 @@ def test_a_teacher_cached_under_another_key_is_adopted_when_its_settings_are_the
     (runner.teacher_dir(config, "sst2") / runner.TEACHER_FILE).unlink()
     resolved["model"]["init_args"]["learning_rate"] = 5e-5
     assert runner.equivalent_cached_teacher(config, "sst2") is None
+
+
+def test_the_scale_study_tabulates_speed_and_memory(tmp_path, monkeypatch):
+    from benchmarks.studies import scale
+
+    rows = [{"part": "speed", "size": "BERT-base", "flops_kept_target": 0.5, "flops_kept": 0.4987,
+             "parameters": {"dense": 86_000_000, "pruned": 60_000_000}, "dense_ms": 2500.0, "pruned_ms": 1300.0,
+             "speedup": 1.923, "speedup_paired": 1.9, "repeats": 10, "batch_size": 32, "seq_len": 128, "threads": 2},
+            {"part": "memory", "model": "BERT-base (random)", "method": "kprune", "task": "sst2", "samples": 2048,
+             "peak_rss_mib": 3012.4, "seconds": 905.0}]
+    text = scale.markdown(rows, "CPU: test")
+    assert "| BERT-base | 0.499 | 86.0M → 60.0M | 2500 | 1300 | 1.92x | 2.01x |" in text
+    assert "| BERT-base (random) | 3012 | 905 |" in text
+    docs = tmp_path / "core.md"
+    docs.write_text("# x\n\n<!-- benchmark: scale -->\nNot measured yet\n<!-- end: scale -->\n")
+    monkeypatch.setattr(scale, "RESULTS", tmp_path)
+    monkeypatch.setattr(scale, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    monkeypatch.setattr(scale, "DOCS", docs)
+    scale.save(rows)
+    assert "1.92x" in docs.read_text() and "Not measured yet" not in docs.read_text()
+    assert json.loads((tmp_path / "scale.json").read_text()) == rows
