@@ -125,7 +125,8 @@ def tiny_model_type(request) -> str:
 
 def tiny_model(model_type: str, kind: str = "sequence_classification", seed: int = 0, **overrides):
     """A tiny random model in eval mode; ``kind`` is "sequence_classification", "question_answering",
-    "token_classification", "base" or "label_words" (its masked-LM head classifying through two label words, ids 7 and 9; mask token id 4)."""
+    "token_classification", "base" or "label_words" (its masked-LM head classifying through two label words, ids 7
+    and 9; mask token id 4)."""
     from transformers import (AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification)
 

@@ -190,7 +190,8 @@ def tables_section(rows: list[dict[str, Any]]) -> list[str]:
             continue
         table = r["table"]
         shape = table["shape"]
-        name = f"batch {shape['batch_size']} × {shape['seq_len']} tokens, {shape['threads']} thread(s), {shape['dtype']}"
+        name = (f"batch {shape['batch_size']} × {shape['seq_len']} tokens, {shape['threads']} thread(s), "
+                f"{shape['dtype']}")
         tables.setdefault(name, {"seconds": table["seconds"], "runs": 0})["runs"] += 1
     if not tables:
         return []

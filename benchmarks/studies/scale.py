@@ -106,7 +106,7 @@ def markdown(rows: list[dict[str, Any]], hardware: str) -> str:
         lines += [f"| {r['size']} | {r['flops_kept']:.3f} | {r['parameters']['dense'] / 1e6:.1f}M → "
                   f"{r['parameters']['pruned'] / 1e6:.1f}M | {r['dense_ms']:.0f} | {r['pruned_ms']:.0f} | "
                   f"{r['speedup']:.2f}x | {1 / r['flops_kept']:.2f}x |" for r in timed]
-        lines += ["", f"Medians of interleaved passes (dense and pruned alternate in a fresh order each round). Mask: "
+        lines += ["", "Medians of interleaved passes (dense and pruned alternate in a fresh order each round). Mask: "
                   "per layer floor(flops_kept·H) heads and the most FFN neurons that fit, by weight magnitude.", ""]
     used = [r for r in rows if r["part"] == "memory"]
     if used:

@@ -2,8 +2,8 @@
 
 Everything in the core that touches a model goes through :func:`get_adapter`, so supporting a new encoder means
 describing its layout once with :func:`register_architecture`. BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT,
-MPNet and DeBERTa-v2/v3 are built in; their layouts are read from the modelling file that pruned folders carry, so the two cannot
-disagree.
+MPNet and DeBERTa-v2/v3 are built in; their layouts are read from the modelling file that pruned folders carry, so the
+two cannot disagree.
 
 Example::
 

@@ -767,118 +767,6 @@ class _Pruned:
         apply_structure(self)
 
 
-class LitPrunedBertModel(_Pruned, BertModel):
-    """A pruned :class:`transformers.BertModel`."""
-
-
-class LitPrunedBertForSequenceClassification(_Pruned, BertForSequenceClassification):
-    """A pruned :class:`transformers.BertForSequenceClassification`."""
-
-
-class LitPrunedBertForQuestionAnswering(_Pruned, BertForQuestionAnswering):
-    """A pruned :class:`transformers.BertForQuestionAnswering`."""
-
-
-class LitPrunedBertForTokenClassification(_Pruned, BertForTokenClassification):
-    """A pruned :class:`transformers.BertForTokenClassification`."""
-
-
-class LitPrunedRobertaModel(_Pruned, RobertaModel):
-    """A pruned :class:`transformers.RobertaModel`."""
-
-
-class LitPrunedRobertaForSequenceClassification(_Pruned, RobertaForSequenceClassification):
-    """A pruned :class:`transformers.RobertaForSequenceClassification`."""
-
-
-class LitPrunedRobertaForQuestionAnswering(_Pruned, RobertaForQuestionAnswering):
-    """A pruned :class:`transformers.RobertaForQuestionAnswering`."""
-
-
-class LitPrunedRobertaForTokenClassification(_Pruned, RobertaForTokenClassification):
-    """A pruned :class:`transformers.RobertaForTokenClassification`."""
-
-
-class LitPrunedDebertaV2Model(_Pruned, DebertaV2Model):
-    """A pruned :class:`transformers.DebertaV2Model` (DeBERTa-v2 and v3)."""
-
-
-class LitPrunedDebertaV2ForSequenceClassification(_Pruned, DebertaV2ForSequenceClassification):
-    """A pruned :class:`transformers.DebertaV2ForSequenceClassification`."""
-
-
-class LitPrunedDebertaV2ForQuestionAnswering(_Pruned, DebertaV2ForQuestionAnswering):
-    """A pruned :class:`transformers.DebertaV2ForQuestionAnswering`."""
-
-
-class LitPrunedDebertaV2ForTokenClassification(_Pruned, DebertaV2ForTokenClassification):
-    """A pruned :class:`transformers.DebertaV2ForTokenClassification`."""
-
-
-class LitPrunedMPNetModel(_Pruned, MPNetModel):
-    """A pruned :class:`transformers.MPNetModel`."""
-
-
-class LitPrunedMPNetForSequenceClassification(_Pruned, MPNetForSequenceClassification):
-    """A pruned :class:`transformers.MPNetForSequenceClassification`."""
-
-
-class LitPrunedMPNetForQuestionAnswering(_Pruned, MPNetForQuestionAnswering):
-    """A pruned :class:`transformers.MPNetForQuestionAnswering`."""
-
-
-class LitPrunedMPNetForTokenClassification(_Pruned, MPNetForTokenClassification):
-    """A pruned :class:`transformers.MPNetForTokenClassification`."""
-
-
-class LitPrunedXLMRobertaModel(_Pruned, XLMRobertaModel):
-    """A pruned :class:`transformers.XLMRobertaModel`."""
-
-
-class LitPrunedXLMRobertaForSequenceClassification(_Pruned, XLMRobertaForSequenceClassification):
-    """A pruned :class:`transformers.XLMRobertaForSequenceClassification`."""
-
-
-class LitPrunedXLMRobertaForQuestionAnswering(_Pruned, XLMRobertaForQuestionAnswering):
-    """A pruned :class:`transformers.XLMRobertaForQuestionAnswering`."""
-
-
-class LitPrunedXLMRobertaForTokenClassification(_Pruned, XLMRobertaForTokenClassification):
-    """A pruned :class:`transformers.XLMRobertaForTokenClassification`."""
-
-
-class LitPrunedElectraModel(_Pruned, ElectraModel):
-    """A pruned :class:`transformers.ElectraModel` (the discriminator's encoder)."""
-
-
-class LitPrunedElectraForSequenceClassification(_Pruned, ElectraForSequenceClassification):
-    """A pruned :class:`transformers.ElectraForSequenceClassification`."""
-
-
-class LitPrunedElectraForQuestionAnswering(_Pruned, ElectraForQuestionAnswering):
-    """A pruned :class:`transformers.ElectraForQuestionAnswering`."""
-
-
-class LitPrunedElectraForTokenClassification(_Pruned, ElectraForTokenClassification):
-    """A pruned :class:`transformers.ElectraForTokenClassification`."""
-
-
-class LitPrunedDistilBertModel(_Pruned, DistilBertModel):
-    """A pruned :class:`transformers.DistilBertModel`."""
-
-
-class LitPrunedDistilBertForSequenceClassification(_Pruned, DistilBertForSequenceClassification):
-    """A pruned :class:`transformers.DistilBertForSequenceClassification`."""
-
-
-class LitPrunedDistilBertForQuestionAnswering(_Pruned, DistilBertForQuestionAnswering):
-    """A pruned :class:`transformers.DistilBertForQuestionAnswering`."""
-
-
-class LitPrunedDistilBertForTokenClassification(_Pruned, DistilBertForTokenClassification):
-    """A pruned :class:`transformers.DistilBertForTokenClassification`."""
-
-
 # ------------------------------------------------------------------------------------------------ label words
 class _LabelWordClassification:
     """A masked-LM model used as a sequence classifier through label words (SMP's classifier): the logits are the
@@ -963,26 +851,6 @@ LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
     "mpnet": MPNetForLabelWordClassification,
     # none for ELECTRA and DeBERTa-v3: discriminators have no masked-LM head (SMP classifies through a trained head)
 }
-
-
-class LitPrunedBertForLabelWordClassification(_Pruned, BertForLabelWordClassification):
-    """A pruned :class:`BertForLabelWordClassification`."""
-
-
-class LitPrunedRobertaForLabelWordClassification(_Pruned, RobertaForLabelWordClassification):
-    """A pruned :class:`RobertaForLabelWordClassification`."""
-
-
-class LitPrunedDistilBertForLabelWordClassification(_Pruned, DistilBertForLabelWordClassification):
-    """A pruned :class:`DistilBertForLabelWordClassification`."""
-
-
-class LitPrunedMPNetForLabelWordClassification(_Pruned, MPNetForLabelWordClassification):
-    """A pruned :class:`MPNetForLabelWordClassification`."""
-
-
-class LitPrunedXLMRobertaForLabelWordClassification(_Pruned, XLMRobertaForLabelWordClassification):
-    """A pruned :class:`XLMRobertaForLabelWordClassification`."""
 
 
 # ------------------------------------------------------------------------------------------ sentence embeddings
@@ -1093,73 +961,45 @@ SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
 }
 
 
-class LitPrunedBertForSentenceEmbedding(_Pruned, BertForSentenceEmbedding):
-    """A pruned :class:`BertForSentenceEmbedding`."""
+#: the transformers (or label-word / sentence-embedding) class of every (model type, kind) a pruned folder can hold
+DENSE_CLASSES: dict[str, dict[str, type[nn.Module]]] = {
+    "bert": {"base": BertModel, "sequence_classification": BertForSequenceClassification,
+             "question_answering": BertForQuestionAnswering, "token_classification": BertForTokenClassification},
+    "roberta": {"base": RobertaModel, "sequence_classification": RobertaForSequenceClassification,
+                "question_answering": RobertaForQuestionAnswering,
+                "token_classification": RobertaForTokenClassification},
+    "distilbert": {"base": DistilBertModel, "sequence_classification": DistilBertForSequenceClassification,
+                   "question_answering": DistilBertForQuestionAnswering,
+                   "token_classification": DistilBertForTokenClassification},
+    "xlm-roberta": {"base": XLMRobertaModel, "sequence_classification": XLMRobertaForSequenceClassification,
+                    "question_answering": XLMRobertaForQuestionAnswering,
+                    "token_classification": XLMRobertaForTokenClassification},
+    "electra": {"base": ElectraModel, "sequence_classification": ElectraForSequenceClassification,
+                "question_answering": ElectraForQuestionAnswering,
+                "token_classification": ElectraForTokenClassification},
+    "mpnet": {"base": MPNetModel, "sequence_classification": MPNetForSequenceClassification,
+              "question_answering": MPNetForQuestionAnswering, "token_classification": MPNetForTokenClassification},
+    "deberta-v2": {"base": DebertaV2Model, "sequence_classification": DebertaV2ForSequenceClassification,
+                   "question_answering": DebertaV2ForQuestionAnswering,
+                   "token_classification": DebertaV2ForTokenClassification},
+}
+for _model_type, _classes in DENSE_CLASSES.items():
+    if _model_type in LABEL_WORD_CLASSES:
+        _classes["label_words"] = LABEL_WORD_CLASSES[_model_type]
+    _classes["sentence_embedding"] = SENTENCE_EMBEDDING_CLASSES[_model_type]
 
 
-class LitPrunedRobertaForSentenceEmbedding(_Pruned, RobertaForSentenceEmbedding):
-    """A pruned :class:`RobertaForSentenceEmbedding`."""
-
-
-class LitPrunedDistilBertForSentenceEmbedding(_Pruned, DistilBertForSentenceEmbedding):
-    """A pruned :class:`DistilBertForSentenceEmbedding`."""
-
-
-class LitPrunedXLMRobertaForSentenceEmbedding(_Pruned, XLMRobertaForSentenceEmbedding):
-    """A pruned :class:`XLMRobertaForSentenceEmbedding`."""
-
-
-class LitPrunedMPNetForSentenceEmbedding(_Pruned, MPNetForSentenceEmbedding):
-    """A pruned :class:`MPNetForSentenceEmbedding`."""
-
-
-class LitPrunedDebertaV2ForSentenceEmbedding(_Pruned, DebertaV2ForSentenceEmbedding):
-    """A pruned :class:`DebertaV2ForSentenceEmbedding`."""
-
-
-class LitPrunedElectraForSentenceEmbedding(_Pruned, ElectraForSentenceEmbedding):
-    """A pruned :class:`ElectraForSentenceEmbedding`."""
+def _pruned_class(dense: type[nn.Module]) -> type[nn.Module]:
+    """``LitPruned<Name>``: the class ``dense`` that builds the pruned structure of its config (see :class:`_Pruned`);
+    ``isinstance(model, dense)`` holds. A module-level name, so ``auto_map`` entries and pickling find it."""
+    name = f"LitPruned{dense.__name__}"
+    cls = type(name, (_Pruned, dense), {"__doc__": f"A pruned :class:`{dense.__name__}`.", "__module__": __name__,
+                                        "__qualname__": name})
+    globals()[name] = cls
+    return cls
 
 
 PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
-    ("bert", "base"): LitPrunedBertModel,
-    ("bert", "sequence_classification"): LitPrunedBertForSequenceClassification,
-    ("bert", "question_answering"): LitPrunedBertForQuestionAnswering,
-    ("bert", "token_classification"): LitPrunedBertForTokenClassification,
-    ("roberta", "base"): LitPrunedRobertaModel,
-    ("roberta", "sequence_classification"): LitPrunedRobertaForSequenceClassification,
-    ("roberta", "question_answering"): LitPrunedRobertaForQuestionAnswering,
-    ("roberta", "token_classification"): LitPrunedRobertaForTokenClassification,
-    ("distilbert", "base"): LitPrunedDistilBertModel,
-    ("distilbert", "sequence_classification"): LitPrunedDistilBertForSequenceClassification,
-    ("distilbert", "question_answering"): LitPrunedDistilBertForQuestionAnswering,
-    ("distilbert", "token_classification"): LitPrunedDistilBertForTokenClassification,
-    ("bert", "label_words"): LitPrunedBertForLabelWordClassification,
-    ("roberta", "label_words"): LitPrunedRobertaForLabelWordClassification,
-    ("distilbert", "label_words"): LitPrunedDistilBertForLabelWordClassification,
-    ("bert", "sentence_embedding"): LitPrunedBertForSentenceEmbedding,
-    ("roberta", "sentence_embedding"): LitPrunedRobertaForSentenceEmbedding,
-    ("distilbert", "sentence_embedding"): LitPrunedDistilBertForSentenceEmbedding,
-    ("deberta-v2", "base"): LitPrunedDebertaV2Model,
-    ("deberta-v2", "sequence_classification"): LitPrunedDebertaV2ForSequenceClassification,
-    ("deberta-v2", "question_answering"): LitPrunedDebertaV2ForQuestionAnswering,
-    ("deberta-v2", "token_classification"): LitPrunedDebertaV2ForTokenClassification,
-    ("deberta-v2", "sentence_embedding"): LitPrunedDebertaV2ForSentenceEmbedding,
-    ("mpnet", "base"): LitPrunedMPNetModel,
-    ("mpnet", "sequence_classification"): LitPrunedMPNetForSequenceClassification,
-    ("mpnet", "question_answering"): LitPrunedMPNetForQuestionAnswering,
-    ("mpnet", "token_classification"): LitPrunedMPNetForTokenClassification,
-    ("mpnet", "label_words"): LitPrunedMPNetForLabelWordClassification,
-    ("mpnet", "sentence_embedding"): LitPrunedMPNetForSentenceEmbedding,
-    ("xlm-roberta", "base"): LitPrunedXLMRobertaModel,
-    ("xlm-roberta", "sequence_classification"): LitPrunedXLMRobertaForSequenceClassification,
-    ("xlm-roberta", "question_answering"): LitPrunedXLMRobertaForQuestionAnswering,
-    ("xlm-roberta", "token_classification"): LitPrunedXLMRobertaForTokenClassification,
-    ("xlm-roberta", "label_words"): LitPrunedXLMRobertaForLabelWordClassification,
-    ("xlm-roberta", "sentence_embedding"): LitPrunedXLMRobertaForSentenceEmbedding,
-    ("electra", "base"): LitPrunedElectraModel,
-    ("electra", "sequence_classification"): LitPrunedElectraForSequenceClassification,
-    ("electra", "question_answering"): LitPrunedElectraForQuestionAnswering,
-    ("electra", "token_classification"): LitPrunedElectraForTokenClassification,
-    ("electra", "sentence_embedding"): LitPrunedElectraForSentenceEmbedding,
+    (model_type, kind): _pruned_class(dense) for model_type, classes in DENSE_CLASSES.items()
+    for kind, dense in classes.items()
 }
