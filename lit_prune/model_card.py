@@ -254,6 +254,8 @@ def results_table(report: dict[str, Any]) -> list[str]:
     if latency:
         shape = (f"batch {latency.get('batch_size')} x {latency.get('seq_len')} tokens, {latency.get('threads')} "
                  f"thread{'' if latency.get('threads') == 1 else 's'}")
+        if latency.get("dtype", "float32") != "float32":  # the folder's save_dtype, timed as it will run
+            shape += f", {latency['dtype']} weights"
         rows.append(f"| latency ({shape}) | {_number(latency.get('dense_ms'), 2)} ms | "
                     f"{_number(latency.get('pruned_ms'), 2)} ms | {_number(latency.get('speedup'), 2)}x faster |")
     else:

@@ -8,8 +8,8 @@ Benchmarks and plots read only these reports. The top-level keys every method sh
 * ``params``: ``dense``, ``pruned`` (each ``total`` and ``encoder_linear``);
 * ``metrics``: ``dense``, ``pruned`` (the evaluation split's metrics by name) and ``main`` (the task's main metric);
 * ``seconds``: wall seconds per phase and ``total``;
-* ``latency``: ``dense_ms``, ``pruned_ms``, ``speedup`` (dense / pruned, medians), ``speedup_paired`` and the
-  batch shape, measured interleaved in the same run;
+* ``latency``: ``dense_ms``, ``pruned_ms``, ``speedup`` (dense / pruned, medians), ``speedup_paired``, the batch
+  shape and ``dtype`` (the weights' dtype timed: the folder's ``save_dtype``), measured interleaved in the same run;
 * ``structure``: the kept units per layer (``heads``: [[q, v], ...], ``head_ids``, ``ffn``);
 * ``hardware``: where it ran.
 

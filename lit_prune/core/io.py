@@ -6,7 +6,8 @@ A pruned folder holds:
   structure and the dense shape, see :mod:`lit_prune.core.hf_modeling.modeling_lit_pruned`) and ``auto_map``
   entries for ``AutoModel``, ``AutoModelForSequenceClassification``, ``AutoModelForQuestionAnswering`` and
   ``AutoModelForTokenClassification``;
-* ``model.safetensors``: the compacted weights;
+* ``model.safetensors``: the compacted weights, in the dtype asked (``save_pruned(..., dtype=)``, the callbacks'
+  ``save_dtype``: float32 by default, or bfloat16 / float16), which the config records as transformers 5's ``dtype``;
 * ``modeling_lit_pruned.py``: a copy of lit_prune's modelling file (torch + transformers only), which rebuilds
   the pruned architecture before the weights load;
 * the tokenizer files, when a tokenizer is given;
@@ -14,7 +15,9 @@ A pruned folder holds:
   ``sentence_bert_config.json``; see :mod:`lit_prune.core.pooling`).
 
 So ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` works without lit_prune,
-and :func:`load_pruned` loads it inside lit_prune from the package's own copy of the classes (no remote code).
+and :func:`load_pruned` loads it inside lit_prune from the package's own copy of the classes (no remote code). Both
+load the weights in the dtype they were saved in: transformers 5's ``from_pretrained`` defaults to ``dtype="auto"``,
+which reads the config's ``dtype``; pass ``dtype=torch.float32`` to either to get float32 from a bfloat16 folder.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig
@@ -39,6 +43,11 @@ Kind = Literal["base", "sequence_classification", "question_answering", "token_c
 
 MODELING_FILE = "modeling_lit_pruned.py"
 WEIGHTS_FILE = "model.safetensors"
+
+#: the dtypes a pruned folder's weights may be written in (the callbacks' ``save_dtype``), by name
+SaveDtype = Literal["float32", "bfloat16", "float16"]
+SAVE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                       "float16": torch.float16}
 
 
 class NotAPrunedModelError(ValueError):
@@ -55,6 +64,41 @@ def _kind_of(model: nn.Module) -> tuple[str, str]:
                      f"{', '.join(supported)}")
 
 
+def save_dtype_problem(value: Any, setting: str = "save_dtype") -> str | None:
+    """Why ``value`` is not a dtype a pruned folder can be written in, naming ``setting``; ``None`` when it is one of
+    :data:`SAVE_DTYPES`' names."""
+    if isinstance(value, str) and value in SAVE_DTYPES:
+        return None
+    return (f"{setting}={value!r}: expected one of {', '.join(map(repr, SAVE_DTYPES))} (the dtype the pruned "
+            "folder's weights are written in)")
+
+
+def _save_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``save_pruned``'s ``dtype`` as a ``torch.dtype`` (``None``: the model's own)."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in SAVE_DTYPES.values()):
+        return dtype
+    problem = save_dtype_problem(dtype, "dtype")
+    if problem is not None:
+        raise ValueError(f"save_pruned: {problem}")
+    return SAVE_DTYPES[dtype]
+
+
+def cast_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with its floating-point tensors cast to ``dtype`` (copies: the model is unchanged).
+    Tensors that share memory (tied weights) stay shared, so ``save_pretrained`` drops the ties as it always does."""
+    cast: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            state[name] = tensor
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if key not in cast:
+            cast[key] = tensor.detach().to(dtype)
+        state[name] = cast[key]
+    return state
+
+
 def saved_kind(config: Any) -> str | None:
     """The kind ("base", "sequence_classification", ...) a pruned config was saved as, from ``architectures``."""
     architectures = getattr(config, "architectures", None)
@@ -65,7 +109,7 @@ def saved_kind(config: Any) -> str | None:
 
 
 def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None,
-                finish: Callable[[Path], Any] | None = None) -> Path:
+                finish: Callable[[Path], Any] | None = None, dtype: SaveDtype | torch.dtype | None = None) -> Path:
     """Write a compacted model (and its tokenizer) as a self-contained Hugging Face folder, atomically.
 
     Args:
@@ -74,13 +118,18 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None,
         tokenizer: saved beside the model when given.
         finish: called with the complete temporary folder before it takes ``folder``'s place, to add files of its
             own (the model card), so they are written atomically with the rest.
+        dtype: the dtype the weights are written in: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or the
+            ``torch.dtype``); the config records it (``dtype``), so ``from_pretrained`` loads them back at it.
+            ``None``: the model's own dtype. The model itself is not changed (cast copies are written).
 
     Returns:
         ``folder``.
 
     Raises:
-        ValueError: the model is not compacted, or its class is not one the modelling file rebuilds.
+        ValueError: the model is not compacted, its class is not one the modelling file rebuilds, or ``dtype`` is
+            not one of the three.
     """
+    target_dtype = _save_dtype(dtype)
     adapter = get_adapter(model)
     if not adapter.is_compacted:
         raise ValueError(f"this {type(model).__name__} is not compacted; call "
@@ -88,8 +137,10 @@ def save_pruned(model: nn.Module, folder: str | Path, tokenizer: Any = None,
     model_type, kind = _kind_of(model)
     folder = Path(folder)
     with atomic_directory(folder) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=None if target_dtype is None else cast_state_dict(model, target_dtype))
         config = json.loads((tmp / "config.json").read_text())
+        if target_dtype is not None:  # save_pretrained records the in-memory dtype; the file holds this one
+            config["dtype"] = str(target_dtype).removeprefix("torch.")
         config["architectures"] = [hf.PRUNED_CLASSES[(model_type, kind)].__bases__[-1].__name__]
         module = Path(MODELING_FILE).stem
         # every Auto class loads the folder (a classifier's encoder as a base model, say); the saved kind is what
@@ -184,7 +235,8 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
             classifier through masked-LM label words; "sequence_classification" also loads a folder saved as one) or
             "sentence_embedding" (the encoder with its pooling; "base" also loads a folder saved as one);
             ``None`` loads the kind that was saved.
-        **from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``dtype``, ``attn_implementation``).
+        **from_pretrained_kwargs: passed to ``from_pretrained`` (e.g. ``attn_implementation``, or ``dtype``: by
+            default the dtype the folder was saved in, as transformers 5's ``dtype="auto"`` reads it from the config).
 
     Raises:
         NotAPrunedModelError: the folder does not hold a valid pruned model.
@@ -205,4 +257,5 @@ def load_pruned(folder: str | Path, kind: Kind | None = None, **from_pretrained_
         # asked for the Auto class the saved model fills (a label-word classifier is a classifier, a
         # sentence-embedding model an encoder)
         kind = saved
+    from_pretrained_kwargs.setdefault("dtype", "auto")  # the saved dtype (transformers 5's default, said outright)
     return hf.PRUNED_CLASSES[(config.model_type, kind)].from_pretrained(folder, **from_pretrained_kwargs)

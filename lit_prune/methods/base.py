@@ -20,6 +20,12 @@ any accelerator, and under ``strategy=ddp`` the calibration batches are split ac
 to process i mod world size) while every statistic is summed over them: every process ends with the same masks and
 weights. Progress goes to Lightning's progress bar (process 0), numbers to the Trainer's logger.
 
+The passes run under the Trainer's precision, as its training steps do (:meth:`PruningTarget.precision
+<lit_prune.methods.contract.PruningTarget.precision>`): with ``precision="bf16-mixed"`` the model's forward and
+backward passes run in bf16 autocast, while the mask gradients, Fisher tables and knowledge sums stay float32 /
+float64 and every least-squares system is accumulated and solved in float64. ``"32-true"`` (the default) changes
+nothing.
+
 Every run ends the same way (:func:`lit_prune.methods.run.finish_run`): the model is compacted in place (units
 physically removed), evaluated, timed against the dense copy, and written as ``<output_dir>/pruned_model/`` (a
 Hugging Face folder) with ``<output_dir>/pruning_report.json`` (see :mod:`lit_prune.report`) and the binary masks
@@ -42,6 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
+from lit_prune.core.io import SaveDtype, save_dtype_problem
 from lit_prune.core.latency_model import Budget, LatencyBudget, LatencyTable
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
@@ -76,9 +83,12 @@ class RetrainingFreePruning(Callback):
         output_dir: where ``pruned_model/`` and ``pruning_report.json`` go (default: the Trainer's
             ``default_root_dir``).
         save_model: write the pruned model folder.
-        evaluate: evaluate the dense and the pruned model: with the module's ``evaluate(dataloaders, progress)``
-            (lit_prune's task modules), else with the ``fit``'s own validation loop (the metrics its
-            ``validation_step`` logs).
+        save_dtype: the dtype the pruned folder's weights are written in, ``"float32"``, ``"bfloat16"`` or
+            ``"float16"``; its config records it, so ``from_pretrained`` loads them back at it. The model in the
+            module stays as it is; the latency comparison times copies in this dtype.
+        evaluate: evaluate the dense and the pruned model (under the fit's precision): with the module's
+            ``evaluate(dataloaders, progress)`` (lit_prune's task modules), else with the ``fit``'s own validation
+            loop (the metrics its ``validation_step`` logs).
         dense_metrics: the dense model's metrics on this same evaluation split, when they are already known (a
             fine-tune's final validation metrics, e.g. its ``fit_summary.json``; a ``val/`` prefix is ignored and
             entries the evaluation does not give, such as the loss, are dropped): the dense evaluation is skipped
@@ -132,9 +142,14 @@ class RetrainingFreePruning(Callback):
         latency_seq_len: int | None = None,
         latency_threads: int | None = None,
         latency_cache: str | None = None,
+        save_dtype: SaveDtype = "float32",
     ) -> None:
         super().__init__()
         self.problems: list[str] = []
+        problem = save_dtype_problem(save_dtype)
+        if problem is not None:
+            self.problems.append(problem)
+        self.save_dtype = save_dtype
         self.latency = LatencySettings(speedup, latency_batch_size, latency_seq_len, latency_threads, latency_cache)
         self.problems += self.latency.problems("flops_kept", flops_kept)
         if flops_kept is None and speedup is None:
@@ -369,10 +384,10 @@ class RetrainingFreePruning(Callback):
             dense_metrics = timed_evaluation(target, "dense", seconds)
             model.eval()  # a validation loop leaves the module in training mode
         if self.time_reference_pass:
-            with phase(seconds, "reference_pass"):
+            with phase(seconds, "reference_pass"), target.precision():
                 self._reference_pass(dense, batches)
         with restore_on_failure(model, dense):
-            with progress_bar(trainer) as progress, phase(seconds, "prune"):
+            with progress_bar(trainer) as progress, phase(seconds, "prune"), target.precision():
                 masks, details = self.run_method(model, dense, batches, batch_ids, num_batches, budget,
                                                  self._reduce(trainer), progress)
             for module, training in modes:
@@ -382,7 +397,7 @@ class RetrainingFreePruning(Callback):
             self.masks = masks.binary().to("cpu")
             report = {"calibration": calibration,
                       "settings": {"flops_kept": self.flops_kept, **self.latency.as_dict(), "seed": self.seed,
-                                   **self.method_settings()}, **details}
+                                   "save_dtype": self.save_dtype, **self.method_settings()}, **details}
             extra_latency = None
             if isinstance(budget, LatencyBudget):
                 def extra_latency(dense_model: nn.Module, pruned: nn.Module) -> dict[str, Any]:
@@ -395,7 +410,7 @@ class RetrainingFreePruning(Callback):
                 output_dir=self.output_dir, save_model=self.save_model, flops_target=self.flops_kept,
                 method_report=report, fallback_batch=batches[0] if batches else None,
                 given_dense_metrics=self.dense_metrics, flops_report={"seq_len_from": seq_len_from},
-                extra_latency=extra_latency)
+                extra_latency=extra_latency, save_dtype=self.save_dtype)
         return self.report
 
     # ------------------------------------------------------------------------------------------ state

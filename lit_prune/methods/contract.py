@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -275,11 +276,31 @@ class PruningTarget:
         problems += output_problems(model, {k: v[:2] for k, v in inputs.items() if k not in LABEL_KEYS})
         return problems
 
+    # ------------------------------------------------------------------------------------------------ precision
+    @contextmanager
+    def precision(self) -> Iterator[None]:
+        """The Trainer's precision context, the one Lightning puts around ``training_step`` and
+        ``validation_step`` (``trainer.precision_plugin.forward_context()``): bf16 autocast under
+        ``precision="bf16-mixed"``, nothing under ``"32-true"``. Calibration passes and evaluations run inside it,
+        so they compute as the fit's training and validation do; the statistics they accumulate are upcast
+        explicitly. Autocast's cache of cast weights stays off inside (Lightning's own plugins keep it off too):
+        pruning edits weights in place (KPrune's tuning) and compacts copies (G-Pruner's rollouts), which a cached
+        cast would miss or hold on to."""
+        with self.trainer.precision_plugin.forward_context():
+            cache = torch.is_autocast_cache_enabled()
+            torch.set_autocast_cache_enabled(False)
+            try:
+                yield
+            finally:
+                torch.set_autocast_cache_enabled(cache)
+
     # ------------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, which: str, progress: Any = None) -> dict[str, float]:
-        """The current model's metrics: the module's ``evaluate`` when it has one, else its validation loop."""
+        """The current model's metrics: the module's ``evaluate`` when it has one, else its validation loop; under
+        the fit's precision either way (Lightning's validation loop enters :meth:`precision` itself)."""
         if callable(getattr(self.pl_module, "evaluate", None)):
-            return _module_evaluate(self, which, progress)
+            with self.precision():
+                return _module_evaluate(self, which, progress)
         return run_validation_loop(self.trainer)
 
     def latency_batch(self, batch_size: int, fallback: Mapping[str, torch.Tensor] | None = None

@@ -10,6 +10,7 @@ it was (:func:`restore_on_failure`): a failed run never leaves a half-pruned mod
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -24,7 +25,7 @@ from torch import nn
 
 from lit_prune.core.compact import compact
 from lit_prune.core.flops import count_parameters, model_dense_flops, model_flops
-from lit_prune.core.io import save_pruned
+from lit_prune.core.io import SAVE_DTYPES, SaveDtype, save_pruned
 from lit_prune.core.latency import compare
 from lit_prune.core.masks import PruningMasks
 from lit_prune.core.hardware import hardware_summary
@@ -69,19 +70,28 @@ def show_progress(trainer: L.Trainer) -> bool:
 
 
 def latency_comparison(target: PruningTarget, dense: nn.Module, pruned: nn.Module, batch_size: int, repeats: int,
-                       fallback: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
+                       fallback: Mapping[str, torch.Tensor] | None = None,
+                       dtype: SaveDtype | None = None) -> dict[str, Any] | None:
     """Dense vs pruned latency on :meth:`PruningTarget.latency_batch` (the first ``batch_size`` evaluation examples,
     or ``fallback``, a calibration batch, when there is no validation data), measured interleaved. ``None`` when
-    ``batch_size`` is 0."""
+    ``batch_size`` is 0.
+
+    The models are timed as they would serve, outside any autocast: in ``dtype`` (the folder's ``save_dtype``;
+    ``None``: the pruned model's own dtype), a model held in another dtype (float32 weights, also after a
+    ``bf16-mixed`` fit) timed as a copy cast to it. The entry's ``dtype`` says which."""
     if batch_size == 0:
         return None
     batch, source = target.latency_batch(batch_size, fallback)
     inputs = model_batch(pruned, batch)
+    timed = next(pruned.parameters()).dtype if dtype is None else SAVE_DTYPES[dtype]
+    dense, pruned = (model if next(model.parameters()).dtype == timed else copy.deepcopy(model).to(timed)
+                     for model in (dense, pruned))
     result = compare(dense, pruned, inputs, warmup=3, repeats=repeats)
     return {"dense_ms": result["dense"]["median_ms"], "pruned_ms": result["pruned"]["median_ms"],
             "speedup": result["speedup"], "speedup_paired": result["speedup_paired"],
             "batch_size": int(inputs["input_ids"].shape[0]), "seq_len": int(inputs["input_ids"].shape[1]),
-            "threads": result["threads"], "repeats": repeats, "inputs": source}
+            "threads": result["threads"], "repeats": repeats, "inputs": source,
+            "dtype": str(timed).removeprefix("torch.")}
 
 
 @contextmanager
@@ -204,9 +214,10 @@ def training_summary(trainer: L.Trainer) -> dict[str, Any]:
 
 
 def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: dict[str, Any], tokenizer: Any,
-                  save_model: bool) -> None:
-    """Write the pruned folder (when ``save_model``, with its model card: :func:`lit_prune.model_card.model_card`),
-    the binary masks and the report into ``folder``, and print a one-line summary. Call on process 0 only."""
+                  save_model: bool, save_dtype: SaveDtype = "float32") -> None:
+    """Write the pruned folder (when ``save_model``, with its model card: :func:`lit_prune.model_card.model_card`;
+    its weights in ``save_dtype``), the binary masks and the report into ``folder``, and print a one-line summary.
+    Call on process 0 only."""
     folder.mkdir(parents=True, exist_ok=True)
     if save_model:
         if tokenizer is None:
@@ -217,7 +228,7 @@ def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: d
         # the folder says what it is wherever it is copied or uploaded: README.md, a Hugging Face model card, written
         # into the folder before it takes its place
         save_pruned(model, folder / PRUNED_MODEL_DIR, tokenizer=tokenizer,
-                    finish=lambda tmp: write_model_card(tmp, report))
+                    finish=lambda tmp: write_model_card(tmp, report), dtype=save_dtype)
     masks.save(folder / MASKS_FILE)
     write_report(folder / REPORT_FILE, report)
     main = report["metrics"]["main"]
@@ -241,13 +252,14 @@ def write_outputs(folder: Path, model: nn.Module, masks: PruningMasks, report: d
 
 
 def publish(trainer: L.Trainer, report: dict[str, Any], folder: Path, model: nn.Module, masks: PruningMasks,
-            tokenizer: Any, save_model: bool, ranks: dict[str, Any] | None = None) -> dict[str, Any]:
+            tokenizer: Any, save_model: bool, ranks: dict[str, Any] | None = None,
+            save_dtype: SaveDtype = "float32") -> dict[str, Any]:
     """End a pruning run on every process: add the rank check to the report, write the outputs on process 0 (see
     :func:`write_outputs`), wait for it, and log the numbers. Returns the report."""
     if ranks is not None:
         report["ranks"] = ranks
     if trainer.is_global_zero:
-        write_outputs(folder, model, masks, report, tokenizer, save_model)
+        write_outputs(folder, model, masks, report, tokenizer, save_model, save_dtype)
     trainer.strategy.barrier("lit_prune-published")
     log_report(trainer, report)
     return report
@@ -309,7 +321,7 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
                given_dense_metrics: dict[str, float] | None = None,
                params_report: dict[str, Any] | None = None,
                ranks_report: dict[str, Any] | None = None,
-               flops_report: dict[str, Any] | None = None) -> dict[str, Any]:
+               flops_report: dict[str, Any] | None = None, save_dtype: SaveDtype = "float32") -> dict[str, Any]:
     """End a pruning run: compact ``model`` in place with ``masks``, check every process agrees, evaluate the pruned
     model, time it against ``dense``, and write the folder, the masks and the report. Returns the report.
 
@@ -323,12 +335,16 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
         started: ``time.perf_counter()`` at the run's start.
         dense_metrics: the dense model's metrics (``None``: not evaluated).
         evaluate: evaluate the pruned model.
-        latency_batch_size, latency_repeats: the latency comparison's (batch size 0 skips it).
+        latency_batch_size, latency_repeats: the latency comparison's (batch size 0 skips it; see
+            :func:`latency_comparison` for what is timed).
         output_dir, save_model: where to write (``None``: the Trainer's ``default_root_dir``), and whether to write
             the model folder.
+        save_dtype: the dtype of the folder's weights (``"float32"``, ``"bfloat16"``, ``"float16"``), also the dtype
+            the latency comparison times in; the model in memory is not cast.
         method_report: the method's own report keys (settings, calibration, steps, warnings, ...).
         fallback_batch: timed when there is no validation data (a calibration batch).
-        extra_latency: ``extra_latency(dense, model)`` adds keys to the latency entry (SMP's CSR timing).
+        extra_latency: ``extra_latency(dense, model)`` adds keys to the latency entry (SMP's CSR timing, a latency
+            budget's outcome); it gets the models as they are (float32), not cast to ``save_dtype``.
         given_dense_metrics: ``dense_metrics`` came from the user (not evaluated here): every metric the
             evaluation gives must be among them.
         params_report: keys added to the report's ``params`` (a parameter budget's ``target``, ``kept``).
@@ -362,7 +378,7 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
         if trainer.is_global_zero and latency_batch_size:
             with phase(seconds, "latency"):
                 latency = latency_comparison(target, dense, model, latency_batch_size, latency_repeats,
-                                             fallback=fallback_batch)
+                                             fallback=fallback_batch, dtype=save_dtype)
                 if extra_latency is not None:
                     latency.update(extra_latency(dense, model))
         seconds["total"] = round(time.perf_counter() - started, 3)
@@ -377,7 +393,7 @@ def finish_run(target: PruningTarget, model: nn.Module, dense: nn.Module, masks:
         report["tokenizer"] = found_at
         ranks = {**(ranks or {}), **(ranks_report or {})} or None
         return publish(trainer, report, output_folder(output_dir, trainer), model, binary, tokenizer, save_model,
-                       ranks)
+                       ranks, save_dtype)
 
 
 def log_report(trainer: L.Trainer, report: dict[str, Any]) -> None:

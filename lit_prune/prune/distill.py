@@ -17,6 +17,10 @@ method's paper fixes it:
 
 The teacher's side of :func:`distillation_loss` is computed once per batch (:func:`teacher_targets`,
 :func:`dense_predictions`), so a calibration loop can keep it while the student changes.
+
+**Precision**: every loss here, and the teacher's targets, are computed in float32 from the outputs whatever their
+dtype (bf16 under a ``bf16-mixed`` fit's autocast, where a softmax of bf16 logits would stay bf16); on float32
+outputs the upcasts are no-ops.
 """
 
 from __future__ import annotations
@@ -79,11 +83,11 @@ def teacher_targets(outputs: Any, model: nn.Module, temperature: float,
     if kind == "embedding":
         return {"embeddings": outputs.embeddings.detach().float()}
     if kind == "question_answering":
-        return {"start": F.softmax(outputs.start_logits.detach() / temperature, dim=-1),
-                "end": F.softmax(outputs.end_logits.detach() / temperature, dim=-1)}
+        return {"start": F.softmax(outputs.start_logits.detach().float() / temperature, dim=-1),
+                "end": F.softmax(outputs.end_logits.detach().float() / temperature, dim=-1)}
     if kind == "regression":
         return {"values": outputs.logits.detach().float()}
-    probs = F.softmax(outputs.logits.detach() / temperature, dim=-1)
+    probs = F.softmax(outputs.logits.detach().float() / temperature, dim=-1)
     if kind == "token_classification":
         return {"probs": probs, "token_mask": token_mask(batch, probs.shape[:2]).to(probs.device)}
     return {"probs": probs}
@@ -114,7 +118,8 @@ def distillation_loss(outputs: Any, targets: Mapping[str, torch.Tensor], tempera
     task loss counts.
     """
     def kl(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(logits / temperature, dim=-1), probs, reduction="batchmean") * temperature ** 2
+        return F.kl_div(F.log_softmax(logits.float() / temperature, dim=-1), probs.float(),
+                        reduction="batchmean") * temperature ** 2
 
     if "start" in targets:
         return (kl(outputs.start_logits, targets["start"]) + kl(outputs.end_logits, targets["end"])) / 2
@@ -139,12 +144,12 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
         mask: optional (..., C) bool, False where a class is not a candidate (QA padding): left out of both softmaxes.
 
     Returns:
-        The mean over all leading positions of −Σ_c p_T(c)·log p_S(c).
+        The mean over all leading positions of −Σ_c p_T(c)·log p_S(c), in float32 (the logits are upcast first).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
-    student, teacher = student_logits / temperature, teacher_logits / temperature
+    student, teacher = student_logits.float() / temperature, teacher_logits.float() / temperature
     if mask is not None:
         floor = torch.finfo(student.dtype).min
         student, teacher = student.masked_fill(~mask, floor), teacher.masked_fill(~mask, floor)
@@ -158,7 +163,8 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor | None = None
                ) -> torch.Tensor:
-    """Mean squared error between (B, s, d) hidden states over the tokens ``attention_mask`` (B, s) keeps."""
+    """Mean squared error between (B, s, d) hidden states over the tokens ``attention_mask`` (B, s) keeps (float32)."""
+    student, teacher = student.float(), teacher.float()
     if attention_mask is None:
         return F.mse_loss(student, teacher)
     weights = attention_mask.to(student.dtype).unsqueeze(-1)  # (B, s, 1)
@@ -188,7 +194,7 @@ class HiddenStateMatcher(nn.Module):
 
     def forward(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor],
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        total = student_states[0].new_zeros(())
+        total = student_states[0].new_zeros((), dtype=torch.float32)
         for layer, projection in zip(self.layers, self.projections):
             total = total + hidden_mse(projection(student_states[layer]), teacher_states[layer], attention_mask)
         return total

@@ -181,8 +181,9 @@ def fisher_pass(model: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
     ones = PruningMasks.ones(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim, device=device)
     # Each batch's gradients go to its row of the whole sample's table; summing the tables over processes (zeros
     # elsewhere) gathers every process's rows exactly, in the same order as a single process would have them.
-    head_grads = torch.zeros(num_batches, adapter.num_layers, adapter.num_heads, device=device)
-    ffn_grads = torch.zeros(num_batches, adapter.num_layers, adapter.ffn_dim, device=device)
+    # float32 whatever the activations' dtype (mask gradients are float32: the masks are)
+    head_grads = torch.zeros(num_batches, adapter.num_layers, adapter.num_heads, dtype=torch.float32, device=device)
+    ffn_grads = torch.zeros(num_batches, adapter.num_layers, adapter.ffn_dim, dtype=torch.float32, device=device)
     for i, (position, batch) in enumerate(zip(batch_ids, batches)):
         batch_loss = None if loss_fn is None else (lambda outputs, position=position: loss_fn(outputs, position))
         head_grads[position], ffn_grads[position] = mask_gradients(model, ones, batch, loss_fn=batch_loss)

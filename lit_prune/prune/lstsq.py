@@ -1,7 +1,8 @@
 """Streaming least squares and their solvers, shared by every method that refits weights or mask scales.
 
 Two systems, both accumulated batch by batch in float64 and summable across batches and processes (all-reduce the
-tensors of ``to_dict()``), so that memory never grows with the calibration sample:
+tensors of ``to_dict()``), so that memory never grows with the calibration sample. Whatever the activations' dtype
+(bf16 under a ``bf16-mixed`` fit's autocast), the inputs are upcast before any product and every solve is float64:
 
 * :class:`LeastSquaresAccumulator`: ``min ||A x − b||²`` over per-unit scales x (Kwon et al.'s mask tuning, G-Pruner's
   CG²MT), with ``AᵀA``, ``Aᵀb`` built from the units' inputs and weights without materialising A
@@ -352,9 +353,11 @@ class ProjectionSystem:
             raise ValueError(f"ProjectionSystem.add: got x {tuple(x.shape)} and y {tuple(y.shape)}, expected (N, C) "
                              "and (N, d)")
         x, y = x.float(), y.float()
-        # float32 products (fast), float64 sums (order-independent up to float64 rounding)
-        self.xtx += (x.t() @ x).double()
-        self.xty += (x.t() @ y).double()
+        # float32 products (fast), float64 sums (order-independent up to float64 rounding); autocast off, so a
+        # pass under bf16 autocast (a bf16-mixed fit) does not lower the products to bf16
+        with torch.autocast(x.device.type, enabled=False):
+            self.xtx += (x.t() @ x).double()
+            self.xty += (x.t() @ y).double()
         self.yty += y.double().pow(2).sum()
 
     def to_dict(self) -> dict[str, torch.Tensor]:

@@ -152,8 +152,10 @@ def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, 
     teacher = run_to_norm(model, teacher_masks, inputs, layer, sublayer, teacher_start)
     projection, _ = sublayer_modules(model, layer, sublayer)
     bias = projection.bias if projection.bias is not None else torch.zeros(projection.out_features, device=device)
-    # b = reference (projection + residual) − student residual − bias = ref_pre_norm − pre_norm + (projection − bias)
-    target = teacher["pre_norm"] - student["pre_norm"] + student["projection"] - bias  # (B, s, d)
+    # b = reference (projection + residual) − student residual − bias = ref_pre_norm − pre_norm + (projection − bias),
+    # in float32 whatever the activations' dtype (bf16 under autocast); the accumulator sums it in float64
+    target = (teacher["pre_norm"].float() - student["pre_norm"].float() + student["projection"].float()
+              - bias.float())  # (B, s, d)
     units = _kept_units(masks, layer, sublayer).to(device)
     k = adapter.head_dim if sublayer == "attention" else 1
     num_units = adapter.num_heads if sublayer == "attention" else adapter.ffn_dim

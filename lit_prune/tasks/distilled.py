@@ -149,8 +149,8 @@ class DistilledSequenceClassificationModule(_Distillation, SequenceClassificatio
         return {name: value for name, value in batch.items() if name not in LABEL_KEYS}
 
     def _prediction_terms(self, student: Any, teacher: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.spec.is_regression:
-            return F.mse_loss(student.logits, teacher.logits)
+        if self.spec.is_regression:  # in float32, from bf16 outputs under bf16-mixed too
+            return F.mse_loss(student.logits.float(), teacher.logits.float())
         return soft_cross_entropy(student.logits, teacher.logits, self.temperature)
 
 

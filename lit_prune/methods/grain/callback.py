@@ -38,6 +38,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lit_prune.core.embeddings import FactorizedEmbedding, factorize_embeddings
+from lit_prune.core.io import SaveDtype
 from lit_prune.core.latency_model import LatencyBudget
 from lit_prune.core.masking import apply_masks
 from lit_prune.core.masks import PruningMasks
@@ -88,7 +89,10 @@ class GrainCallback(Callback):
         prune_every: prune every this many optimiser steps (GRAIN: 1).
         output_dir: where ``pruned_model/`` and the report go (default: the Trainer's ``default_root_dir``).
         save_model: write the pruned model folder.
-        evaluate: evaluate the model before training (``metrics.dense``) and after pruning: with the module's
+        save_dtype: the dtype the pruned folder's weights are written in, ``"float32"``, ``"bfloat16"`` or
+            ``"float16"`` (recorded in its config, loaded back at it); the model in the module stays as it is.
+        evaluate: evaluate the model before training (``metrics.dense``) and after pruning, under the fit's
+            precision: with the module's
             ``evaluate(dataloaders, progress)`` (lit_prune's task modules), else with the ``fit``'s own validation
             loop (the metrics its ``validation_step`` logs).
         latency_batch_size: evaluation examples in the batch timed for the latency comparison (0 skips it); without
@@ -147,6 +151,7 @@ class GrainCallback(Callback):
         latency_seq_len: int | None = None,
         latency_threads: int | None = None,
         latency_cache: str | None = None,
+        save_dtype: SaveDtype = "float32",
     ) -> None:
         super().__init__()
         self.latency = LatencySettings(speedup, latency_batch_size, latency_seq_len, latency_threads, latency_cache)
@@ -158,7 +163,7 @@ class GrainCallback(Callback):
             ema_beta=ema_beta, alpha=alpha,
             prune_every=prune_every, latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
             seq_len=seq_len, embedding_rank=embedding_rank, importance_from=importance_from, teacher=teacher,
-            temperature=temperature, batch_to_inputs=batch_to_inputs)
+            temperature=temperature, batch_to_inputs=batch_to_inputs, save_dtype=save_dtype)
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.params_kept = None if params_kept is None else float(params_kept)
@@ -168,6 +173,7 @@ class GrainCallback(Callback):
         self.budget: LatencyBudget | None = None  # the latency budget, from the table measured at fit start
         self.ema_beta, self.alpha, self.prune_every = ema_beta, alpha, prune_every
         self.output_dir, self.save_model, self.evaluate = output_dir, save_model, evaluate
+        self.save_dtype = save_dtype
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
         self.model_attribute, self.seq_len, self.seed = model_attribute, seq_len, seed
         self.embedding_rank = embedding_rank
@@ -200,7 +206,7 @@ class GrainCallback(Callback):
                 "end": self.end,
                 "ema_beta": self.ema_beta, "alpha": self.alpha, "prune_every": self.prune_every, "seed": self.seed,
                 "embedding_rank": self.embedding_rank, "importance_from": self.importance_from,
-                "teacher": self.teacher, "temperature": self.temperature}
+                "teacher": self.teacher, "temperature": self.temperature, "save_dtype": self.save_dtype}
 
     def _fields(self) -> tuple[str, ...]:
         return UNIT_FIELDS[self.units]
@@ -415,7 +421,8 @@ class GrainCallback(Callback):
                                  latency_repeats=self.latency_repeats, output_dir=self.output_dir,
                                  save_model=self.save_model, method_report=report, fallback_batch=self._first_batch,
                                  params_report={"target": self.params_kept},
-                                 flops_report={"seq_len_from": seq_len_from}, extra_latency=self._budget_report())
+                                 flops_report={"seq_len_from": seq_len_from}, extra_latency=self._budget_report(),
+                                 save_dtype=self.save_dtype)
         return self.report
 
     def _budget_report(self) -> Callable[[nn.Module, nn.Module], dict[str, Any]] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from lit_prune.core.io import save_dtype_problem
 from lit_prune.methods.grain.layout import UNITS, check_density
 
 ImportanceFrom = Literal["auto", "prediction_loss", "teacher", "loss"]
@@ -15,7 +16,7 @@ IMPORTANCE_FROM = ("auto", "prediction_loss", "teacher", "loss")
 def settings_problems(*, params_kept: Any, units: Any, start: Any, end: Any, ema_beta: Any, alpha: Any,
                       prune_every: Any, latency_batch_size: Any, latency_repeats: Any, seq_len: Any,
                       embedding_rank: Any, importance_from: Any, teacher: Any, temperature: Any,
-                      batch_to_inputs: Any) -> list[str]:
+                      batch_to_inputs: Any, save_dtype: Any = "float32") -> list[str]:
     """Every invalid setting of :class:`~lit_prune.methods.grain.callback.GrainCallback`, each with its fix (empty
     when all are valid)."""
     problems = []
@@ -56,6 +57,9 @@ def settings_problems(*, params_kept: Any, units: Any, start: Any, end: Any, ema
     if batch_to_inputs is not None and not callable(batch_to_inputs):
         problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
                         "inputs) or None")
+    problem = save_dtype_problem(save_dtype)
+    if problem is not None:
+        problems.append(problem)
     return problems
 
 

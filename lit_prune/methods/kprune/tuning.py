@@ -49,8 +49,9 @@ def add_tuning_batch(system: ProjectionSystem, model: nn.Module, target: int, ca
     assert capture.pre_norm is not None and capture.projection_output is not None
     projection, _ = sublayer_modules(model, *sublayer_of(target))
     bias = projection.bias if projection.bias is not None else torch.zeros_like(dense_pre_norm[0, 0])
-    residual = capture.pre_norm - capture.projection_output  # (B, s, d)
-    y = dense_pre_norm - residual - bias  # (B, s, d): what x·Wᵀ should produce
+    # in float32 whatever the activations' dtype (bf16 under autocast): the system sums its products in float64
+    residual = capture.pre_norm.float() - capture.projection_output.float()  # (B, s, d)
+    y = dense_pre_norm.float() - residual - bias.float()  # (B, s, d): what x·Wᵀ should produce
     system.add(capture.inputs[target][token_mask], y[token_mask])
 
 

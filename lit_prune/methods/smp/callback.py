@@ -32,6 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_prune.core.io import SaveDtype, save_dtype_problem
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
 from lit_prune.methods.run import (resolve_seq_len, timed_evaluation, training_seconds,
                                    training_summary)
@@ -48,10 +49,12 @@ class SMPCallback(Callback):
 
     What happens, hook by hook:
 
-    * ``setup``: every requirement is checked (:meth:`~lit_prune.methods.contract.PruningTarget.problems` and SMP's
-      settings: one error naming each problem); then the scores are installed on the model and every weight of the
-      model is frozen but the task head's (``train_head``). This runs before ``configure_optimizers``, so the
-      user's optimiser, built over ``self.parameters()``, sees the scores.
+    * construction: SMP's settings are checked (one error naming each invalid one);
+    * ``setup``: every requirement of the project is checked
+      (:meth:`~lit_prune.methods.contract.PruningTarget.problems`: one error naming each problem); then the scores
+      are installed on the model and every weight of the model is frozen but the task head's (``train_head``). This
+      runs before ``configure_optimizers``, so the user's optimiser, built over ``self.parameters()``, sees the
+      scores.
     * ``on_fit_start``: the scores get their own parameter group; the model as the fit got it is evaluated with the
       fit's validation loop (``evaluate``; the report's ``metrics.dense``).
     * before each training batch: the cubic schedule's keep ratio at the current optimiser step, from 1 down to
@@ -83,7 +86,10 @@ class SMPCallback(Callback):
             scores; ``False`` freezes it too (the paper's).
         output_dir: where the outputs go (default: the Trainer's ``default_root_dir``).
         save_model: write the pruned model folder.
-        evaluate: evaluate the model before training and the pruned model after it, with the module's
+        save_dtype: the dtype the pruned folder's weights are written in, ``"float32"``, ``"bfloat16"`` or
+            ``"float16"`` (recorded in its config, loaded back at it); the model in the module stays as it is.
+        evaluate: evaluate the model before training and the pruned model after it, under the fit's precision, with
+            the module's
             ``evaluate(dataloaders, progress)`` (lit_prune's task modules) or the fit's own validation loop.
         latency_batch_size: evaluation examples in the batch timed for the latency comparison (0 skips it).
         latency_repeats: timed passes of each model.
@@ -118,30 +124,36 @@ class SMPCallback(Callback):
         seed: int | None = None,
         batch_to_inputs: BatchToInputs | None = None,
         tokenizer: Any = None,
+        save_dtype: SaveDtype = "float32",
     ) -> None:
         super().__init__()
-        # checked in setup, with the project's own problems, before any training
-        self.problems = settings_problems(params_kept, masking, regularization, regularization_ramp,
-                                          scores_learning_rate, final_hold)
+        problems = settings_problems(params_kept, masking, regularization, regularization_ramp, scores_learning_rate,
+                                     final_hold)
+        problem = save_dtype_problem(save_dtype)
+        if problem is not None:
+            problems.append(problem)
         for name, value in (("train_head", train_head), ("save_model", save_model), ("evaluate", evaluate)):
             if not isinstance(value, bool):
-                self.problems.append(f"{name}={value!r}: expected True or False")
+                problems.append(f"{name}={value!r}: expected True or False")
         for name, value, low in (("latency_batch_size", latency_batch_size, 0),
                                  ("latency_repeats", latency_repeats, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                self.problems.append(f"{name}={value!r}: expected an integer >= {low}")
+                problems.append(f"{name}={value!r}: expected an integer >= {low}")
         if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
                                     or not seq_len > 0):
-            self.problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
+            problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            self.problems.append(f"seed={seed!r}: expected an integer or None")
+            problems.append(f"seed={seed!r}: expected an integer or None")
         if batch_to_inputs is not None and not callable(batch_to_inputs):
-            self.problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
-                                 "inputs) or None")
+            problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
+                            "inputs) or None")
+        if problems:  # at construction, as every lit_prune callback checks its settings
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.params_kept, self.masking, self.regularization = params_kept, masking, regularization
         self.regularization_ramp, self.final_hold = regularization_ramp, final_hold
         self.scores_learning_rate, self.train_head = scores_learning_rate, train_head
         self.output_dir, self.save_model, self.evaluate = output_dir, save_model, evaluate
+        self.save_dtype = save_dtype
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
         self.model_attribute, self.seq_len, self.seed = model_attribute, seq_len, seed
         self.batch_to_inputs, self.tokenizer = batch_to_inputs, tokenizer
@@ -161,7 +173,7 @@ class SMPCallback(Callback):
         return {"params_kept": self.params_kept, "masking": self.masking, "regularization": self.regularization,
                 "regularization_ramp": self.regularization_ramp, "final_hold": self.final_hold,
                 "scores_learning_rate": self.scores_learning_rate, "train_head": self.train_head,
-                "regularizer_as": "gradient", "distill": False}
+                "regularizer_as": "gradient", "distill": False, "save_dtype": self.save_dtype}
 
     def target(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningTarget:
         """The user's project as this callback sees it (see :mod:`lit_prune.methods.contract`)."""
@@ -172,8 +184,7 @@ class SMPCallback(Callback):
         if stage != "fit":
             return
         target = self.target(trainer, pl_module)
-        problems = list(self.problems) + target.problems(evaluate=self.evaluate, dense_hint="SMP prunes a dense model",
-                                                         trains="SMP")
+        problems = target.problems(evaluate=self.evaluate, dense_hint="SMP prunes a dense model", trains="SMP")
         if trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.limit_train_batches == 0:
             problems.append(f"the Trainer trains nothing (max_epochs={trainer.max_epochs}, max_steps="
                             f"{trainer.max_steps}, limit_train_batches={trainer.limit_train_batches}): SMP trains its "
@@ -295,7 +306,7 @@ class SMPCallback(Callback):
                                     dense_metrics=self.dense_metrics, evaluate=self.evaluate,
                                     latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
                                     output_dir=self.output_dir, save_model=self.save_model,
-                                    method_report=report, seq_len_from=seq_len_from)
+                                    method_report=report, seq_len_from=seq_len_from, save_dtype=self.save_dtype)
         return self.report
 
     # ------------------------------------------------------------------------------------------------ state

@@ -24,6 +24,7 @@ from torch import nn
 
 from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_write_bytes
+from lit_prune.core.io import SaveDtype
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import PruningTarget
 from lit_prune.methods.run import check_same_on_all_ranks, finish_run, latency_comparison, output_folder
@@ -103,13 +104,14 @@ class CSRLinear(nn.Module):
 
 
 def sparse_copy(model: nn.Module) -> nn.Module:
-    """A copy of a (compacted) model whose encoder Linear layers multiply by CSR weights.
+    """A float32 copy of a (compacted) model whose encoder Linear layers multiply by CSR weights (float32 whatever the
+    model's dtype: the CPU's sparse kernels have no bf16).
 
     Layers whose heads have unequal query and value sizes compute their query/key/value projections from padded
     dense weights (see the pruned modelling code), so those three stay dense there; every other encoder Linear
     becomes a :class:`CSRLinear`.
     """
-    sparse = copy.deepcopy(model).eval()
+    sparse = copy.deepcopy(model).float().eval()
     adapter = get_adapter(sparse)
     for index in range(adapter.num_layers):
         layer = adapter.layers[index]
@@ -144,7 +146,7 @@ def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept
                   seed: int | None, seq_len: float, seconds: dict[str, float], started: float,
                   dense_metrics: dict[str, float] | None, evaluate: bool, latency_batch_size: int,
                   latency_repeats: int, output_dir: str | Path | None, save_model: bool, method_report: dict[str, Any],
-                  seq_len_from: str | None = None) -> dict[str, Any]:
+                  seq_len_from: str | None = None, save_dtype: SaveDtype = "float32") -> dict[str, Any]:
     """End an SMP run: set the final counts (``params_kept``), fix the masks into the weights of ``target.model``
     (the score masks leave it), remove what they empty with exact bias folds, evaluate, time (dense, compacted, and
     compacted with CSR weights) and write the pruned folder, the weight masks and the report. Returns the report.
@@ -157,6 +159,8 @@ def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept
         output_dir, save_model: as :func:`~lit_prune.methods.run.finish_run` takes them.
         method_report: SMP's own report keys (settings, training, ...); ``structure_removed`` is added here.
         seq_len_from: where ``seq_len`` came from (the report's ``flops.seq_len_from``).
+        save_dtype: the dtype of the folder's weights (:func:`~lit_prune.methods.run.finish_run`'s); the CSR timing
+            stays float32, dense against CSR.
     """
     trainer, model = target.trainer, target.model
     set_counts(score_masks, params_kept, masking)
@@ -171,7 +175,8 @@ def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept
         module.training = training
 
     def csr_latency(dense: nn.Module, pruned: nn.Module) -> dict[str, Any]:
-        sparse = latency_comparison(target, dense, sparse_copy(pruned), latency_batch_size, latency_repeats)
+        sparse = latency_comparison(target, dense, sparse_copy(pruned), latency_batch_size, latency_repeats,
+                                    dtype="float32")  # dense against CSR, both float32
         return {"csr": {"pruned_ms": sparse["pruned_ms"], "speedup": sparse["speedup"],
                         "speedup_paired": sparse["speedup_paired"]}}
 
@@ -186,7 +191,8 @@ def export_scores(target: PruningTarget, score_masks: ScoreMasks, *, params_kept
                         output_dir=output_dir, save_model=save_model,
                         method_report={**method_report, "structure_removed": {"bias_folds": folds}},
                         extra_latency=csr_latency, params_report=params, ranks_report=ranks,
-                        flops_report={"seq_len_from": seq_len_from} if seq_len_from is not None else None)
+                        flops_report={"seq_len_from": seq_len_from} if seq_len_from is not None else None,
+                        save_dtype=save_dtype)
     return report
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lit_prune.assets import AssetNotFoundError, resolve_model
+from lit_prune.core.io import SaveDtype, save_dtype_problem
 from lit_prune.data.glue import GlueTaskName
 from lit_prune.data.squad import SquadTask
 from lit_prune.methods.contract import PruningTarget
@@ -73,9 +74,12 @@ class _StaticModelPruning:
                    distill_alpha: float, latency_batch_size: int, latency_repeats: int, time_steps: int,
                    label_words: Sequence[str] | None = None, regularization_ramp: Ramp = "falling",
                    final_hold: float = 0.0, head_warmup_steps: int = 0, output_dir: str | None = None,
-                   seed: int | None = None) -> None:
+                   seed: int | None = None, save_dtype: SaveDtype = "float32") -> None:
         problems = settings_problems(params_kept, masking, regularization, regularization_ramp, scores_learning_rate,
                                      final_hold)
+        problem = save_dtype_problem(save_dtype)
+        if problem is not None:
+            problems.append(problem)
         if head not in ("trainable", "teacher", "mlm"):
             problems.append(f"head={head!r}: expected 'trainable', 'teacher' or 'mlm' (the checkpoint's frozen MLM "
                             "head through label words, the paper's classifier)")
@@ -122,7 +126,7 @@ class _StaticModelPruning:
         self.time_steps = time_steps
         self.final_hold = float(final_hold)
         self.head_warmup_steps = head_warmup_steps
-        self.output_dir, self.seed = output_dir, seed
+        self.output_dir, self.seed, self.save_dtype = output_dir, seed, save_dtype
         self.step_time: dict[str, float] | None = None
         # a FrozenTeacher is no nn.Module: out of the optimiser, checkpoints and DDP; also scored at the end as the
         # dense reference
@@ -217,7 +221,8 @@ class _StaticModelPruning:
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # single process only: a backward outside DDP's forward would wait for the other processes' gradients
         if self.time_steps and self.step_time is None and self.trainer.world_size == 1:
-            self.step_time = self.step_times(batch, self.time_steps)
+            with self.trainer.precision_plugin.forward_context():  # timed as the fit trains (bf16-mixed: autocast)
+                self.step_time = self.step_times(batch, self.time_steps)
         self.set_counts_for(self.global_step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -290,14 +295,15 @@ class _StaticModelPruning:
             "settings": {"params_kept": self.params_kept, "masking": self.masking,
                          "regularization": self.regularization, "regularization_ramp": self.regularization_ramp,
                          "final_hold": self.final_hold, "head_warmup_steps": self.head_warmup_steps,
-                         "head": self.head, "distill": self.distill, "label_words": self.label_words},
+                         "head": self.head, "distill": self.distill, "label_words": self.label_words,
+                         "save_dtype": self.save_dtype},
         }
         self.report = export_scores(target, self.score_masks, params_kept=self.params_kept, masking=self.masking,
                                     seed=run_seed(self.seed), seq_len=trainer.datamodule.average_sequence_length(),
                                     seconds=seconds, started=started, dense_metrics=dense_metrics, evaluate=True,
                                     latency_batch_size=self.latency_batch_size, latency_repeats=self.latency_repeats,
                                     output_dir=self.output_dir, save_model=True, method_report=report,
-                                    seq_len_from="data module (evaluation split)")
+                                    seq_len_from="data module (evaluation split)", save_dtype=self.save_dtype)
         return self.report
 
 
@@ -341,6 +347,8 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         output_dir: where ``pruned_model/``, ``weight_masks.safetensors`` and ``pruning_report.json`` go (default:
             the Trainer's ``default_root_dir``).
         seed: the seed recorded in the report (``None``: the run's ``seed_everything`` seed, if any).
+        save_dtype: the dtype the pruned folder's weights are written in, ``"float32"``, ``"bfloat16"`` or
+            ``"float16"`` (recorded in its config, loaded back at it); the module's model stays as it is.
     """
 
     def __init__(
@@ -370,6 +378,7 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
         save_final_model: bool = False,
         output_dir: str | None = None,
         seed: int | None = None,
+        save_dtype: SaveDtype = "float32",
     ) -> None:
         _check_teacher(teacher)
         self._mlm_head = head == "mlm"  # read by _load_model, which the task module calls in its __init__
@@ -378,7 +387,8 @@ class SMPSequenceClassificationModule(_StaticModelPruning, SequenceClassificatio
                          save_final_model=save_final_model)
         self._setup_smp(SequenceClassificationModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
-                        time_steps, label_words, regularization_ramp, final_hold, head_warmup_steps, output_dir, seed)
+                        time_steps, label_words, regularization_ramp, final_hold, head_warmup_steps, output_dir, seed,
+                        save_dtype)
 
     def _load_model(self, classifier_dropout: float | None) -> nn.Module | None:
         # head="mlm": the masked-LM checkpoint is loaded once, by _setup_smp, after the settings are checked
@@ -418,6 +428,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         save_final_model: bool = False,
         output_dir: str | None = None,
         seed: int | None = None,
+        save_dtype: SaveDtype = "float32",
     ) -> None:
         _check_teacher(teacher)
         super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
@@ -426,7 +437,7 @@ class SMPQuestionAnsweringModule(_StaticModelPruning, QuestionAnsweringModule):
         self._setup_smp(QuestionAnsweringModule, params_kept, masking, regularization, scores_learning_rate,
                         head, teacher, distill, temperature, distill_alpha, latency_batch_size, latency_repeats,
                         time_steps, regularization_ramp=regularization_ramp, final_hold=final_hold,
-                        head_warmup_steps=head_warmup_steps, output_dir=output_dir, seed=seed)
+                        head_warmup_steps=head_warmup_steps, output_dir=output_dir, seed=seed, save_dtype=save_dtype)
 
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value for name, value in self._inputs(batch).items() if name not in LABEL_KEYS}
