@@ -832,3 +832,18 @@ def test_the_scale_study_tabulates_speed_and_memory(tmp_path, monkeypatch):
     scale.save(rows)
     assert "1.92x" in docs.read_text() and "Not measured yet" not in docs.read_text()
     assert json.loads((tmp_path / "scale.json").read_text()) == rows
+
+
+def test_the_archived_cells_table_explains_each_cell_that_differs():
+    from benchmarks.studies.rerun_archived import markdown
+
+    def row(method, same, archived, rerun):
+        return {"method": method, "benchmark": method, "task": "mrpc", "budget": 0.5, "same_structure": same,
+                "flops_kept": {"archived": 0.5, "rerun": 0.5}, "params_kept": {"archived": None, "rerun": None},
+                "metrics": {"f1": {"archived": archived, "rerun": rerun}},
+                "largest_metric_difference": abs(archived - rerun)}
+
+    text = markdown([row("kwon", True, 0.85, 0.85), row("grain", False, 0.85, 0.842)])
+    assert "| kwon | kwon: mrpc at 0.5 | yes | 0.5000 → 0.5000 | – | 0.00e+00 |" in text
+    assert "- **grain** (another kept structure; f1 85.0 → 84.2): GRAIN's `params_kept` now counts" in text
+    assert "**kwon**" not in text  # an exact match needs no note

@@ -72,6 +72,17 @@ def rerun(method: str, scratch: Path) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1), **compare(archived, report)}
 
 
+#: what is known of why a cell differs from its archived report, printed under the table when it does
+NOTES: dict[str, str] = {
+    "grain": "GRAIN's `params_kept` now counts the encoder Linear layers' weights only, the one meaning every method "
+             "gives it (`docs/callbacks.md`); the archived run counted weights and biases. The same budget then keeps "
+             "a slightly different set of units, and a training run with another structure along its schedule ends "
+             "elsewhere.",
+    "smp": "Rerun with the archived run's seed, data and one intra-op thread; the cause of the difference was not "
+           "found.",
+}
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# Archived benchmark cells rerun with the redesigned library", "",
              "Command: `LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.rerun_archived`", "",
@@ -85,6 +96,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['method']} | {row['benchmark']}: {row['task']} at {row['budget']:g} | "
                      f"{'yes' if row['same_structure'] else 'no'} | {pair(row['flops_kept'])} | "
                      f"{pair(row['params_kept'])} | {row['largest_metric_difference']:.2e} |")
+    def changes(row: dict[str, Any]) -> str:
+        return ", ".join(f"{name} {100 * m['archived']:.1f} → {100 * m['rerun']:.1f}"
+                         for name, m in row["metrics"].items() if m["rerun"] is not None)
+
+    notes = [f"- **{row['method']}** ({'another' if not row['same_structure'] else 'the same'} kept structure; "
+             f"{changes(row)}): {NOTES.get(row['method'], 'not explained.')}" for row in rows
+             if not row["same_structure"] or row["largest_metric_difference"] > 0]
+    if notes:
+        lines += ["", "Where a cell differs:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
