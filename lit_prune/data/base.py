@@ -251,7 +251,25 @@ class TaskDataModule(L.LightningDataModule):
         self._fill_cache(function.value if function is not None else "fit")
 
     def _fill_cache(self, stage: str) -> None:
-        """Build the tokenisation cache entries that ``setup(stage)`` will load. Subclasses override it."""
+        """Build the tokenisation cache entries that ``setup(stage)`` will load: every split ``_wanted_splits``
+        names (a subclass whose splits are built otherwise overrides it)."""
+        for split in self._wanted_splits(stage):
+            self._tokenized(split)
+
+    def _load_splits(self, stage: str | None) -> list[str]:
+        """Set up the splits ``stage`` needs that ``self.datasets`` does not hold yet; return their names."""
+        new = [split for split in self._wanted_splits(stage) if split not in self.datasets]
+        for split in new:
+            self.datasets[split] = self._tokenized(split)
+        return new
+
+    def _wanted_splits(self, stage: str | None) -> list[str]:
+        """The splits ``stage`` ("fit", "validate", "test", "predict"; ``None``: "fit") reads."""
+        raise NotImplementedError
+
+    def _tokenized(self, split: str):
+        """The tokenised ``datasets.Dataset`` of ``split``, from the cache when it holds it."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------- dataloaders
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

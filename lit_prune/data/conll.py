@@ -427,16 +427,9 @@ class TokenClassificationDataModule(TaskDataModule):
             return ["test"]
         return {"validate": list(self.val_split_names)}.get(stage or "fit", ["train", *self.val_split_names])
 
-    def _fill_cache(self, stage: str) -> None:
-        for split in self._wanted_splits(stage):
-            self._tokenized(split)
-
     def setup(self, stage: str | None = None) -> None:
-        for split in self._wanted_splits(stage):
-            if split in self.datasets:
-                continue
-            dataset = self._tokenized(split)
-            self.datasets[split] = dataset
+        for split in self._load_splits(stage):
+            dataset = self.datasets[split]
             stats = json.loads(dataset.info.description or "{}").get("lit_prune_conll_stats", {})
             self.split_stats[split] = stats
             log.info("%s %s: %d sentences (%s)", self.task, split, len(dataset), self.source)

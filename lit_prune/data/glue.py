@@ -282,16 +282,9 @@ class GlueDataModule(TaskDataModule):
         return {"fit": ["train", *self.val_split_names], "validate": list(self.val_split_names),
                 "predict": ["test"]}.get(stage or "fit", ["train", *self.val_split_names])
 
-    def _fill_cache(self, stage: str) -> None:
-        for split in self._wanted_splits(stage):
-            self._tokenized(split)
-
     def setup(self, stage: str | None = None) -> None:
-        for split in self._wanted_splits(stage):
-            if split not in self.datasets:
-                self.datasets[split] = self._tokenized(split)
-                log.info("GLUE %s %s: %d examples from %s", self.spec.name, split, len(self.datasets[split]),
-                         self.source)
+        for split in self._load_splits(stage):
+            log.info("GLUE %s %s: %d examples from %s", self.spec.name, split, len(self.datasets[split]), self.source)
         if self.max_train_samples is not None and "train" in self.datasets:
             log.info("GLUE %s: training on a subsample of %d examples (seed %d)", self.spec.name,
                      len(self.datasets["train"]), self.seed)

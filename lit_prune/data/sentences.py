@@ -367,16 +367,10 @@ class SentenceDataModule(TaskDataModule):
                              f"scores, not {stage!r}.")
         return {"validate": list(self.val_split_names)}.get(stage or "fit", ["train", *self.val_split_names])
 
-    def _fill_cache(self, stage: str) -> None:
-        for split in self._wanted_splits(stage):
-            self._tokenized(split)
-
     def setup(self, stage: str | None = None) -> None:
-        for split in self._wanted_splits(stage):
-            if split not in self.datasets:
-                self.datasets[split] = self._tokenized(split)
-                what = "sentences" if split == "train" else "sentence pairs"
-                log.info("embedding %s: %d %s (%s)", split, len(self.datasets[split]), what, self.source)
+        for split in self._load_splits(stage):
+            what = "sentences" if split == "train" else "sentence pairs"
+            log.info("embedding %s: %d %s (%s)", split, len(self.datasets[split]), what, self.source)
         if self.max_train_sentences is not None and "train" in self.datasets:
             log.info("embedding: calibrating on a subset of %d sentences (max_train_sentences=%d, seed %d)",
                      len(self.datasets["train"]), self.max_train_sentences, self.seed)

@@ -41,6 +41,24 @@ def check_model_type(location: str, mapping_names: dict[str, str], kind: str, se
     return config
 
 
+class MetricEvaluation:
+    """Validation and test steps of a task module that scores with one metric object per split (``val_metric``,
+    ``test_metric``): its ``_evaluation_step(batch, metric, prefix)`` updates the metric (and logs the loss), its
+    ``_log_scores(metric, prefix)`` logs what the metric computes over every process and resets it."""
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, self.val_metric, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores(self.val_metric, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, self.test_metric, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores(self.test_metric, "test")
+
+
 class TaskModule(L.LightningModule):
     """Base class of lit_prune task modules (a Hugging Face model plus loss, metrics and optimiser).
 

@@ -9,14 +9,14 @@ from typing import Any
 import torch
 
 from lit_prune.data.squad import SQUAD_TASKS, SquadTask
-from lit_prune.tasks.base import TaskModule
+from lit_prune.tasks.base import MetricEvaluation, TaskModule
 from lit_prune.tasks.squad_metrics import SquadMetric
 
 #: the data module attributes the metric is built from
 _DATAMODULE_NEEDS = ("task", "eval_examples", "eval_features", "max_seq_length", "n_best_size", "max_answer_length")
 
 
-class QuestionAnsweringModule(TaskModule):
+class QuestionAnsweringModule(MetricEvaluation, TaskModule):
     """A question answering model for SQuAD, trained and evaluated with a ``SquadDataModule``.
 
     Evaluation batches carry ``feature_index``; the logits are collected by a ``SquadMetric`` built from the data
@@ -128,18 +128,6 @@ class QuestionAnsweringModule(TaskModule):
         for name, value in scores.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == "f1", sync_dist=True)
         metric.reset()
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, self.val_metric, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores(self.val_metric, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, self.test_metric, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores(self.test_metric, "test")
 
     main_metric = "f1"
 

@@ -11,7 +11,7 @@ import torch
 
 from lit_prune.core.io import is_pruned_folder
 from lit_prune.prune.batches import model_batch
-from lit_prune.tasks.base import TaskModule
+from lit_prune.tasks.base import MetricEvaluation, TaskModule
 from lit_prune.tasks.ner_metrics import IGNORE_INDEX, EntityF1, check_iob2
 
 #: CoNLL-2003's IOB2 tags, "O" first and the others sorted: the order of label ids of the CoNLL-2003 data module,
@@ -57,7 +57,7 @@ def word_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return labels.masked_fill(~first_subtokens(batch["word_ids"]), IGNORE_INDEX)
 
 
-class TokenClassificationModule(TaskModule):
+class TokenClassificationModule(MetricEvaluation, TaskModule):
     """Fine-tune or evaluate a Hugging Face encoder for named-entity recognition (CoNLL-2003).
 
     Batches hold ``input_ids``, ``attention_mask`` (maybe ``token_type_ids``), ``labels`` ``[batch, seq]`` (the tag
@@ -77,13 +77,8 @@ class TokenClassificationModule(TaskModule):
         task: the task (train.py sets it from ``data.task``).
         label_names: the IOB2 tag of each label id; ``None``: the checkpoint's own tags when it is fine-tuned for
             token classification on ``task``, else the task's default (``CONLL2003_LABELS``).
-        learning_rate: peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
-        classifier_dropout: dropout before the classification head; ``None`` keeps the model's setting.
-        trust_remote_code: let transformers run modelling code stored with the model.
-        save_final_model: at the end of ``fit``, save model and tokenizer to
-            ``<trainer.default_root_dir>/final_model/``.
+        learning_rate, weight_decay, warmup_ratio, classifier_dropout, trust_remote_code, save_final_model: as
+            :class:`~lit_prune.tasks.classification.SequenceClassificationModule` takes them.
     """
 
     main_metric = "f1"
@@ -202,18 +197,6 @@ class TokenClassificationModule(TaskModule):
         for name, value in metric.compute().items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == self.main_metric, sync_dist=True)
         metric.reset()
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, self.val_metric, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores(self.val_metric, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, self.test_metric, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores(self.test_metric, "test")
 
     def _evaluate(self, loaders: list, progress) -> dict[str, float]:
         if len(loaders) != 1:

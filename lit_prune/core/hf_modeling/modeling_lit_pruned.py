@@ -30,6 +30,7 @@ sizes lie within a factor of two run in one ``scaled_dot_product_attention`` cal
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -884,6 +885,12 @@ class _SentenceEmbedding:
     "max_seq_length": int}``. Built without the encoder's pooler layer (sentence embeddings do not use it).
     """
 
+    def __init__(self, config: Any, **kwargs: Any) -> None:
+        encoder = next(c for c in type(self).__mro__ if c.__module__.startswith("transformers."))
+        if "add_pooling_layer" in inspect.signature(encoder.__init__).parameters:  # BERT, RoBERTa, MPNet, ...
+            kwargs.setdefault("add_pooling_layer", False)
+        super().__init__(config, **kwargs)
+
     def embedding_settings(self) -> dict[str, Any]:
         settings = getattr(self.config, SENTENCE_EMBEDDING_KEY, None)
         if not settings or settings.get("pooling") not in POOLING_MODES:
@@ -913,15 +920,9 @@ class _SentenceEmbedding:
 class BertForSentenceEmbedding(_SentenceEmbedding, BertModel):
     """:class:`transformers.BertModel` with sentence pooling (see :class:`_SentenceEmbedding`)."""
 
-    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
-
 
 class RobertaForSentenceEmbedding(_SentenceEmbedding, RobertaModel):
     """:class:`transformers.RobertaModel` with sentence pooling."""
-
-    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
 
 
 class DistilBertForSentenceEmbedding(_SentenceEmbedding, DistilBertModel):
@@ -931,15 +932,9 @@ class DistilBertForSentenceEmbedding(_SentenceEmbedding, DistilBertModel):
 class XLMRobertaForSentenceEmbedding(_SentenceEmbedding, XLMRobertaModel):
     """:class:`transformers.XLMRobertaModel` with sentence pooling."""
 
-    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
-
 
 class MPNetForSentenceEmbedding(_SentenceEmbedding, MPNetModel):
     """:class:`transformers.MPNetModel` with sentence pooling (all-mpnet-base-v2 and kin)."""
-
-    def __init__(self, config: Any, add_pooling_layer: bool = False) -> None:
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
 
 
 class DebertaV2ForSentenceEmbedding(_SentenceEmbedding, DebertaV2Model):
