@@ -29,24 +29,11 @@ class QuestionAnsweringModule(MetricEvaluation, TaskModule):
             be one ``AutoModelForQuestionAnswering`` supports (BERT, RoBERTa, DistilBERT, ...); a checkpoint
             without a QA head gets a freshly initialised one.
         task: ``"squad_v1"`` or ``"squad_v2"``; ``None`` takes the data module's task at ``setup``.
-        learning_rate: peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
-        trust_remote_code: let transformers run modelling code stored with the model.
-        save_final_model: at the end of ``fit``, save the model and tokenizer to
-            ``<trainer.default_root_dir>/final_model/``.
+        **kwargs: ``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``trust_remote_code``,
+            ``save_final_model``: as :class:`~lit_prune.tasks.base.TaskModule` takes them.
     """
 
-    def __init__(
-        self,
-        name_or_path: str,
-        task: SquadTask | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        trust_remote_code: bool = False,
-        save_final_model: bool = True,
-    ) -> None:
+    def __init__(self, name_or_path: str, task: SquadTask | None = None, **kwargs: Any) -> None:
         from transformers import AutoModelForQuestionAnswering
         from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
 
@@ -54,9 +41,7 @@ class QuestionAnsweringModule(MetricEvaluation, TaskModule):
         if task is not None and task not in SQUAD_TASKS:
             task_problem = f"task={task!r}: expected one of {', '.join(SQUAD_TASKS)}, or None"
         try:
-            super().__init__(name_or_path=name_or_path, task=task, learning_rate=learning_rate,
-                             weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                             trust_remote_code=trust_remote_code, save_final_model=save_final_model)
+            super().__init__(name_or_path=name_or_path, task=task, **kwargs)
         except ValueError as error:
             if task_problem is None:
                 raise

@@ -77,27 +77,16 @@ class TokenClassificationModule(MetricEvaluation, TaskModule):
         task: the task (train.py sets it from ``data.task``).
         label_names: the IOB2 tag of each label id; ``None``: the checkpoint's own tags when it is fine-tuned for
             token classification on ``task``, else the task's default (``CONLL2003_LABELS``).
-        learning_rate, weight_decay, warmup_ratio, classifier_dropout, trust_remote_code, save_final_model: as
-            :class:`~lit_prune.tasks.classification.SequenceClassificationModule` takes them.
+        classifier_dropout: dropout before the classification head; ``None`` keeps the model's setting.
+        **kwargs: ``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``trust_remote_code``,
+            ``save_final_model``: as :class:`~lit_prune.tasks.base.TaskModule` takes them.
     """
 
     main_metric = "f1"
 
-    def __init__(
-        self,
-        name_or_path: str,
-        task: str = "conll2003",
-        label_names: list[str] | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        classifier_dropout: float | None = None,
-        trust_remote_code: bool = False,
-        save_final_model: bool = True,
-    ) -> None:
-        super().__init__(name_or_path, task=task, learning_rate=learning_rate, weight_decay=weight_decay,
-                         warmup_ratio=warmup_ratio, trust_remote_code=trust_remote_code,
-                         save_final_model=save_final_model)
+    def __init__(self, name_or_path: str, task: str = "conll2003", label_names: list[str] | None = None,
+                 classifier_dropout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(name_or_path, task=task, **kwargs)
         if label_names is not None:
             check_iob2(label_names, setting="model.label_names")
         self.save_hyperparameters()

@@ -309,6 +309,17 @@ class PrunedAttentionCore(nn.Module):
         # structure, are never stored, and must not stay on the meta device while from_pretrained loads).
         self._indices: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
+    def _projections(self, hidden_size: int, names: tuple[str, str, str], output: str | None,
+                     device: torch.device | None, dtype: torch.dtype | None) -> None:
+        """Create the query, key and value Linear layers (named ``names``) for the kept heads, and the output
+        projection (named ``output``) where the module holds it."""
+        qk_dim = sum(q for q, _ in self.head_sizes)
+        v_dim = sum(v for _, v in self.head_sizes)
+        for name, width in zip(names, (qk_dim, qk_dim, v_dim)):
+            setattr(self, name, _linear(hidden_size, width, device, dtype))
+        if output is not None:
+            setattr(self, output, _linear(v_dim, hidden_size, device, dtype))
+
     def _layout_indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if device not in self._indices:
             self._indices[device] = tuple(
@@ -396,11 +407,7 @@ class PrunedBertSelfAttention(PrunedAttentionCore):
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(head_sizes, scaling, dropout)
         self.num_attention_heads = len(self.head_sizes)
-        qk_dim = sum(q for q, _ in self.head_sizes)
-        v_dim = sum(v for _, v in self.head_sizes)
-        self.query = _linear(hidden_size, qk_dim, device, dtype)
-        self.key = _linear(hidden_size, qk_dim, device, dtype)
-        self.value = _linear(hidden_size, v_dim, device, dtype)
+        self._projections(hidden_size, ("query", "key", "value"), None, device, dtype)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None,
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -420,12 +427,7 @@ class PrunedDistilBertSelfAttention(PrunedAttentionCore):
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(head_sizes, scaling, dropout)
         self.n_heads = len(self.head_sizes)
-        qk_dim = sum(q for q, _ in self.head_sizes)
-        v_dim = sum(v for _, v in self.head_sizes)
-        self.q_lin = _linear(hidden_size, qk_dim, device, dtype)
-        self.k_lin = _linear(hidden_size, qk_dim, device, dtype)
-        self.v_lin = _linear(hidden_size, v_dim, device, dtype)
-        self.out_lin = _linear(v_dim, hidden_size, device, dtype)
+        self._projections(hidden_size, ("q_lin", "k_lin", "v_lin"), "out_lin", device, dtype)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None,
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -453,12 +455,7 @@ class PrunedMPNetSelfAttention(PrunedAttentionCore):
                              f"({len(self.head_sizes)})")
         self.head_ids = [int(h) for h in head_ids]
         self.num_attention_heads = len(self.head_sizes)
-        qk_dim = sum(q for q, _ in self.head_sizes)
-        v_dim = sum(v for _, v in self.head_sizes)
-        self.q = _linear(hidden_size, qk_dim, device, dtype)
-        self.k = _linear(hidden_size, qk_dim, device, dtype)
-        self.v = _linear(hidden_size, v_dim, device, dtype)
-        self.o = _linear(v_dim, hidden_size, device, dtype)
+        self._projections(hidden_size, ("q", "k", "v"), "o", device, dtype)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Any = None, position_bias: Any = None,
                 output_attentions: bool = False, **kwargs: Any) -> tuple[torch.Tensor]:
@@ -505,11 +502,8 @@ class PrunedDebertaV2SelfAttention(PrunedAttentionCore):
         self.max_relative_positions = int(settings.get("max_relative_positions", -1))
         self.pos_ebd_size = self.position_buckets if self.position_buckets > 0 else self.max_relative_positions
         self.num_attention_heads = len(self.head_sizes)
+        self._projections(hidden_size, ("query_proj", "key_proj", "value_proj"), None, device, dtype)
         qk_dim = sum(q for q, _ in self.head_sizes)
-        v_dim = sum(v for _, v in self.head_sizes)
-        self.query_proj = _linear(hidden_size, qk_dim, device, dtype)
-        self.key_proj = _linear(hidden_size, qk_dim, device, dtype)
-        self.value_proj = _linear(hidden_size, v_dim, device, dtype)
         if self.relative_attention:
             self.pos_dropout = nn.Dropout(float(settings.get("hidden_dropout_prob", 0.0)))
             if not self.share_att_key:
