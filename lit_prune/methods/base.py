@@ -48,12 +48,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_prune.core.flops import FlopsBudget, check_flops_kept
-from lit_prune.core.io import SaveDtype, save_dtype_problem
+from lit_prune.core.io import SaveDtype
 from lit_prune.core.latency_model import Budget, LatencyBudget, LatencyTable
 from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
 from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
 from lit_prune.methods.run import finish_run, phase, progress_bar, resolve_seq_len, restore_on_failure, timed_evaluation
+from lit_prune.methods.settings import shared_settings_problems
 from lit_prune.prune.batches import count_tokens, model_batch
 from lit_prune.prune.distill import predicts_embeddings, reads_first_token_only
 from lit_prune.prune.fisher import embedding_fisher_loss
@@ -145,10 +146,9 @@ class RetrainingFreePruning(Callback):
         save_dtype: SaveDtype = "float32",
     ) -> None:
         super().__init__()
-        self.problems: list[str] = []
-        problem = save_dtype_problem(save_dtype)
-        if problem is not None:
-            self.problems.append(problem)
+        self.problems: list[str] = shared_settings_problems(
+            latency_batch_size=latency_batch_size, latency_repeats=latency_repeats, seq_len=seq_len, seed=seed,
+            batch_to_inputs=batch_to_inputs, save_dtype=save_dtype, save_model=save_model, evaluate=evaluate)
         self.save_dtype = save_dtype
         self.latency = LatencySettings(speedup, latency_batch_size, latency_seq_len, latency_threads, latency_cache)
         self.problems += self.latency.problems("flops_kept", flops_kept)
@@ -163,8 +163,7 @@ class RetrainingFreePruning(Callback):
             self.problems.append(f"num_samples={num_samples!r}, num_tokens={num_tokens!r}: give exactly one (the "
                                  "calibration sample is drawn by examples or by tokens)")
         for name, value, low in (("num_samples", num_samples, 1), ("num_tokens", num_tokens, 1),
-                                 ("calibration_batch_size", calibration_batch_size, 1),
-                                 ("latency_batch_size", latency_batch_size, 0), ("latency_repeats", latency_repeats, 1)):
+                                 ("calibration_batch_size", calibration_batch_size, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 self.problems.append(f"{name}={value!r}: expected an integer >= {low}")
         self.flops_kept = flops_kept
@@ -179,14 +178,8 @@ class RetrainingFreePruning(Callback):
         self.dense_metrics = self._given_metrics(dense_metrics, evaluate)
         self.latency_batch_size = latency_batch_size
         self.latency_repeats = latency_repeats
-        if batch_to_inputs is not None and not callable(batch_to_inputs):
-            self.problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
-                                 "inputs) or None")
         self.batch_to_inputs = batch_to_inputs
         self.tokenizer = tokenizer
-        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
-                                    or not seq_len > 0):
-            self.problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
         self.model_attribute = model_attribute
         self.seq_len = seq_len
         self.time_reference_pass = time_reference_pass

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 

@@ -163,7 +163,8 @@ class GrainCallback(Callback):
             ema_beta=ema_beta, alpha=alpha,
             prune_every=prune_every, latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
             seq_len=seq_len, embedding_rank=embedding_rank, importance_from=importance_from, teacher=teacher,
-            temperature=temperature, batch_to_inputs=batch_to_inputs, save_dtype=save_dtype)
+            temperature=temperature, batch_to_inputs=batch_to_inputs, save_dtype=save_dtype, seed=seed,
+            save_model=save_model, evaluate=evaluate)
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.params_kept = None if params_kept is None else float(params_kept)

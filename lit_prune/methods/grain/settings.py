@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from lit_prune.core.io import save_dtype_problem
 from lit_prune.methods.grain.layout import UNITS, check_density
+from lit_prune.methods.settings import shared_settings_problems
 
 ImportanceFrom = Literal["auto", "prediction_loss", "teacher", "loss"]
 IMPORTANCE_FROM = ("auto", "prediction_loss", "teacher", "loss")
@@ -16,7 +16,8 @@ IMPORTANCE_FROM = ("auto", "prediction_loss", "teacher", "loss")
 def settings_problems(*, params_kept: Any, units: Any, start: Any, end: Any, ema_beta: Any, alpha: Any,
                       prune_every: Any, latency_batch_size: Any, latency_repeats: Any, seq_len: Any,
                       embedding_rank: Any, importance_from: Any, teacher: Any, temperature: Any,
-                      batch_to_inputs: Any, save_dtype: Any = "float32") -> list[str]:
+                      batch_to_inputs: Any, save_dtype: Any = "float32", seed: Any = 0, save_model: Any = True,
+                      evaluate: Any = True) -> list[str]:
     """Every invalid setting of :class:`~lit_prune.methods.grain.callback.GrainCallback`, each with its fix (empty
     when all are valid)."""
     problems = []
@@ -36,13 +37,8 @@ def settings_problems(*, params_kept: Any, units: Any, start: Any, end: Any, ema
         problems.append(f"ema_beta={ema_beta!r}: expected a number in [0, 1)")
     if alpha is not None and not (isinstance(alpha, (int, float)) and alpha > 0):
         problems.append(f"alpha={alpha!r}: expected a number > 0, or None to switch the regulariser off")
-    for name, value, low in (("prune_every", prune_every, 1), ("latency_batch_size", latency_batch_size, 0),
-                             ("latency_repeats", latency_repeats, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            problems.append(f"{name}={value!r}: expected an integer >= {low}")
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
-                                or not seq_len > 0):
-        problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
+    if isinstance(prune_every, bool) or not isinstance(prune_every, int) or prune_every < 1:
+        problems.append(f"prune_every={prune_every!r}: expected an integer >= 1")
     if importance_from not in IMPORTANCE_FROM:
         problems.append(f"importance_from={importance_from!r}: expected one of {list(IMPORTANCE_FROM)}")
     elif teacher is not None and importance_from in ("prediction_loss", "loss"):
@@ -54,12 +50,9 @@ def settings_problems(*, params_kept: Any, units: Any, start: Any, end: Any, ema
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
             math.isfinite(temperature) and temperature > 0):
         problems.append(f"temperature={temperature!r}: expected a number > 0 (GRAIN: 8)")
-    if batch_to_inputs is not None and not callable(batch_to_inputs):
-        problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
-                        "inputs) or None")
-    problem = save_dtype_problem(save_dtype)
-    if problem is not None:
-        problems.append(problem)
+    problems += shared_settings_problems(latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
+                                         seq_len=seq_len, seed=seed, batch_to_inputs=batch_to_inputs,
+                                         save_dtype=save_dtype, save_model=save_model, evaluate=evaluate)
     return problems
 
 

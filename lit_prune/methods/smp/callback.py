@@ -32,10 +32,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_prune.core.io import SaveDtype, save_dtype_problem
+from lit_prune.core.io import SaveDtype
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
 from lit_prune.methods.run import (resolve_seq_len, timed_evaluation, training_seconds,
                                    training_summary)
+from lit_prune.methods.settings import shared_settings_problems
 from lit_prune.methods.smp.export import export_scores, run_seed
 from lit_prune.methods.smp.scores import (Masking, Ramp, ScoreMasks, has_scores, install_scores, keep_at, kept_fraction,
                                           regularizer_term, schedule_steps, score_tensors, set_counts,
@@ -129,24 +130,10 @@ class SMPCallback(Callback):
         super().__init__()
         problems = settings_problems(params_kept, masking, regularization, regularization_ramp, scores_learning_rate,
                                      final_hold)
-        problem = save_dtype_problem(save_dtype)
-        if problem is not None:
-            problems.append(problem)
-        for name, value in (("train_head", train_head), ("save_model", save_model), ("evaluate", evaluate)):
-            if not isinstance(value, bool):
-                problems.append(f"{name}={value!r}: expected True or False")
-        for name, value, low in (("latency_batch_size", latency_batch_size, 0),
-                                 ("latency_repeats", latency_repeats, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                problems.append(f"{name}={value!r}: expected an integer >= {low}")
-        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, float))
-                                    or not seq_len > 0):
-            problems.append(f"seq_len={seq_len!r}: expected a number > 0 (an average tokenised length) or None")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            problems.append(f"seed={seed!r}: expected an integer or None")
-        if batch_to_inputs is not None and not callable(batch_to_inputs):
-            problems.append(f"batch_to_inputs={batch_to_inputs!r}: expected a callable (batch -> dict of model "
-                            "inputs) or None")
+        problems += shared_settings_problems(
+            latency_batch_size=latency_batch_size, latency_repeats=latency_repeats, seq_len=seq_len, seed=seed,
+            batch_to_inputs=batch_to_inputs, save_dtype=save_dtype, train_head=train_head, save_model=save_model,
+            evaluate=evaluate)
         if problems:  # at construction, as every lit_prune callback checks its settings
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.params_kept, self.masking, self.regularization = params_kept, masking, regularization
