@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -754,6 +754,13 @@ def apply_structure(model: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ model classes
+def _derived(name: str, bases: tuple[type, ...], doc: str) -> type[nn.Module]:
+    """A class ``name`` of ``bases``, registered under its name in this module (``auto_map`` entries name it)."""
+    cls = type(name, bases, {"__doc__": doc, "__module__": __name__, "__qualname__": name})
+    globals()[name] = cls
+    return cls
+
+
 class _Pruned:
     """Builds the dense model, then the pruned structure from the config (before any weights load)."""
 
@@ -818,33 +825,16 @@ class _LabelWordClassification:
                                         attentions=getattr(outputs, "attentions", None))
 
 
-class BertForLabelWordClassification(_LabelWordClassification, BertForMaskedLM):
-    """:class:`transformers.BertForMaskedLM` classifying through label words (see :class:`_LabelWordClassification`)."""
-
-
-class RobertaForLabelWordClassification(_LabelWordClassification, RobertaForMaskedLM):
-    """:class:`transformers.RobertaForMaskedLM` classifying through label words."""
-
-
-class DistilBertForLabelWordClassification(_LabelWordClassification, DistilBertForMaskedLM):
-    """:class:`transformers.DistilBertForMaskedLM` classifying through label words."""
-
-
-class MPNetForLabelWordClassification(_LabelWordClassification, MPNetForMaskedLM):
-    """:class:`transformers.MPNetForMaskedLM` classifying through label words."""
-
-
-class XLMRobertaForLabelWordClassification(_LabelWordClassification, XLMRobertaForMaskedLM):
-    """:class:`transformers.XLMRobertaForMaskedLM` classifying through label words."""
-
-
+#: a label-word classifier per family whose checkpoints carry a masked-LM head (none for ELECTRA and DeBERTa-v3:
+#: discriminators have none; SMP classifies through a trained head there)
 LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
-    "bert": BertForLabelWordClassification,
-    "roberta": RobertaForLabelWordClassification,
-    "distilbert": DistilBertForLabelWordClassification,
-    "xlm-roberta": XLMRobertaForLabelWordClassification,
-    "mpnet": MPNetForLabelWordClassification,
-    # none for ELECTRA and DeBERTa-v3: discriminators have no masked-LM head (SMP classifies through a trained head)
+    model_type: _derived(f"{mlm.__name__.removesuffix('ForMaskedLM')}ForLabelWordClassification",
+                         (_LabelWordClassification, mlm),
+                         f":class:`transformers.{mlm.__name__}` classifying through label words (see "
+                         ":class:`_LabelWordClassification`).")
+    for model_type, mlm in (("bert", BertForMaskedLM), ("roberta", RobertaForMaskedLM),
+                            ("distilbert", DistilBertForMaskedLM), ("xlm-roberta", XLMRobertaForMaskedLM),
+                            ("mpnet", MPNetForMaskedLM))
 }
 
 
@@ -911,42 +901,13 @@ class _SentenceEmbedding:
                                        attentions=getattr(outputs, "attentions", None))
 
 
-class BertForSentenceEmbedding(_SentenceEmbedding, BertModel):
-    """:class:`transformers.BertModel` with sentence pooling (see :class:`_SentenceEmbedding`)."""
-
-
-class RobertaForSentenceEmbedding(_SentenceEmbedding, RobertaModel):
-    """:class:`transformers.RobertaModel` with sentence pooling."""
-
-
-class DistilBertForSentenceEmbedding(_SentenceEmbedding, DistilBertModel):
-    """:class:`transformers.DistilBertModel` with sentence pooling."""
-
-
-class XLMRobertaForSentenceEmbedding(_SentenceEmbedding, XLMRobertaModel):
-    """:class:`transformers.XLMRobertaModel` with sentence pooling."""
-
-
-class MPNetForSentenceEmbedding(_SentenceEmbedding, MPNetModel):
-    """:class:`transformers.MPNetModel` with sentence pooling (all-mpnet-base-v2 and kin)."""
-
-
-class DebertaV2ForSentenceEmbedding(_SentenceEmbedding, DebertaV2Model):
-    """:class:`transformers.DebertaV2Model` with sentence pooling (it has no pooler layer)."""
-
-
-class ElectraForSentenceEmbedding(_SentenceEmbedding, ElectraModel):
-    """:class:`transformers.ElectraModel` with sentence pooling (it has no pooler layer)."""
-
-
 SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
-    "bert": BertForSentenceEmbedding,
-    "roberta": RobertaForSentenceEmbedding,
-    "distilbert": DistilBertForSentenceEmbedding,
-    "xlm-roberta": XLMRobertaForSentenceEmbedding,
-    "electra": ElectraForSentenceEmbedding,
-    "mpnet": MPNetForSentenceEmbedding,
-    "deberta-v2": DebertaV2ForSentenceEmbedding,
+    model_type: _derived(f"{encoder.__name__.removesuffix('Model')}ForSentenceEmbedding", (_SentenceEmbedding, encoder),
+                         f":class:`transformers.{encoder.__name__}` with sentence pooling (see "
+                         ":class:`_SentenceEmbedding`).")
+    for model_type, encoder in (("bert", BertModel), ("roberta", RobertaModel), ("distilbert", DistilBertModel),
+                                ("xlm-roberta", XLMRobertaModel), ("electra", ElectraModel), ("mpnet", MPNetModel),
+                                ("deberta-v2", DebertaV2Model))
 }
 
 
@@ -978,17 +939,10 @@ for _model_type, _classes in DENSE_CLASSES.items():
     _classes["sentence_embedding"] = SENTENCE_EMBEDDING_CLASSES[_model_type]
 
 
-def _pruned_class(dense: type[nn.Module]) -> type[nn.Module]:
-    """``LitPruned<Name>``: the class ``dense`` that builds the pruned structure of its config (see :class:`_Pruned`);
-    ``isinstance(model, dense)`` holds. A module-level name, so ``auto_map`` entries and pickling find it."""
-    name = f"LitPruned{dense.__name__}"
-    cls = type(name, (_Pruned, dense), {"__doc__": f"A pruned :class:`{dense.__name__}`.", "__module__": __name__,
-                                        "__qualname__": name})
-    globals()[name] = cls
-    return cls
-
-
+#: ``LitPruned<Name>`` for each of them: the class that builds the pruned structure of its config (see
+#: :class:`_Pruned`); ``isinstance(model, <Name>)`` holds
 PRUNED_CLASSES: dict[tuple[str, str], type[nn.Module]] = {
-    (model_type, kind): _pruned_class(dense) for model_type, classes in DENSE_CLASSES.items()
-    for kind, dense in classes.items()
+    (model_type, kind): _derived(f"LitPruned{dense.__name__}", (_Pruned, dense),
+                                 f"A pruned :class:`{dense.__name__}`.")
+    for model_type, classes in DENSE_CLASSES.items() for kind, dense in classes.items()
 }
