@@ -38,42 +38,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
-from transformers import (
-    BertForMaskedLM,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-    DistilBertForMaskedLM,
-    DistilBertForQuestionAnswering,
-    DistilBertForSequenceClassification,
-    DistilBertForTokenClassification,
-    DistilBertModel,
-    DebertaV2ForQuestionAnswering,
-    DebertaV2ForSequenceClassification,
-    DebertaV2ForTokenClassification,
-    DebertaV2Model,
-    ElectraForQuestionAnswering,
-    ElectraForSequenceClassification,
-    ElectraForTokenClassification,
-    ElectraModel,
-    MPNetForMaskedLM,
-    MPNetForQuestionAnswering,
-    MPNetForSequenceClassification,
-    MPNetForTokenClassification,
-    MPNetModel,
-    RobertaForMaskedLM,
-    RobertaForQuestionAnswering,
-    RobertaForSequenceClassification,
-    RobertaForTokenClassification,
-    RobertaModel,
-    XLMRobertaForMaskedLM,
-    XLMRobertaForQuestionAnswering,
-    XLMRobertaForSequenceClassification,
-    XLMRobertaForTokenClassification,
-    XLMRobertaModel,
-)
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 STRUCTURE_KEY = "lit_prune_structure"
@@ -169,6 +135,12 @@ LAYOUTS["mpnet"] = {
 for _model_type in ("roberta", "xlm-roberta", "electra"):
     LAYOUTS[_model_type] = dict(LAYOUTS["bert"])
 
+#: the transformers class-name prefix of each family (``<Prefix>Model``, ``<Prefix>ForSequenceClassification``, ...)
+FAMILIES = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "xlm-roberta": "XLMRoberta",
+            "electra": "Electra", "mpnet": "MPNet", "deberta-v2": "DebertaV2"}
+#: the families whose checkpoints carry a masked-LM head (ELECTRA's and DeBERTa-v3's discriminators do not): they
+#: have a label-word classifier (SMP's); the others classify through a trained head
+LABEL_WORD_FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet")
 KINDS = ("base", "sequence_classification", "question_answering", "token_classification", "label_words",
          "sentence_embedding")
 AUTO_CLASSES = {
@@ -825,16 +797,13 @@ class _LabelWordClassification:
                                         attentions=getattr(outputs, "attentions", None))
 
 
-#: a label-word classifier per family whose checkpoints carry a masked-LM head (none for ELECTRA and DeBERTa-v3:
-#: discriminators have none; SMP classifies through a trained head there)
+#: a label-word classifier per family of :data:`LABEL_WORD_FAMILIES`: ``<Prefix>ForLabelWordClassification``
 LABEL_WORD_CLASSES: dict[str, type[nn.Module]] = {
-    model_type: _derived(f"{mlm.__name__.removesuffix('ForMaskedLM')}ForLabelWordClassification",
-                         (_LabelWordClassification, mlm),
-                         f":class:`transformers.{mlm.__name__}` classifying through label words (see "
-                         ":class:`_LabelWordClassification`).")
-    for model_type, mlm in (("bert", BertForMaskedLM), ("roberta", RobertaForMaskedLM),
-                            ("distilbert", DistilBertForMaskedLM), ("xlm-roberta", XLMRobertaForMaskedLM),
-                            ("mpnet", MPNetForMaskedLM))
+    model_type: _derived(f"{FAMILIES[model_type]}ForLabelWordClassification",
+                         (_LabelWordClassification, getattr(transformers, f"{FAMILIES[model_type]}ForMaskedLM")),
+                         f":class:`transformers.{FAMILIES[model_type]}ForMaskedLM` classifying through label words "
+                         "(see :class:`_LabelWordClassification`).")
+    for model_type in LABEL_WORD_FAMILIES
 }
 
 
@@ -901,42 +870,27 @@ class _SentenceEmbedding:
                                        attentions=getattr(outputs, "attentions", None))
 
 
+#: the encoder with its pooling, per family: ``<Prefix>ForSentenceEmbedding``
 SENTENCE_EMBEDDING_CLASSES: dict[str, type[nn.Module]] = {
-    model_type: _derived(f"{encoder.__name__.removesuffix('Model')}ForSentenceEmbedding", (_SentenceEmbedding, encoder),
-                         f":class:`transformers.{encoder.__name__}` with sentence pooling (see "
+    model_type: _derived(f"{prefix}ForSentenceEmbedding",
+                         (_SentenceEmbedding, getattr(transformers, f"{prefix}Model")),
+                         f":class:`transformers.{prefix}Model` with sentence pooling (see "
                          ":class:`_SentenceEmbedding`).")
-    for model_type, encoder in (("bert", BertModel), ("roberta", RobertaModel), ("distilbert", DistilBertModel),
-                                ("xlm-roberta", XLMRobertaModel), ("electra", ElectraModel), ("mpnet", MPNetModel),
-                                ("deberta-v2", DebertaV2Model))
+    for model_type, prefix in FAMILIES.items()
 }
 
 
 #: the transformers (or label-word / sentence-embedding) class of every (model type, kind) a pruned folder can hold
 DENSE_CLASSES: dict[str, dict[str, type[nn.Module]]] = {
-    "bert": {"base": BertModel, "sequence_classification": BertForSequenceClassification,
-             "question_answering": BertForQuestionAnswering, "token_classification": BertForTokenClassification},
-    "roberta": {"base": RobertaModel, "sequence_classification": RobertaForSequenceClassification,
-                "question_answering": RobertaForQuestionAnswering,
-                "token_classification": RobertaForTokenClassification},
-    "distilbert": {"base": DistilBertModel, "sequence_classification": DistilBertForSequenceClassification,
-                   "question_answering": DistilBertForQuestionAnswering,
-                   "token_classification": DistilBertForTokenClassification},
-    "xlm-roberta": {"base": XLMRobertaModel, "sequence_classification": XLMRobertaForSequenceClassification,
-                    "question_answering": XLMRobertaForQuestionAnswering,
-                    "token_classification": XLMRobertaForTokenClassification},
-    "electra": {"base": ElectraModel, "sequence_classification": ElectraForSequenceClassification,
-                "question_answering": ElectraForQuestionAnswering,
-                "token_classification": ElectraForTokenClassification},
-    "mpnet": {"base": MPNetModel, "sequence_classification": MPNetForSequenceClassification,
-              "question_answering": MPNetForQuestionAnswering, "token_classification": MPNetForTokenClassification},
-    "deberta-v2": {"base": DebertaV2Model, "sequence_classification": DebertaV2ForSequenceClassification,
-                   "question_answering": DebertaV2ForQuestionAnswering,
-                   "token_classification": DebertaV2ForTokenClassification},
+    model_type: {
+        **{kind: getattr(transformers, prefix + suffix) for kind, suffix in (
+            ("base", "Model"), ("sequence_classification", "ForSequenceClassification"),
+            ("question_answering", "ForQuestionAnswering"), ("token_classification", "ForTokenClassification"))},
+        **({"label_words": LABEL_WORD_CLASSES[model_type]} if model_type in LABEL_WORD_CLASSES else {}),
+        "sentence_embedding": SENTENCE_EMBEDDING_CLASSES[model_type],
+    }
+    for model_type, prefix in FAMILIES.items()
 }
-for _model_type, _classes in DENSE_CLASSES.items():
-    if _model_type in LABEL_WORD_CLASSES:
-        _classes["label_words"] = LABEL_WORD_CLASSES[_model_type]
-    _classes["sentence_embedding"] = SENTENCE_EMBEDDING_CLASSES[_model_type]
 
 
 #: ``LitPruned<Name>`` for each of them: the class that builds the pruned structure of its config (see
