@@ -325,3 +325,14 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
     assert "Mean difference (latency − FLOPs): +0.0220." in text
     assert "| batch 32 × 128 tokens, 2 thread(s), float32 | 31 s | 2 |" in text  # built once, used by both runs
     assert plot(rows, tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_the_study_times_only_what_is_pruned_when_asked(tmp_path, monkeypatch, capsys):
+    from benchmarks.studies import latency_budget as study
+
+    monkeypatch.setattr(study, "RUNS", tmp_path)
+    monkeypatch.setattr(study, "teacher_of", lambda task: (tmp_path / "teacher", None))
+    monkeypatch.setattr(study, "prune", lambda *args: pytest.fail("--no-prune must not prune"))
+    rows = {}
+    study.run_part("batch1", ["kprune"], ["stsb"], rows, pruning=False)
+    assert rows == {} and "not pruned yet, skipped (--no-prune)" in capsys.readouterr().out

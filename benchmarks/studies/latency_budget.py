@@ -127,7 +127,7 @@ def remeasure(rows: dict[str, dict[str, Any]]) -> None:
 
 
 def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, dict[str, Any]],
-             timing: bool = True, flops_budgets: tuple[float, ...] = FLOPS_BUDGETS) -> None:
+             timing: bool = True, flops_budgets: tuple[float, ...] = FLOPS_BUDGETS, pruning: bool = True) -> None:
     plans = []
     if part == "speedups":
         plans = [(m, t, {"flops_kept": None, "speedup": s, "latency_batch_size": 32, "latency_seq_len": 128,
@@ -144,6 +144,10 @@ def run_part(part: str, methods: list[str], tasks: list[str], rows: dict[str, di
         name = "-".join(f"{k}{v}" for k, v in budget.items() if v is not None and k in ("speedup", "flops_kept",
                                                                                          "latency_batch_size"))
         folder = RUNS / method / task / name
+        if not pruning and not (folder / "pruning_report.json").is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] {part} {method} {task} {budget}: not pruned yet, skipped "
+                  "(--no-prune)", flush=True)
+            continue
         started = time.perf_counter()
         report = prune(method, task, folder, budget, teacher, dense_metrics)
         if not timing:
@@ -313,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune-only", action="store_true",
                         help="prune, do not time (beside other work: time later with --remeasure on a quiet machine)")
     parser.add_argument("--remeasure", action="store_true", help="time every recorded run again, prune nothing")
+    parser.add_argument("--no-prune", action="store_true",
+                        help="time the runs already pruned, skip the others (a quiet window shorter than the pruning)")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(parts) - {"speedups", "batch1", "flops"})
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         default = "mrpc,stsb,sst2" if part == "flops" else "mrpc,stsb"
         tasks = (args.tasks or default).split(",")
         run_part(part, args.methods.split(","), tasks, rows, timing=not args.prune_only,
-                 flops_budgets=tuple(float(f) for f in args.flops_budgets.split(",")))
+                 flops_budgets=tuple(float(f) for f in args.flops_budgets.split(",")), pruning=not args.no_prune)
     print(markdown(list(rows.values())))
     return 0
 
