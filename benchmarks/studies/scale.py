@@ -124,7 +124,7 @@ def save(rows: list[dict[str, Any]]) -> None:
     text = markdown(rows, hardware)
     atomic_write_text(RESULTS / "scale.md", text)
     publish_study("scale", text, BENCHMARKS)
-    section = text.split("\n", 4)[4].replace("## ", "### ")  # without the title and command line
+    section = text.split("\n", 4)[4].replace("## ", "#### ")  # without the title and command line
     atomic_write_text(DOCS, replace_section(DOCS.read_text(), "scale", section + f"\nMeasured by `{COMMAND}`."))
 
 
