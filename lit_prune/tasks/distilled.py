@@ -252,10 +252,11 @@ class DistilledSentenceEmbeddingModule(_Distillation, SentenceEmbeddingModule):
     hidden-state MSE. With it, GRAIN prunes a sentence-embedding model while it trains on unlabeled sentences.
 
     Args:
-        name_or_path, pooling, normalize: see :class:`~lit_prune.tasks.SentenceEmbeddingModule`.
+        name_or_path: see :class:`~lit_prune.tasks.SentenceEmbeddingModule`.
         teacher, kd_weight, hidden_weight, hidden_layers, learning_rate, weight_decay, warmup_ratio: see
             :class:`DistilledSequenceClassificationModule` (there are no labels, so no ``hard_label_weight``).
-        **kwargs: ``trust_remote_code``, ``save_final_model``.
+        **kwargs: ``pooling``, ``normalize``, ``trust_remote_code``, ``save_final_model``: see
+            :class:`~lit_prune.tasks.SentenceEmbeddingModule`.
     """
 
     has_training_objective = True
@@ -264,8 +265,6 @@ class DistilledSentenceEmbeddingModule(_Distillation, SentenceEmbeddingModule):
         self,
         name_or_path: str,
         task: str = "embedding",
-        pooling: str | None = None,
-        normalize: bool | None = None,
         teacher: str | None = None,
         kd_weight: float = 1.0,
         hidden_weight: float = 1.0,
@@ -275,7 +274,7 @@ class DistilledSentenceEmbeddingModule(_Distillation, SentenceEmbeddingModule):
         warmup_ratio: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(name_or_path, task=task, pooling=pooling, normalize=normalize, **kwargs)
+        super().__init__(name_or_path, task=task, **kwargs)
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
         self._setup_distillation(SentenceEmbeddingModule, teacher, 1.0, kd_weight, hidden_weight, hidden_layers, 0.0)
 
