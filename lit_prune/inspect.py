@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lit_prune.core.arch import STRUCTURE_KEY
+from lit_prune.core.arch import STRUCTURE_KEY, get_adapter
 from lit_prune.core.flops import count_parameters, dense_flops, structure_flops, structure_parameters
 from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
 from lit_prune.core.io import NotAPrunedModelError, read_pruned_config, saved_kind
@@ -42,16 +42,20 @@ def describe(folder: str | Path, seq_len: float = DEFAULT_SEQ_LEN) -> dict[str, 
     shape = {name: structure[name] for name in ("num_layers", "num_heads", "head_dim", "hidden_size", "ffn_dim")}
     d, d_h = shape["hidden_size"], shape["head_dim"]
     dense_layers = [{"heads": [[d_h, d_h]] * shape["num_heads"], "ffn": shape["ffn_dim"]}] * shape["num_layers"]
-    flops = {"dense": dense_flops(shape["num_layers"], shape["num_heads"], d_h, shape["ffn_dim"], seq_len, d),
-             "pruned": structure_flops(structure["layers"], seq_len, d)}
     kind = saved_kind(config) or "base"
     pruned_class = hf.PRUNED_CLASSES[(config.model_type, kind)]
     dense_config = config.__class__.from_dict({k: v for k, v in config.to_dict().items() if k != STRUCTURE_KEY})
     with torch.device("meta"):
+        pruned = pruned_class(config)
         totals = {"dense": count_parameters(pruned_class.__bases__[-1](dense_config))["total"],
-                  "pruned": count_parameters(pruned_class(config))["total"]}
-    linear = {"dense": structure_parameters(dense_layers, d)["encoder_linear"],
-              "pruned": structure_parameters(structure["layers"], d)["encoder_linear"]}
+                  "pruned": count_parameters(pruned)["total"]}
+    accounting = get_adapter(pruned).accounting  # gated FFNs, Linear layers without biases
+    ffn_matrices = accounting["ffn_matrices"]
+    flops = {"dense": dense_flops(shape["num_layers"], shape["num_heads"], d_h, shape["ffn_dim"], seq_len, d,
+                                  ffn_matrices),
+             "pruned": structure_flops(structure["layers"], seq_len, d, ffn_matrices)}
+    linear = {"dense": structure_parameters(dense_layers, d, **accounting)["encoder_linear"],
+              "pruned": structure_parameters(structure["layers"], d, **accounting)["encoder_linear"]}
     return {
         "model_type": config.model_type, "kind": kind, "dense_shape": shape, "layers": structure["layers"],
         "seq_len": seq_len,

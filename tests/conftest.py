@@ -88,13 +88,13 @@ TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_h
             max_position_embeddings=64)
 
 
-MODEL_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "deberta-v2")
+MODEL_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "deberta-v2", "modernbert")
 
 
 def tiny_config(model_type: str, **overrides):
     """A tiny random config of ``model_type`` (one of :data:`MODEL_TYPES`)."""
-    from transformers import (BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, MPNetConfig, RobertaConfig,
-                              XLMRobertaConfig)
+    from transformers import (BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, ModernBertConfig,
+                              MPNetConfig, RobertaConfig, XLMRobertaConfig)
 
     if model_type == "bert":
         return BertConfig(**{**TINY, **overrides})
@@ -109,6 +109,9 @@ def tiny_config(model_type: str, **overrides):
         return DebertaV2Config(**{**TINY, "relative_attention": True, "pos_att_type": ["p2c", "c2p"],
                                   "share_att_key": True, "position_buckets": 8, "max_relative_positions": -1,
                                   "norm_rel_ebd": "layer_norm", "type_vocab_size": 0, **overrides})
+    if model_type == "modernbert":  # a global layer then a sliding-window one (window 8: narrower than the inputs)
+        return ModernBertConfig(**{**TINY, "local_attention": 8, "pad_token_id": 0, "bos_token_id": 1,
+                                   "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2, **overrides})
     if model_type == "electra":  # embeddings narrower than the hidden size, projected up as ELECTRA-small's are
         return ElectraConfig(**{**TINY, "embedding_size": 16, **overrides})
     if model_type == "distilbert":

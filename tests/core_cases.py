@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lit_prune.core.arch import get_adapter
 from lit_prune.core.masks import PruningMasks
 
 MASK_CASES = (
@@ -19,8 +20,14 @@ MASK_CASES = (
 
 
 def make_masks(case: str, num_layers: int = 2, num_heads: int = 4, head_dim: int = 8, ffn_dim: int = 48,
-               seed: int = 0) -> PruningMasks:
-    """Masks of one of :data:`MASK_CASES` (L layers; at least 2 layers for the per-layer cases)."""
+               seed: int = 0, model=None) -> PruningMasks:
+    """Masks of one of :data:`MASK_CASES` (L layers; at least 2 layers for the per-layer cases), as ``model``'s
+    architecture can apply them when one is given (rotary embeddings keep a head's query/key dims whole)."""
+    masks = _case_masks(case, num_layers, num_heads, head_dim, ffn_dim, seed)
+    return masks if model is None else get_adapter(model).conform_masks(masks)
+
+
+def _case_masks(case: str, num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, seed: int) -> PruningMasks:
     g = torch.Generator().manual_seed(seed)
     masks = PruningMasks.ones(num_layers, num_heads, head_dim, ffn_dim)
 

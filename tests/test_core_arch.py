@@ -9,6 +9,7 @@ from torch import nn
 from conftest import tiny_model
 from lit_prune.core.arch import (
     ArchSpec,
+    LinearPart,
     UnsupportedArchitectureError,
     get_adapter,
     register_architecture,
@@ -23,23 +24,33 @@ def test_adapter_dims_and_modules(tiny_model_type, kind):
     assert (adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.hidden_size, adapter.ffn_dim) == (
         2, 4, 8, 32, 48)
     assert not adapter.is_compacted
+    modernbert = tiny_model_type == "modernbert"  # fused Wqkv, gated FFN, pre-LayerNorm (layer 0 has none)
     for index in range(2):
         m = adapter.layer(index)
+        up = (96 if modernbert else 48, 32)  # a gated FFN's up projection holds the gate rows
         for linear, shape in ((m.query, (32, 32)), (m.key, (32, 32)), (m.value, (32, 32)), (m.attn_out, (32, 32)),
-                              (m.ffn_up, (48, 32)), (m.ffn_down, (32, 48))):
-            assert isinstance(linear, nn.Linear) and tuple(linear.weight.shape) == shape
-        assert isinstance(m.attn_norm, nn.LayerNorm) and isinstance(m.ffn_norm, nn.LayerNorm)
+                              (m.ffn_up, up), (m.ffn_down, (32, 48))):
+            assert isinstance(linear, LinearPart if modernbert and linear in (m.query, m.key, m.value) else nn.Linear)
+            assert tuple(linear.weight.shape) == shape
+        expected_attn_norm = nn.Identity if modernbert and index == 0 else nn.LayerNorm
+        assert isinstance(m.attn_norm, expected_attn_norm) and isinstance(m.ffn_norm, nn.LayerNorm)
         assert m.attn_norm is not m.ffn_norm
-        if tiny_model_type in ("mpnet", "deberta-v2"):  # divide by sqrt(d_h) instead of holding the scaling
-            assert m.self_attention.attention_head_size == 8
+        if tiny_model_type in ("mpnet", "deberta-v2", "modernbert"):  # sqrt(d_h) from the head size
+            assert (m.self_attention.head_dim if modernbert else m.self_attention.attention_head_size) == 8
         else:
             assert m.self_attention.scaling == 8 ** -0.5
         # The adapter finds the very modules the model runs.
         query = {"distilbert": f"transformer.layer.{index}.attention.q_lin",
                  "mpnet": f"encoder.layer.{index}.attention.attn.q",
-                 "deberta-v2": f"encoder.layer.{index}.attention.self.query_proj"}.get(
+                 "deberta-v2": f"encoder.layer.{index}.attention.self.query_proj",
+                 "modernbert": f"layers.{index}.attn.Wqkv"}.get(
             tiny_model_type, f"encoder.layer.{index}.attention.self.query")
-        assert m.query is model.base_model.get_submodule(query)
+        if modernbert:  # the three parts of the fused projection, side by side
+            fused = model.base_model.get_submodule(query)
+            assert all(part.linear is fused for part in (m.query, m.key, m.value))
+            assert [(part.start, part.stop) for part in (m.query, m.key, m.value)] == [(0, 32), (32, 64), (64, 96)]
+        else:
+            assert m.query is model.base_model.get_submodule(query)
 
 
 def test_distilbert_output_projection_is_inside_attention():
@@ -64,10 +75,11 @@ def test_unsupported_architecture_names_type_supported_and_how_to_add():
     gpt2 = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
     with pytest.raises(UnsupportedArchitectureError,
                        match=r"model type 'gpt2' \(GPT2Model\) is not supported; supported model types: bert, "
-                             r"deberta-v2, distilbert, electra, mpnet, roberta, xlm-roberta\. To add one.*register_architecture"):
+                             r"deberta-v2, distilbert, electra, modernbert, mpnet, roberta, xlm-roberta\. "
+                             r"To add one.*register_architecture"):
         get_adapter(gpt2)
-    assert supported_model_types() == ["bert", "deberta-v2", "distilbert", "electra", "mpnet", "roberta",
-                                     "xlm-roberta"]
+    assert supported_model_types() == ["bert", "deberta-v2", "distilbert", "electra", "modernbert", "mpnet",
+                                       "roberta", "xlm-roberta"]
 
 
 def test_decoder_configuration_is_refused():

@@ -38,7 +38,8 @@ def assert_masked_equals_compacted(model, masks, inputs, **kwargs):
 
 @pytest.mark.parametrize("case", MASK_CASES)
 def test_masked_equals_compacted_sequence_classification(tiny_model_type, case):
-    model, masks = tiny_model(tiny_model_type), make_masks(case)
+    model = tiny_model(tiny_model_type)
+    masks = make_masks(case, model=model)
     pruned = assert_masked_equals_compacted(model, masks, tiny_inputs(), labels=torch.tensor([0, 1, 1]))
     structure = pruned.config.lit_prune_structure
     assert [sorted(map(tuple, layer["heads"])) for layer in structure["layers"]] == [
@@ -49,7 +50,8 @@ def test_masked_equals_compacted_sequence_classification(tiny_model_type, case):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", ["intra_head", "scales", "empty_layer"])
 def test_masked_equals_compacted_every_head(tiny_model_type, kind, case):
-    assert_masked_equals_compacted(tiny_model(tiny_model_type, kind), make_masks(case, seed=3), tiny_inputs(seed=1))
+    model = tiny_model(tiny_model_type, kind)
+    assert_masked_equals_compacted(model, make_masks(case, seed=3, model=model), tiny_inputs(seed=1))
 
 
 def test_masked_equals_compacted_with_eager_attention_and_heavy_padding(tiny_model_type):
@@ -57,7 +59,7 @@ def test_masked_equals_compacted_with_eager_attention_and_heavy_padding(tiny_mod
     model.set_attn_implementation("eager")  # the padding mask then arrives as an additive float mask
     inputs = tiny_inputs(batch=4, seq=12, pad_last=9)
     inputs["attention_mask"][1, -4:] = 0
-    assert_masked_equals_compacted(model, make_masks("intra_head", seed=5), inputs)
+    assert_masked_equals_compacted(model, make_masks("intra_head", seed=5, model=model), inputs)
 
 
 @pytest.mark.parametrize("settings", [
@@ -78,7 +80,7 @@ def test_masked_equals_compacted_for_each_deberta_variant(settings, case):
 
 def test_compacted_shapes_structure_and_scaling(tiny_model_type):
     model = tiny_model(tiny_model_type)
-    masks = make_masks("intra_head")
+    masks = make_masks("intra_head", model=model)
     pruned = compact(copy.deepcopy(model), masks)
     adapter = get_adapter(pruned)
     assert adapter.is_compacted
@@ -95,7 +97,7 @@ def test_compacted_shapes_structure_and_scaling(tiny_model_type):
         q, v = sum(h[0] for h in layer["heads"]), sum(h[1] for h in layer["heads"])
         assert tuple(m.query.weight.shape) == tuple(m.key.weight.shape) == (q, 32)
         assert tuple(m.value.weight.shape) == (v, 32) and tuple(m.attn_out.weight.shape) == (32, v)
-        assert tuple(m.ffn_up.weight.shape) == (layer["ffn"], 32)
+        assert tuple(m.ffn_up.weight.shape) == ((2 if tiny_model_type == "modernbert" else 1) * layer["ffn"], 32)
         assert tuple(m.ffn_down.weight.shape) == (32, layer["ffn"])
         sizes = [tuple(h) for h in layer["heads"]]
         assert sizes == sorted(sizes, key=lambda h: (-max(h), -h[0], -h[1]))  # largest first

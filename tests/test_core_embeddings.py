@@ -42,7 +42,7 @@ def test_compacted_factorised_model_round_trips(model_type, tmp_path):
     model = tiny_model(model_type)
     factorize_embeddings(model, 12)
     inputs = tiny_inputs()
-    masks = make_masks("intra_head")
+    masks = make_masks("intra_head", model=model)
     compact(model, masks)
     expected = model(**inputs).logits
     structure = model.config.lit_prune_structure

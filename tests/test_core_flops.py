@@ -10,6 +10,7 @@ import pytest
 
 from conftest import tiny_model
 from core_cases import MASK_CASES, make_masks
+from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
 from lit_prune.core.flops import (
     FlopsBudget,
@@ -37,11 +38,27 @@ def test_dense_closed_form_bert_base():
 
 def test_all_ones_masks_equal_closed_form_tiny(tiny_model_type):
     model = tiny_model(tiny_model_type)
+    if tiny_model_type == "modernbert":
+        # GeGLU: a neuron spans the up row, its gate row and the down column: 3·10·32 = 960 MACs.
+        expected = 2 * 2 * (4 * 11_840 + 48 * 960)
+        assert model_dense_flops(model, 10) == model_flops(model, 10) == expected == 373_760
+        assert masks_flops(PruningMasks.from_model(model), 10, ffn_matrices=3) == expected
+        assert flops_kept(PruningMasks.from_model(model), 10, ffn_matrices=3) == 1.0
+        return
     # L=2, H=4, d_h=8, F=48, d=32, s=10: head 4·10·32·8 + 2·100·8 = 11,840; neuron 640.
     expected = 2 * 2 * (4 * 11_840 + 48 * 640)
     assert model_dense_flops(model, 10) == model_flops(model, 10) == expected == 312_320
     assert masks_flops(PruningMasks.from_model(model), 10) == expected
     assert flops_kept(PruningMasks.from_model(model), 10) == 1.0
+
+
+def test_modernbert_closed_form_by_hand():
+    """ModernBERT-base's shape at s=128: per head 4·128·768·64 + 2·128²·64 = 27,262,976 MACs as BERT's; per GeGLU
+    neuron 3·128·768 = 294,912; 22 layers, 12 heads, 1,152 neurons."""
+    per_layer = 12 * 27_262_976 + 1152 * 294_912
+    assert dense_flops(22, 12, 64, 1152, 128, 768, ffn_matrices=3) == 2 * 22 * per_layer == 29_343_350_784
+    budget = FlopsBudget(22, 12, 64, 1152, 768, 128, 0.5, ffn_matrices=3)
+    assert budget.neuron_macs == 294_912 and budget.dense_flops == 29_343_350_784
 
 
 def test_intra_head_cost():
@@ -76,10 +93,13 @@ def test_parameter_counts_dense(tiny_model_type):
     model = tiny_model(tiny_model_type)
     d, f, layers = 32, 48, 2
     counts = count_parameters(model)
-    assert counts["encoder_linear_weights"] == layers * (4 * d * d + 2 * d * f)
-    assert counts["encoder_linear"] == layers * (4 * d * d + 4 * d + 2 * d * f + f + d)
+    if tiny_model_type == "modernbert":  # a gated FFN (3 matrices per neuron) and no biases
+        assert counts["encoder_linear_weights"] == counts["encoder_linear"] == layers * (4 * d * d + 3 * d * f)
+    else:
+        assert counts["encoder_linear_weights"] == layers * (4 * d * d + 2 * d * f)
+        assert counts["encoder_linear"] == layers * (4 * d * d + 4 * d + 2 * d * f + f + d)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
-    assert masks_parameters(PruningMasks.from_model(model)) == {
+    assert masks_parameters(PruningMasks.from_model(model), **get_adapter(model).accounting) == {
         "encoder_linear": counts["encoder_linear"], "encoder_linear_weights": counts["encoder_linear_weights"]}
 
 

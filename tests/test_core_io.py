@@ -69,7 +69,8 @@ def saved(tmp_path_factory, request):
     save_file(inputs, root / "inputs.safetensors")
     cases = {}
     for model_type, kind in CASES:
-        model = compact(tiny_model(model_type, kind), make_masks("intra_head", seed=list(AUTO).index(kind)))
+        model = tiny_model(model_type, kind)
+        model = compact(model, make_masks("intra_head", seed=list(AUTO).index(kind), model=model))
         folder = save_pruned(model, root / f"{model_type}-{kind}")
         cases[f"{model_type}-{kind}"] = (model, folder, kind, inputs, root / "inputs.safetensors")
     minilm = os.path.join(os.environ.get("LIT_PRUNE_ASSETS", ""), "models", "all-MiniLM-L6-v2")

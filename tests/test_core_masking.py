@@ -42,7 +42,7 @@ def test_all_ones_changes_nothing_and_hooks_leave_no_trace(tiny_model_type):
 def test_hooks_removed_when_the_block_raises(tiny_model_type):
     model, inputs = tiny_model(tiny_model_type), tiny_inputs()
     before = logits(model, inputs)
-    with pytest.raises(RuntimeError, match="boom"), apply_masks(model, make_masks("intra_head")):
+    with pytest.raises(RuntimeError, match="boom"), apply_masks(model, make_masks("intra_head", model=model)):
         raise RuntimeError("boom")
     assert all_hooks(model) == []
     torch.testing.assert_close(logits(model, inputs), before, atol=0, rtol=0)
@@ -53,7 +53,11 @@ def test_each_mask_equals_editing_the_weights(tiny_model_type):
     model, inputs = tiny_model(tiny_model_type), tiny_inputs()
     masks = PruningMasks.from_model(model)
     masks.head[0, 1] = 0.5   # scale head 1 of layer 0
-    masks.qk[1, 2, :5] = 0   # drop 5 query/key dims of head 2 of layer 1
+    rotary = not get_adapter(model).qk_dims_prunable
+    if rotary:  # rotary embeddings: a head's query/key dims scale together
+        masks.qk[1, 2] = 0.5
+    else:
+        masks.qk[1, 2, :5] = 0   # drop 5 query/key dims of head 2 of layer 1
     masks.vo[1, 3, 2] = 0    # drop 1 value dim of head 3 of layer 1
     masks.ffn[0, 7] = 0      # drop neuron 7 of layer 0
     masks.ffn[1, 3] = -2.0   # scale neuron 3 of layer 1
@@ -65,10 +69,13 @@ def test_each_mask_equals_editing_the_weights(tiny_model_type):
     with torch.no_grad():
         first, second = adapter.layer(0), adapter.layer(1)
         first.attn_out.weight[:, D_H:2 * D_H] *= 0.5
-        rows = slice(2 * D_H, 2 * D_H + 5)
-        for linear in (second.query, second.key):
-            linear.weight[rows] = 0
-            linear.bias[rows] = 0
+        if rotary:
+            second.query.weight[2 * D_H:3 * D_H] *= 0.5
+        else:
+            rows = slice(2 * D_H, 2 * D_H + 5)
+            for linear in (second.query, second.key):
+                linear.weight[rows] = 0
+                linear.bias[rows] = 0
         second.attn_out.weight[:, 3 * D_H + 2] = 0
         first.ffn_down.weight[:, 7] = 0
         second.ffn_down.weight[:, 3] *= -2.0
@@ -91,7 +98,7 @@ def test_gradients_reach_every_mask_and_match_finite_differences(tiny_model_type
     model = tiny_model(tiny_model_type).double()
     inputs = tiny_inputs()
     labels = torch.tensor([0, 1, 1])
-    masks = make_masks("scales").to(dtype=torch.float64).requires_grad_(True)
+    masks = make_masks("scales", model=model).to(dtype=torch.float64).requires_grad_(True)
     def loss(model_inputs):  # from the logits: DeBERTa computes its own loss in float32
         return torch.nn.functional.cross_entropy(model(**model_inputs).logits, labels)
 

@@ -14,6 +14,7 @@ from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceCla
 
 from conftest import MODEL_TYPES, tiny_config, tiny_model
 from core_cases import make_masks
+from lit_prune.core.arch import get_adapter
 from lit_prune.core.compact import compact
 from lit_prune.core.io import load_pruned, save_pruned
 from lit_prune.core.masks import PruningMasks
@@ -80,7 +81,8 @@ def folders(tmp_path_factory, tokenizer):
         labels = num_labels or (len(CONLL2003_LABELS) if kind == "token_classification" else 2)
         key = (model_type, kind, labels)
         if key not in made:
-            model = compact(tiny_head_model(model_type, kind, labels), structure_masks())
+            model = tiny_head_model(model_type, kind, labels)
+            model = compact(model, get_adapter(model).conform_masks(structure_masks()))
             made[key] = save_pruned(model, root / f"{model_type}-{kind}-{labels}", tokenizer=tokenizer)
         return made[key]
 
@@ -145,6 +147,8 @@ def test_every_other_family_exports_and_matches_pytorch(exported, model_type):
     folder, output, record = exported(model_type, "sequence_classification")
     assert record["check"]["max_abs_difference"] <= TOLERANCE and record["model_type"] == model_type
     model = load_pruned(folder, kind="sequence_classification")
+    if model_type == "modernbert":  # the fused projection of uneven heads is read as weights: it stays in float
+        assert "model.layers.0.attn.Wqkv" in float_linears(model)
     names = [i["name"] for i in record["inputs"]]
     reference, session = TorchPredictor(model, ["logits"]), OnnxPredictor(output / "model.onnx")
     for batch, seq in ((1, 6), (5, 37)):

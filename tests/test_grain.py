@@ -42,10 +42,13 @@ def test_layout_counts_match_the_core(tiny_model_type):
     # the budget counts weights only (biases excluded): params_kept's one meaning across methods
     assert layout.dense_parameters == count_parameters(model)["encoder_linear_weights"]
     masks = PruningMasks.ones(2, 4, 8, 48)
-    masks.qk[0, 1, :3] = 0
+    if layout.qk_units:
+        masks.qk[0, 1, :3] = 0
     masks.vo[1, 2] = 0  # a dead head: its query units count as removed too
     masks.ffn[1, :10] = 0
-    assert layout.kept_parameters(masks) == masks_parameters(masks)["encoder_linear_weights"]
+    accounting = get_adapter(model).accounting  # a gated FFN's neurons hold 3d weights
+    assert layout.kept_parameters(masks) == masks_parameters(masks, **accounting)["encoder_linear_weights"]
+    assert layout.unit_fields("intra") == (("qk", "vo", "ffn") if tiny_model_type != "modernbert" else ("vo", "ffn"))
 
 
 def test_cubic_schedule_at_chosen_steps():

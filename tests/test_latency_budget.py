@@ -150,6 +150,16 @@ def test_gpruner_projection_under_a_latency_budget_fits():
 
 
 # ------------------------------------------------------------------------------------------------ measuring
+def test_a_table_is_measured_for_a_rotary_gated_encoder(tmp_path):
+    """ModernBERT: its heads keep their query/key dims (rotary), so the width variants narrow the value dims only;
+    the table is measured and predicts the dense model."""
+    model = tiny_model("modernbert")
+    table, notes = load_or_measure(model, LatencyShape.of(model, 8, 32, threads=1), tmp_path, warmup=1, repeats=5)
+    assert notes[-1].startswith("latency table measured in")
+    assert table.width_sizes == [1, 2, 4, 8] and table.dense_ms > table.fixed_ms > 0
+    assert all(b >= a for a, b in zip(table.ffn_ms, table.ffn_ms[1:]))
+
+
 def test_measured_table_is_fitted_and_cached(tmp_path):
     model = tiny_model("bert")
     shape = LatencyShape.of(model, 4, 16, threads=1)

@@ -143,6 +143,31 @@ def test_regularizer_is_the_mean_sigmoid():
 # ------------------------------------------------------------------------------------------------ export and module
 
 
+def test_emptied_rows_of_a_gated_ffn_without_biases_are_removed_exactly():
+    """ModernBERT: a GeGLU neuron goes with its up row or its gate row (act(0) · gate = act(up) · 0 = 0, nothing to
+    fold), value dims with their rows (no bias); under rotary embeddings a head keeps all its query/key dims."""
+    model = tiny_model("modernbert")
+    linears = encoder_linears(model)
+    with torch.no_grad():
+        for linear in linears.values():
+            for layer in linear:
+                layer.weight.mul_((torch.rand_like(layer.weight) > 0.3).float())
+        linears["ffn_down"][0].weight[:, :5] = 0  # no output
+        linears["ffn_up"][0].weight[5:10] = 0  # up rows of neurons 5..9
+        linears["ffn_up"][0].weight[48 + 10:48 + 15] = 0  # gate rows of neurons 10..14
+        linears["value"][1].weight[8:12] = 0  # 4 value dims of head 1
+        linears["key"][0].weight[16:20] = 0  # half of head 2's key rows: the head keeps all its query/key dims
+    inputs = tiny_inputs()
+    expected = model(**inputs).logits
+    pruned = copy.deepcopy(model)
+    masks, folds = structure_from_zeros(pruned)
+    assert folds == {"ffn": 10, "vo": 4}
+    assert masks.ffn[0, :15].sum() == 0 and masks.vo[1, 1, :4].sum() == 0
+    assert masks.qk[0, 2].sum() == 8
+    compact(pruned, masks)
+    torch.testing.assert_close(pruned(**inputs).logits, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
 def test_emptied_rows_and_columns_are_removed_exactly(model_type):
     model = tiny_model(model_type)

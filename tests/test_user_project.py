@@ -170,7 +170,7 @@ QUICK = {
 }
 
 
-@pytest.mark.parametrize("model_type", ["xlm-roberta", "electra", "mpnet", "deberta-v2"])
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "electra", "mpnet", "deberta-v2", "modernbert"])
 @pytest.mark.parametrize("method", sorted(QUICK))
 def test_each_method_prunes_each_family(method, model_type, tokenizer, tmp_path):
     """The BERT tests above, on the other families' classes (through the architecture adapters only)."""

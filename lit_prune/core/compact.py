@@ -13,6 +13,10 @@ scaling 1/sqrt(d_h). Kept heads are stored largest first, so heads of similar si
 
 The new modules are the classes of the modelling file that pruned folders carry (``hf_modeling``), and the
 structure is written to ``model.config.lit_prune_structure``: the compacted model saves and reloads as is.
+
+Gated FFNs (GeGLU) keep a neuron's row and gate row of the up projection together; fused query/key/value
+projections (ModernBERT's ``Wqkv``) are compacted part by part into a narrower fused projection; Linear layers
+without biases stay without. A ModernBERT layer left without heads outputs x + 0 (it has no output bias).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_prune.core.arch import STRUCTURE_KEY, ArchAdapter, get_adapter
+from lit_prune.core.arch import STRUCTURE_KEY, ArchAdapter, LinearPart, get_adapter
 from lit_prune.core.hf_modeling import modeling_lit_pruned as hf
 from lit_prune.core.masks import PruningMasks
 
@@ -47,6 +51,7 @@ def compact(model: nn.Module, masks: PruningMasks) -> nn.Module:
     adapter.require_dense("compact it")
     masks.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
                       what=type(model).__name__)
+    adapter.check_masks(masks)
     effective = masks.effective().to("cpu").clone()
     layout = asdict(adapter.spec)
     dims = {"hidden_size": adapter.hidden_size, "head_dim": adapter.head_dim}
@@ -89,24 +94,28 @@ def _compact_layer(adapter: ArchAdapter, index: int, masks: PruningMasks, layout
     structure = {"heads": [[len(q), len(v)] for _, q, v in kept], "head_ids": [head for head, _, _ in kept],
                  "ffn": len(neurons)}
 
-    reference = old.query.weight
+    reference = old.attn_out.weight
     layer = adapter.layers[index]
     for path, module in hf.build_layer_modules(layout, structure, dims, adapter.attention_dropout,
                                                adapter.model.config, reference.device, reference.dtype).items():
         hf.set_submodule(layer, path, module.train(layer.training))
-    new = adapter.layer(index)
+    new = adapter.layer(index, structure)
 
-    def rows(linear: nn.Linear, index_: torch.Tensor, scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def rows(linear: nn.Linear | LinearPart, index_: torch.Tensor,
+             scale: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
         index_ = index_.to(linear.weight.device)
-        weight, bias = linear.weight[index_], linear.bias[index_]
+        weight, bias = linear.weight[index_], None if linear.bias is None else linear.bias[index_]
         if scale is not None:
             scale = scale.to(weight)
-            weight, bias = weight * scale[:, None], bias * scale
+            weight, bias = weight * scale[:, None], None if bias is None else bias * scale
         return {"weight": weight, "bias": bias}
 
-    def columns(linear: nn.Linear, index_: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    def columns(linear: nn.Linear, index_: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor | None]:
         weight = linear.weight[:, index_.to(linear.weight.device)] * scale.to(linear.weight)[None, :]
         return {"weight": weight, "bias": linear.bias}
+
+    # a gated FFN's neuron j is row j of the up projection and its gate row F + j
+    up_rows = torch.cat([neurons, neurons + adapter.ffn_dim]) if adapter.ffn_gated else neurons
 
     _fill(new.query, old.query, rows(old.query, qk_rows, q_scale))
     _fill(new.key, old.key, rows(old.key, qk_rows))
@@ -116,15 +125,19 @@ def _compact_layer(adapter: ArchAdapter, index: int, masks: PruningMasks, layout
         _fill(new.pos_key, old.pos_key, rows(old.pos_key, qk_rows))
     _fill(new.value, old.value, rows(old.value, v_rows))
     _fill(new.attn_out, old.attn_out, columns(old.attn_out, v_rows, o_scale))
-    _fill(new.ffn_up, old.ffn_up, rows(old.ffn_up, neurons))
+    _fill(new.ffn_up, old.ffn_up, rows(old.ffn_up, up_rows))
     _fill(new.ffn_down, old.ffn_down, columns(old.ffn_down, neurons, masks.ffn[index, neurons]))
     return structure
 
 
-def _fill(new: nn.Linear, old: nn.Linear, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy the kept weights into a new Linear, which inherits the old one's ``requires_grad``."""
+def _fill(new: nn.Linear | LinearPart, old: nn.Linear | LinearPart, tensors: dict[str, torch.Tensor | None]) -> None:
+    """Copy the kept weights into a new Linear (or its part of a fused one), which inherits the old one's
+    ``requires_grad``."""
     for name, value in tensors.items():
-        parameter = getattr(new, name)
-        assert parameter.shape == value.shape, (name, parameter.shape, value.shape)
-        parameter.copy_(value)
-        parameter.requires_grad_(getattr(old, name).requires_grad)
+        if value is None:  # a Linear without bias
+            continue
+        target = getattr(new, name)  # a part's weight is a view into the fused parameter
+        assert target.shape == value.shape, (name, target.shape, value.shape)
+        target.copy_(value)
+        source = getattr(old.linear if isinstance(old, LinearPart) else old, name)
+        getattr(new.linear if isinstance(new, LinearPart) else new, name).requires_grad_(source.requires_grad)

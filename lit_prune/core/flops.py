@@ -5,7 +5,7 @@ classifier are excluded. With s the sequence length, d the hidden size and d_h t
 
 * an attention head with q query/key dims and v value/output dims: s·d·(2q + 2v) + s²·(q + v)
   (a full head, q = v = d_h: 4·s·d·d_h for the Q, K, V, O projections + 2·s²·d_h for QKᵀ and AV);
-* an FFN neuron: 2·s·d.
+* an FFN neuron: 2·s·d (a gated FFN's neuron, GeGLU's, has a gate row too: 3·s·d; ``ffn_matrices`` = 3).
 
 FLOPs = 2 × multiply-adds. ``s`` is the task's average tokenised dev-set length (the data module computes it),
 never the padded length: every function takes it as an argument. Budget arithmetic is exact (``fractions``), so a
@@ -61,55 +61,59 @@ def head_macs(seq_len: float, hidden_size: int, q: int, v: int) -> Fraction:
     return s * hidden_size * (2 * q + 2 * v) + s * s * (q + v)
 
 
-def neuron_macs(seq_len: float, hidden_size: int) -> Fraction:
-    """Multiply-adds of one FFN neuron (exact)."""
-    return 2 * _exact_seq_len(seq_len) * hidden_size
+def neuron_macs(seq_len: float, hidden_size: int, ffn_matrices: int = 2) -> Fraction:
+    """Multiply-adds of one FFN neuron (exact): ``ffn_matrices`` (2; 3 for a gated FFN) products of length d."""
+    return ffn_matrices * _exact_seq_len(seq_len) * hidden_size
 
 
-def _structure_macs(layers: Sequence[dict[str, Any]], seq_len: float, hidden_size: int) -> Fraction:
-    per_neuron = neuron_macs(seq_len, hidden_size)
+def _structure_macs(layers: Sequence[dict[str, Any]], seq_len: float, hidden_size: int,
+                    ffn_matrices: int = 2) -> Fraction:
+    per_neuron = neuron_macs(seq_len, hidden_size, ffn_matrices)
     return sum((sum((head_macs(seq_len, hidden_size, q, v) for q, v in layer["heads"]), Fraction(0))
                 + layer["ffn"] * per_neuron for layer in layers), Fraction(0))
 
 
 def _dense_macs(num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, seq_len: float,
-                hidden_size: int) -> Fraction:
+                hidden_size: int, ffn_matrices: int = 2) -> Fraction:
     return num_layers * (num_heads * head_macs(seq_len, hidden_size, head_dim, head_dim)
-                         + ffn_dim * neuron_macs(seq_len, hidden_size))
+                         + ffn_dim * neuron_macs(seq_len, hidden_size, ffn_matrices))
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
 def dense_flops(num_layers: int, num_heads: int, head_dim: int, ffn_dim: int, seq_len: float,
-                hidden_size: int | None = None) -> float:
-    """The dense encoder's FLOPs: 2·L·(H·(4·s·d·d_h + 2·s²·d_h) + F·2·s·d).
+                hidden_size: int | None = None, ffn_matrices: int = 2) -> float:
+    """The dense encoder's FLOPs: 2·L·(H·(4·s·d·d_h + 2·s²·d_h) + F·2·s·d) (F·3·s·d for a gated FFN).
 
     Args:
         hidden_size: d; ``None`` means H·d_h (true of BERT, RoBERTa and DistilBERT).
+        ffn_matrices: 2, or 3 for a gated FFN (``ArchAdapter.ffn_matrices``).
     """
     d = num_heads * head_dim if hidden_size is None else hidden_size
-    return float(2 * _dense_macs(num_layers, num_heads, head_dim, ffn_dim, seq_len, d))
+    return float(2 * _dense_macs(num_layers, num_heads, head_dim, ffn_dim, seq_len, d, ffn_matrices))
 
 
-def structure_flops(layers: Sequence[dict[str, Any]], seq_len: float, hidden_size: int) -> float:
+def structure_flops(layers: Sequence[dict[str, Any]], seq_len: float, hidden_size: int,
+                    ffn_matrices: int = 2) -> float:
     """FLOPs of a kept structure: per layer ``{"heads": [[q, v], ...], "ffn": n}`` (see ``PruningMasks.structure``)."""
-    return float(2 * _structure_macs(layers, seq_len, hidden_size))
+    return float(2 * _structure_macs(layers, seq_len, hidden_size, ffn_matrices))
 
 
-def masks_flops(masks: PruningMasks, seq_len: float, hidden_size: int | None = None) -> float:
+def masks_flops(masks: PruningMasks, seq_len: float, hidden_size: int | None = None, ffn_matrices: int = 2) -> float:
     """FLOPs of the units ``masks`` keep (effectively kept heads, their nonzero dims, nonzero neurons).
 
     Args:
         hidden_size: d; ``None`` means H·d_h.
+        ffn_matrices: 2, or 3 for a gated FFN.
     """
     d = masks.num_heads * masks.head_dim if hidden_size is None else hidden_size
-    return structure_flops(masks.structure(), seq_len, d)
+    return structure_flops(masks.structure(), seq_len, d, ffn_matrices)
 
 
-def flops_kept(masks: PruningMasks, seq_len: float, hidden_size: int | None = None) -> float:
+def flops_kept(masks: PruningMasks, seq_len: float, hidden_size: int | None = None, ffn_matrices: int = 2) -> float:
     """The fraction of the dense FLOPs that ``masks`` keep."""
     d = masks.num_heads * masks.head_dim if hidden_size is None else hidden_size
-    dense = _dense_macs(masks.num_layers, masks.num_heads, masks.head_dim, masks.ffn_dim, seq_len, d)
-    return float(_structure_macs(masks.structure(), seq_len, d) / dense)
+    dense = _dense_macs(masks.num_layers, masks.num_heads, masks.head_dim, masks.ffn_dim, seq_len, d, ffn_matrices)
+    return float(_structure_macs(masks.structure(), seq_len, d, ffn_matrices) / dense)
 
 
 def model_flops(model: nn.Module, seq_len: float) -> float:
@@ -117,14 +121,14 @@ def model_flops(model: nn.Module, seq_len: float) -> float:
     adapter = get_adapter(model)
     structure = getattr(model.config, STRUCTURE_KEY, None)
     if structure is not None:
-        return structure_flops(structure["layers"], seq_len, adapter.hidden_size)
+        return structure_flops(structure["layers"], seq_len, adapter.hidden_size, adapter.ffn_matrices)
     return model_dense_flops(model, seq_len)
 
 
 def model_dense_flops(model: nn.Module, seq_len: float) -> float:
     """FLOPs of ``model``'s dense shape (for a compacted model: of the model it was pruned from)."""
     a = get_adapter(model)
-    return dense_flops(a.num_layers, a.num_heads, a.head_dim, a.ffn_dim, seq_len, a.hidden_size)
+    return dense_flops(a.num_layers, a.num_heads, a.head_dim, a.ffn_dim, seq_len, a.hidden_size, a.ffn_matrices)
 
 
 # ------------------------------------------------------------------------------------------------ parameters
@@ -146,25 +150,31 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             "encoder_linear_weights": weights}
 
 
-def structure_parameters(layers: Sequence[dict[str, Any]], hidden_size: int) -> dict[str, int]:
+def structure_parameters(layers: Sequence[dict[str, Any]], hidden_size: int, ffn_matrices: int = 2,
+                         attention_bias: bool = True, ffn_bias: bool = True) -> dict[str, int]:
     """Encoder Linear parameter counts of a kept structure (as in a compacted model).
 
-    A head with (q, v) dims has 2·q·d + 2·v·d weights and 2·q + v biases; a neuron 2·d weights and 1 bias; every
-    layer keeps the d biases of its attention output and FFN down projections, even with no heads or neurons left.
+    A head with (q, v) dims has 2·q·d + 2·v·d weights and 2·q + v biases; a neuron 2·d weights and 1 bias (a gated
+    neuron, ``ffn_matrices`` = 3: 3·d weights and 2 biases); every layer keeps the d biases of its attention output
+    and FFN down projections, even with no heads or neurons left. ``attention_bias`` / ``ffn_bias`` False: those
+    Linear layers have no biases (ModernBERT's).
 
     Returns:
         ``encoder_linear`` (weights and biases) and ``encoder_linear_weights``.
     """
     d = hidden_size
-    weights = sum(sum((2 * q + 2 * v) * d for q, v in layer["heads"]) + 2 * d * layer["ffn"] for layer in layers)
-    biases = sum(sum(2 * q + v for q, v in layer["heads"]) + layer["ffn"] + 2 * d for layer in layers)
+    weights = sum(sum((2 * q + 2 * v) * d for q, v in layer["heads"]) + ffn_matrices * d * layer["ffn"]
+                  for layer in layers)
+    biases = sum(attention_bias * (sum(2 * q + v for q, v in layer["heads"]) + d)
+                 + ffn_bias * ((ffn_matrices - 1) * layer["ffn"] + d) for layer in layers)
     return {"encoder_linear": weights + biases, "encoder_linear_weights": weights}
 
 
-def masks_parameters(masks: PruningMasks, hidden_size: int | None = None) -> dict[str, int]:
-    """Encoder Linear parameter counts of the units ``masks`` keep (see :func:`structure_parameters`)."""
+def masks_parameters(masks: PruningMasks, hidden_size: int | None = None, **accounting: Any) -> dict[str, int]:
+    """Encoder Linear parameter counts of the units ``masks`` keep (see :func:`structure_parameters`, which takes
+    the ``accounting`` keywords: :meth:`~lit_prune.core.arch.ArchAdapter.accounting` gives a model's)."""
     d = masks.num_heads * masks.head_dim if hidden_size is None else hidden_size
-    return structure_parameters(masks.structure(), d)
+    return structure_parameters(masks.structure(), d, **accounting)
 
 
 # ------------------------------------------------------------------------------------------------ budgets
@@ -194,6 +204,7 @@ class FlopsBudget(BudgetUnits):
         num_layers, num_heads, head_dim, ffn_dim, hidden_size: the dense shape.
         seq_len: s.
         flops_kept: the fraction of the dense FLOPs allowed, in (0, 1].
+        ffn_matrices: 2, or 3 for a gated FFN (a neuron's cost).
 
     Example::
 
@@ -209,6 +220,7 @@ class FlopsBudget(BudgetUnits):
     hidden_size: int
     seq_len: float
     flops_kept: float
+    ffn_matrices: int = 2
 
     def __post_init__(self) -> None:
         check_flops_kept(self.flops_kept)
@@ -218,7 +230,8 @@ class FlopsBudget(BudgetUnits):
     def for_model(cls, model: nn.Module, seq_len: float, flops_kept: float) -> FlopsBudget:
         """The budget for ``model``'s dense shape."""
         a = get_adapter(model)
-        return cls(a.num_layers, a.num_heads, a.head_dim, a.ffn_dim, a.hidden_size, seq_len, flops_kept)
+        return cls(a.num_layers, a.num_heads, a.head_dim, a.ffn_dim, a.hidden_size, seq_len, flops_kept,
+                   a.ffn_matrices)
 
     @classmethod
     def for_masks(cls, masks: PruningMasks, seq_len: float, flops_kept: float,
@@ -235,13 +248,13 @@ class FlopsBudget(BudgetUnits):
     @property
     def neuron_macs(self) -> Fraction:
         """Multiply-adds of one FFN neuron."""
-        return neuron_macs(self.seq_len, self.hidden_size)
+        return neuron_macs(self.seq_len, self.hidden_size, self.ffn_matrices)
 
     @property
     def dense_macs(self) -> Fraction:
         """Multiply-adds of the dense encoder."""
         return _dense_macs(self.num_layers, self.num_heads, self.head_dim, self.ffn_dim, self.seq_len,
-                           self.hidden_size)
+                           self.hidden_size, self.ffn_matrices)
 
     @property
     def max_macs(self) -> Fraction:
@@ -278,7 +291,7 @@ class FlopsBudget(BudgetUnits):
     def fits(self, masks: PruningMasks) -> bool:
         """Whether the units ``masks`` keep cost at most the budget (exactly)."""
         masks.check_shape(self.num_layers, self.num_heads, self.head_dim, self.ffn_dim, what="the budget")
-        return _structure_macs(masks.structure(), self.seq_len, self.hidden_size) <= self.max_macs
+        return _structure_macs(masks.structure(), self.seq_len, self.hidden_size, self.ffn_matrices) <= self.max_macs
 
     # What every budget offers the searches (see also :class:`~lit_prune.core.latency_model.LatencyBudget`).
     def fits_counts(self, head_counts: Any, neuron_counts: Any) -> bool:
@@ -295,7 +308,7 @@ class FlopsBudget(BudgetUnits):
     def halfway(self) -> FlopsBudget:
         """The budget geometrically halfway from dense: ``flops_kept ** 0.5`` (Kwon's tuning teacher)."""
         return FlopsBudget(self.num_layers, self.num_heads, self.head_dim, self.ffn_dim, self.hidden_size,
-                           self.seq_len, math.sqrt(self.flops_kept))
+                           self.seq_len, math.sqrt(self.flops_kept), self.ffn_matrices)
 
     @property
     def neuron_multiple(self) -> int:

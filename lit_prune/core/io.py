@@ -205,10 +205,16 @@ def _weight_problems(weights: Path, config: Any) -> list[str]:
         q = sum(h[0] for h in layer["heads"])
         v = sum(h[1] for h in layer["heads"])
         n = layer["ffn"]
-        expected = {"query": (q, d), "key": (q, d), "value": (v, d), "attn_out": (d, v), "ffn_up": (n, d),
+        up = 2 * n if layout.get("ffn_gated") else n  # a gated FFN's up projection holds the gate rows too
+        expected = {"query": (q, d), "key": (q, d), "value": (v, d), "attn_out": (d, v), "ffn_up": (up, d),
                     "ffn_down": (d, n)}
+        fused = hf.fused_path(layout["query"])[0]
+        if fused != layout["query"]:  # one fused projection of the queries, keys and values
+            expected = {**{role: shape for role, shape in expected.items() if role not in ("key", "value")},
+                        "query": (2 * q + v, d)}
         for role, shape in expected.items():
-            suffix = f"{layout['layers']}.{index}.{layout[role]}.weight"
+            path = hf.fused_path(layout[role])[0]
+            suffix = f"{layout['layers']}.{index}.{path}.weight"
             found = [stored for key, stored in shapes.items() if key == suffix or key.endswith("." + suffix)]
             if not found:
                 problems.append(f"{WEIGHTS_FILE} has no {suffix}")

@@ -152,7 +152,9 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
         variants: dict[str, nn.Module] = {}
 
         def one_layer(heads: int, neurons: int, width: int | None = None) -> nn.Module:
-            return compact(_shared_copy(one), _uniform_masks(1, H, d_h, F, heads, neurons, width)).eval()
+            # under rotary embeddings a head keeps its query/key dims whole: the widths are its value dims'
+            masks = adapter.conform_masks(_uniform_masks(1, H, d_h, F, heads, neurons, width))
+            return compact(_shared_copy(one), masks).eval()
 
         for h in range(H + 1):
             variants[f"heads={h}"] = one_layer(h, 0)

@@ -7,7 +7,12 @@ transformers 5 has no ``head_mask`` (a head mask passed to forward is silently i
   follow: their query-side projection (the query projection itself, or ``pos_query_proj``) is scaled alike.
 * ``head`` and ``vo``: multiply the per-head context vectors at the input of the attention output projection W_O,
   viewed as (B, s, H, d_h). A head that is effectively pruned (see :mod:`lit_prune.core.masks`) is zeroed as a whole.
-* ``ffn``: multiplies the input of the FFN down projection.
+* ``ffn``: multiplies the input of the FFN down projection (for a gated FFN, the product of the activation and
+  its gate).
+
+A fused query/key/value projection (ModernBERT's) is hooked on its query part only. Under rotary embeddings the
+``qk`` masks keep all or none of a kept head's dims (:meth:`~lit_prune.core.arch.ArchAdapter.check_masks`), so
+scaling the queries before the rotation is the same as after it.
 
 The hooks read the mask tensors themselves at every forward pass (no copies), so gradients reach masks that
 require grad (Kwon et al.'s Fisher information) and in-place edits of the masks take effect at once. On exit
@@ -73,6 +78,7 @@ def apply_masks(model: nn.Module, masks: PruningMasks) -> Iterator[PruningMasks]
     adapter.require_dense("apply masks")
     masks.check_shape(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim,
                       what=type(model).__name__)
+    adapter.check_masks(masks)
     handles: list[RemovableHandle] = []
     try:
         for index in range(adapter.num_layers):

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_prune.core.hf_modeling.modeling_lit_pruned import LAYOUTS
+from lit_prune.core.hf_modeling.modeling_lit_pruned import LAYOUTS, fused_path
 from lit_prune.export.extra import require
 
 INT8_FILE = "model.int8.onnx"
@@ -44,7 +44,7 @@ INT8_FILE = "model.int8.onnx"
 _QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeMatMul")
 #: the attributes of pruned attention that hold its query, key and value layers (and DeBERTa's projections of the
 #: relative embeddings), whatever the family
-_PROJECTIONS = tuple(sorted({layout[role].rpartition(".")[2] for layout in LAYOUTS.values()
+_PROJECTIONS = tuple(sorted({fused_path(layout[role])[0].rpartition(".")[2] for layout in LAYOUTS.values()
                              for role in ("query", "key", "value", "pos_query", "pos_key") if layout.get(role)}))
 
 

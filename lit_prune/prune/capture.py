@@ -2,9 +2,11 @@
 output projections, without editing the model.
 
 A transformer layer has two sublayers, multi-head attention (MHA) and the FFN, each ending with an output projection
-(W_O, W_down), a residual sum and a LayerNorm. The methods that refit a sublayer (Kwon's mask tuning, KPrune's weight
-tuning) need, per calibration batch, the projection's input, its output and the pre-LayerNorm sum; methods that score
-units need the projection inputs of every sublayer. These helpers get them with forward hooks, and cut the pass short:
+(W_O, W_down) and a residual sum, with a LayerNorm after the sum (post-LayerNorm encoders: BERT and most others) or
+before the sublayer (pre-LayerNorm: ModernBERT). The methods that refit a sublayer (Kwon's mask tuning, KPrune's
+weight tuning) need, per calibration batch, the projection's input, its output and the residual sum (called the
+pre-LayerNorm sum below, whichever side its LayerNorm is on: :func:`on_sum` finds it); methods that score units need
+the projection inputs of every sublayer. These helpers get them with forward hooks, and cut the pass short:
 
 * :func:`run_to_norm` stops at the sublayer's LayerNorm (nothing later runs);
 * :func:`start_at` starts the pass at a given encoder layer from cached hidden states (nothing earlier runs), so a
@@ -41,17 +43,38 @@ class StopForward(Exception):
     """Raised by a hook once the sublayer of interest has run: nothing later is needed."""
 
 
-def sublayer_modules(model: nn.Module, layer: int, sublayer: Sublayer) -> tuple[nn.Linear, nn.Module]:
+def sublayer_projection(model: nn.Module, layer: int, sublayer: Sublayer) -> nn.Linear:
+    """The output projection of a sublayer: W_O of the attention, W_down of the FFN."""
     modules = get_adapter(model).layer(layer)
-    if sublayer == "attention":
-        return modules.attn_out, modules.attn_norm
-    return modules.ffn_down, modules.ffn_norm
+    return modules.attn_out if sublayer == "attention" else modules.ffn_down
+
+
+def on_sum(model: nn.Module, layer: int, sublayer: Sublayer, record: Callable[[torch.Tensor], None]) -> RemovableHandle:
+    """A hook that hands ``record`` the sublayer's residual sum (its projection's output plus the residual): in a
+    post-LayerNorm encoder the input of the LayerNorm after it; in a pre-LayerNorm one (ModernBERT) the input of the
+    FFN's LayerNorm for the attention, and the layer's output (the next layer's input) for the FFN. ``record`` may
+    raise :class:`StopForward`."""
+    adapter = get_adapter(model)
+    modules = adapter.layer(layer)
+    if adapter.norm_position == "post":
+        norm = modules.attn_norm if sublayer == "attention" else modules.ffn_norm
+    elif sublayer == "attention":
+        norm = modules.ffn_norm
+    else:
+        return on_next_input(model, layer, record)
+    return norm.register_forward_pre_hook(lambda module, args: record(args[0]))
 
 
 def feed_encoder(encoder: nn.Module, hidden: torch.Tensor) -> RemovableHandle:
-    """A pre-hook on ``encoder`` (the module holding the layer list) that replaces the hidden states it is given
-    with ``hidden``: whatever ran before it (embeddings, ELECTRA's projection of its narrower embeddings) is
-    overridden. The encoders take them as their first argument or as ``hidden_states=``."""
+    """A hook that makes the layer list of ``encoder`` (the module holding it) receive ``hidden``: whatever ran
+    before it (embeddings, ELECTRA's projection of its narrower embeddings) is overridden.
+
+    Where the encoder is a module of its own, a pre-hook replaces the hidden states it is given (the encoders take
+    them as their first argument or as ``hidden_states=``). Where the layer list sits in the base model itself
+    (ModernBERT), the embeddings' output is replaced instead (their LayerNorm included: it runs before layer 0)."""
+    embeddings = getattr(encoder, "embeddings", None)
+    if embeddings is not None and hasattr(encoder, "get_input_embeddings"):  # the base model itself
+        return embeddings.register_forward_hook(lambda module, args, output: hidden)
 
     def replace(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
@@ -182,17 +205,17 @@ def run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[st
 
     ``start``: the hidden states entering ``layer`` (``None``: run from the embeddings).
     """
-    projection, norm = sublayer_modules(model, layer, sublayer)
+    projection = sublayer_projection(model, layer, sublayer)
     captured: dict[str, torch.Tensor] = {}
 
     def on_projection(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         captured["unit_inputs"], captured["projection"] = args[0], output  # after the masking pre-hook
 
-    def on_norm(module: nn.Module, args: tuple) -> None:
-        captured["pre_norm"] = args[0]  # projection output + residual
+    def on_norm(hidden: torch.Tensor) -> None:
+        captured["pre_norm"] = hidden  # projection output + residual
         raise StopForward
 
-    handles = [projection.register_forward_hook(on_projection), norm.register_forward_pre_hook(on_norm)]
+    handles = [projection.register_forward_hook(on_projection), on_sum(model, layer, sublayer, on_norm)]
     _run_hooked(model, masks, inputs, layer, start, handles)
     assert "pre_norm" in captured, "the forward pass never reached the sublayer's LayerNorm"
     return captured
@@ -213,19 +236,18 @@ def run_layer(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str,
         ``{"attention": ..., "ffn": ..., "output": ...}``, each (B, s, d): the attention's and the FFN's projection
         output plus residual (before their LayerNorms), and the layer's output (the next layer's input).
     """
-    adapter = get_adapter(model)
-    modules = adapter.layer(layer)
     captured: dict[str, torch.Tensor] = {}
 
-    def on_norm(name: str, args: tuple) -> None:
-        captured[name] = args[0].detach()
+    def on_norm(name: str, hidden: torch.Tensor) -> None:
+        captured[name] = hidden.detach()
 
     def on_output(hidden: torch.Tensor) -> None:
         captured["output"] = hidden.detach()
         raise StopForward
 
-    handles = [modules.attn_norm.register_forward_pre_hook(lambda m, args: on_norm("attention", args)),
-               modules.ffn_norm.register_forward_pre_hook(lambda m, args: on_norm("ffn", args)),
+    # registered in this order, the FFN's sum (the layer output, in a pre-LayerNorm encoder) is recorded first
+    handles = [on_sum(model, layer, "attention", lambda hidden: on_norm("attention", hidden)),
+               on_sum(model, layer, "ffn", lambda hidden: on_norm("ffn", hidden)),
                on_next_input(model, layer, on_output)]
     _run_hooked(model, masks, inputs, layer, start, handles)
     assert len(captured) == 3, "the forward pass never reached the end of the layer"
@@ -246,13 +268,12 @@ class ProjectionInputs:
         self.inputs: dict[int, torch.Tensor] = {}
         self.handles = []
         for index in range(target, 2 * adapter.num_layers):
-            projection, _ = sublayer_modules(model, *sublayer_of(index))
+            projection = sublayer_projection(model, *sublayer_of(index))
             # forward hooks see the arguments after the masking pre-hook
             self.handles.append(projection.register_forward_hook(
                 lambda m, args, out, index=index: self._on_projection(index, args[0], out)))
         self.target = target
-        _, norm = sublayer_modules(model, *sublayer_of(target))
-        self.handles.append(norm.register_forward_pre_hook(lambda m, args: self._on_norm(args[0])))
+        self.handles.append(on_sum(model, *sublayer_of(target), self._on_norm))
         self.projection_output: torch.Tensor | None = None
         self.pre_norm: torch.Tensor | None = None
 
@@ -276,4 +297,4 @@ class ProjectionInputs:
 
 
 __all__ = ["ProjectionInputs", "StopForward", "Sublayer", "layer_output", "run_layer", "run_to_norm", "start_at",
-           "start_forward_at", "sublayer_modules", "sublayer_of"]
+           "start_forward_at", "sublayer_projection", "sublayer_of", "on_sum"]

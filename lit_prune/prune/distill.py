@@ -44,11 +44,13 @@ def predicts_embeddings(model: nn.Module) -> bool:
 
 
 def reads_first_token_only(model: nn.Module) -> bool:
-    """Whether the model's prediction reads only the first token of the last layer: a sequence classifier, or a
-    sentence-embedding model with CLS pooling (question answering, token classification and mean or max pooling
-    read every token)."""
+    """Whether the model's prediction reads only the first token of the last layer: a sequence classifier (unless
+    its head pools every token, as ModernBERT's with ``classifier_pooling="mean"``), or a sentence-embedding model
+    with CLS pooling (question answering, token classification and mean or max pooling read every token)."""
     if predicts_embeddings(model):
         return getattr(model.config, SENTENCE_EMBEDDING_KEY).get("pooling") == "cls"
+    if getattr(model.config, "classifier_pooling", "cls") != "cls":
+        return False
     return any(cls.__name__.endswith(("ForSequenceClassification", "ForLabelWordClassification"))
                for cls in type(model).__mro__)
 

@@ -75,7 +75,7 @@ from lit_prune.core.arch import get_adapter
 from lit_prune.core.masks import PruningMasks
 from lit_prune.prune.batches import LABEL_KEYS
 from lit_prune.prune.cache import SpillCache
-from lit_prune.prune.capture import Sublayer, layer_output, run_to_norm, sublayer_modules
+from lit_prune.prune.capture import Sublayer, layer_output, run_to_norm, sublayer_projection
 from lit_prune.prune.lstsq import LeastSquaresAccumulator, token_mask_or_all
 from lit_prune.prune.types import Progress, Reduce
 
@@ -150,7 +150,7 @@ def collect_sublayer(model: nn.Module, masks: PruningMasks, batch: Mapping[str, 
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in LABEL_KEYS}
     student = run_to_norm(model, masks, inputs, layer, sublayer, student_start)
     teacher = run_to_norm(model, teacher_masks, inputs, layer, sublayer, teacher_start)
-    projection, _ = sublayer_modules(model, layer, sublayer)
+    projection = sublayer_projection(model, layer, sublayer)
     bias = projection.bias if projection.bias is not None else torch.zeros(projection.out_features, device=device)
     # b = reference (projection + residual) − student residual − bias = ref_pre_norm − pre_norm + (projection − bias),
     # in float32 whatever the activations' dtype (bf16 under autocast); the accumulator sums it in float64

@@ -1,5 +1,5 @@
-"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa, ELECTRA, MPNet and DeBERTa-v2/v3 encoders (written by
-lit_prune).
+"""Structurally pruned BERT, RoBERTa, DistilBERT, XLM-RoBERTa, ELECTRA, MPNet, DeBERTa-v2/v3 and ModernBERT encoders
+(written by lit_prune).
 
 This file is copied into every pruned model folder and named in the folder's ``config.json`` ``auto_map``, so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``,
@@ -52,8 +52,14 @@ READABLE_VERSIONS = (FORMAT_VERSION, FACTORIZED_FORMAT_VERSION)
 # Where each architecture keeps its parts. Paths of modules are relative to one encoder layer, except
 # ``layers`` (relative to the base model); ``num_layers`` to ``attention_dropout`` name config attributes;
 # ``pos_query`` / ``pos_key`` (optional) name projections of relative position embeddings that share the query /
-# key head layout (present in a layer only for some configs).
-LAYOUTS: dict[str, dict[str, str | None]] = {
+# key head layout (present in a layer only for some configs). A path ending in ``[i]`` names part i of a fused
+# projection (ModernBERT's ``Wqkv``: queries, keys, values side by side). Optional, with their defaults:
+# ``norm_position`` ("post": a LayerNorm after each residual sum, BERT's; "pre": before each sublayer, ModernBERT's),
+# ``ffn_gated`` (False; True: a neuron is a row of the up projection's first half, its gate row in the second half and
+# a column of the down projection, as in GeGLU), ``rotary`` (False; True: rotary position embeddings rotate each
+# head's query/key dims in pairs, so a kept head keeps all of them), ``attention_bias`` / ``ffn_bias`` (None: the
+# Linear layers have biases; else the config attribute that says whether they do).
+LAYOUTS: dict[str, dict[str, Any]] = {
     "bert": {
         "layers": "encoder.layer",
         "self_attention": "attention.self",
@@ -130,6 +136,29 @@ LAYOUTS["mpnet"] = {
     "ffn_dim": "intermediate_size",
     "attention_dropout": "attention_probs_dropout_prob",
 }
+LAYOUTS["modernbert"] = {
+    "layers": "layers",
+    "self_attention": "attn",
+    "query": "attn.Wqkv[0]",
+    "key": "attn.Wqkv[1]",
+    "value": "attn.Wqkv[2]",
+    "attn_out": "attn.Wo",
+    "attn_norm": "attn_norm",
+    "ffn_up": "mlp.Wi",
+    "ffn_down": "mlp.Wo",
+    "ffn_norm": "mlp_norm",
+    "attention_style": "modernbert",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "hidden_size": "hidden_size",
+    "ffn_dim": "intermediate_size",
+    "attention_dropout": "attention_dropout",
+    "norm_position": "pre",
+    "ffn_gated": True,
+    "rotary": True,
+    "attention_bias": "attention_bias",
+    "ffn_bias": "mlp_bias",
+}
 # BERT-shaped encoders under their own model types (ELECTRA's discriminator also projects its smaller embeddings up
 # to the hidden size before the first layer; that projection is not pruned)
 for _model_type in ("roberta", "xlm-roberta", "electra"):
@@ -137,7 +166,7 @@ for _model_type in ("roberta", "xlm-roberta", "electra"):
 
 #: the transformers class-name prefix of each family (``<Prefix>Model``, ``<Prefix>ForSequenceClassification``, ...)
 FAMILIES = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "xlm-roberta": "XLMRoberta",
-            "electra": "Electra", "mpnet": "MPNet", "deberta-v2": "DebertaV2"}
+            "electra": "Electra", "mpnet": "MPNet", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}
 #: the families whose checkpoints carry a masked-LM head (ELECTRA's and DeBERTa-v3's discriminators do not): they
 #: have a label-word classifier (SMP's); the others classify through a trained head
 LABEL_WORD_FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet")
@@ -299,32 +328,44 @@ class PrunedAttentionCore(nn.Module):
                 for index in (self.layout.q_index, self.layout.v_index, self.layout.out_index))
         return self._indices[device]
 
-    def attend(self, hidden_states: torch.Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear,
-               attention_mask: Any, bias: ScoreBias | None = None) -> torch.Tensor:
-        """Attention of every kept head.
+    def project(self, hidden_states: torch.Tensor, query: nn.Linear, key: nn.Linear,
+                value: nn.Linear) -> list[torch.Tensor]:
+        """The queries, keys and values of every kept head, in the (padded) layout the attention calls take.
 
-        In a padded layout the projections are computed from the Linear layers' weights, so forward hooks on
-        those Linear layers do not run.
+        In a padded layout they are computed from the Linear layers' weights, so forward hooks on those Linear
+        layers do not run.
+        """
+        if self.layout.padded:
+            q_index, v_index, _ = self._layout_indices(hidden_states.device)
+            return [F.linear(hidden_states, *_padded_rows(linear, index))
+                    for linear, index in ((query, q_index), (key, q_index), (value, v_index))]
+        return [query(hidden_states), key(hidden_states), value(hidden_states)]
+
+    def attend(self, hidden_states: torch.Tensor, query: nn.Linear | None, key: nn.Linear | None,
+               value: nn.Linear | None, attention_mask: Any, bias: ScoreBias | None = None,
+               rotate: Rotation | None = None, projections: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention of every kept head.
 
         Args:
             hidden_states: (B, s, d).
-            query, key, value: the projections; heads side by side in stored order in their output features.
+            query, key, value: the projections; heads side by side in stored order in their output features (see
+                :meth:`project`); unused when ``projections`` are given.
             attention_mask: the mask the model passes to its attention modules (see :func:`sdpa_mask`).
             bias: an additive score bias added to the scaled scores before the softmax (MPNet's relative position
                 bias, DeBERTa's disentangled terms): called per group of heads as ``bias(first, group, q, k)``
                 with the index of the group's first kept head, the group, and its (B, n, s, w) queries and keys;
                 returns (B or 1, n, s, s).
+            rotate: a position rotation of each group's (B, n, s, w) queries and keys before their product
+                (ModernBERT's rotary embeddings), ``rotate(q, k) -> (q, k)``.
+            projections: the queries, keys and values already computed in the layout of :meth:`project`.
 
         Returns:
             The (B, s, Σv) per-head context vectors, heads side by side in stored order.
         """
         batch, seq = hidden_states.shape[:2]
-        if self.layout.padded:
-            q_index, v_index, out_index = self._layout_indices(hidden_states.device)
-            projections = [F.linear(hidden_states, *_padded_rows(linear, index))
-                           for linear, index in ((query, q_index), (key, q_index), (value, v_index))]
-        else:
-            projections = [query(hidden_states), key(hidden_states), value(hidden_states)]
+        if projections is None:
+            projections = self.project(hidden_states, query, key, value)
+        out_index = self._layout_indices(hidden_states.device)[2] if self.layout.padded else None
         mask = sdpa_mask(attention_mask, hidden_states.dtype)
         if bias is not None and mask is not None and mask.dtype == torch.bool:
             mask = additive_mask(mask, hidden_states.dtype)  # to sum with the bias
@@ -335,6 +376,8 @@ class PrunedAttentionCore(nn.Module):
             n, w = group.num_heads, group.width
             # Splitting a slice of the last dim into heads is a view. # (B, n, s, w)
             q, k, v = (x[..., group.start:group.stop].view(batch, seq, n, w).transpose(1, 2) for x in projections)
+            if rotate is not None:
+                q, k = rotate(q, k)
             group_mask = mask
             if bias is not None:
                 group_bias = bias(first_head, group, q, k)  # (B, n, s, s)
@@ -349,6 +392,8 @@ class PrunedAttentionCore(nn.Module):
 
 #: ``bias(first_head, group, queries, keys)``: see :meth:`PrunedAttentionCore.attend`
 ScoreBias = Callable[[int, HeadGroup, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``rotate(queries, keys) -> (queries, keys)``: see :meth:`PrunedAttentionCore.attend`
+Rotation = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -357,11 +402,78 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def _padded_rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded_rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weight and bias of ``linear`` with rows gathered by ``index``, where index = out_features is zero."""
     weight = F.pad(linear.weight, (0, 0, 0, 1)).index_select(0, index)
-    bias = F.pad(linear.bias, (0, 1)).index_select(0, index)
+    bias = None if linear.bias is None else F.pad(linear.bias, (0, 1)).index_select(0, index)
     return weight, bias
+
+
+class LinearPart:
+    """Rows ``[start, stop)`` of a Linear layer: one of the query, key and value projections fused in one Linear
+    (ModernBERT's ``Wqkv``), read, called and hooked as if it were a Linear of its own.
+
+    Attributes:
+        linear: the fused Linear; ``start``, ``stop``: the part's output features in it.
+    """
+
+    def __init__(self, linear: nn.Linear, start: int, stop: int) -> None:
+        self.linear, self.start, self.stop = linear, start, stop
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight[self.start:self.stop]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.linear.bias is None else self.linear.bias[self.start:self.stop]
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.stop - self.start
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weight, self.bias)
+
+    def register_forward_hook(self, hook: Callable[[Any, tuple, torch.Tensor], torch.Tensor | None]) -> Any:
+        """A forward hook on the fused Linear that sees this part's output only; what it returns replaces it."""
+
+        def on_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            part = hook(self, args, output[..., self.start:self.stop])
+            if part is None:
+                return None
+            return torch.cat([output[..., :self.start], part, output[..., self.stop:]], dim=-1)
+
+        return self.linear.register_forward_hook(on_output)
+
+
+def fused_path(path: str) -> tuple[str, int | None]:
+    """``"attn.Wqkv[1]"`` → ``("attn.Wqkv", 1)``: a layout path and the part it names (``None``: the whole module)."""
+    if path.endswith("]") and "[" in path:
+        module, _, part = path[:-1].rpartition("[")
+        return module, int(part)
+    return path, None
+
+
+def get_linear(layer: nn.Module, path: str, part_sizes: tuple[int, ...] = ()) -> nn.Linear | LinearPart:
+    """The Linear layer at layout ``path`` in ``layer``; for a fused path, its part, the parts having the output
+    widths ``part_sizes`` in order."""
+    module_path, part = fused_path(path)
+    module = layer.get_submodule(module_path)
+    if part is None:
+        return module
+    start = sum(part_sizes[:part])
+    return LinearPart(module, start, start + part_sizes[part])
+
+
+def layer_biases(layout: dict[str, Any], config: Any) -> dict[str, bool]:
+    """Whether the attention's and the FFN's Linear layers have biases, for ``layout`` and ``config``."""
+    return {kind: True if layout.get(f"{kind}_bias") is None else bool(getattr(config, layout[f"{kind}_bias"]))
+            for kind in ("attention", "ffn")}
 
 
 class PrunedBertSelfAttention(PrunedAttentionCore):
@@ -546,11 +658,78 @@ class PrunedDebertaV2SelfAttention(PrunedAttentionCore):
         return bias
 
 
+class PrunedModernBertAttention(PrunedAttentionCore):
+    """ModernBERT attention with per-head value sizes; like ModernBERT's it includes the output projection (``Wo``)
+    and keeps the queries, keys and values fused in one projection (``Wqkv``: Σq query rows, Σq key rows, Σv value
+    rows).
+
+    Rotary position embeddings rotate each query/key dim i with dim i + d_h/2 of its head, so a kept head keeps all
+    d_h of its query/key dims (q = d_h) and the rotation is the dense one; its value dims are pruned freely. The layer
+    hands in its own attention mask, global or sliding-window, as for the dense module.
+
+    Args:
+        hidden_size, head_sizes, scaling, dropout: as :class:`PrunedBertSelfAttention` (every q = d_h).
+        bias: whether ``Wqkv`` and ``Wo`` have biases (the config's ``attention_bias``).
+    """
+
+    def __init__(self, hidden_size: int, head_sizes: list[tuple[int, int]], scaling: float, dropout: float,
+                 bias: bool = False, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(head_sizes, scaling, dropout)
+        self.num_heads = len(self.head_sizes)
+        self.parts = (sum(q for q, _ in self.head_sizes),) * 2 + (sum(v for _, v in self.head_sizes),)
+        self.Wqkv = _linear(hidden_size, sum(self.parts), device, dtype, bias=bias)
+        self.Wo = _linear(self.parts[2], hidden_size, device, dtype, bias=bias)
+        self.out_drop = nn.Dropout(dropout) if dropout > 0.0 else nn.Identity()
+        self._fused_index: dict[torch.device, torch.Tensor] = {}
+
+    def project(self, hidden_states: torch.Tensor, *unused: Any) -> list[torch.Tensor]:
+        """One product with ``Wqkv`` (its rows gathered into the padded layout when heads differ in size)."""
+        if not self.layout.padded:
+            return list(self.Wqkv(hidden_states).split(self.parts, dim=-1))
+        device = hidden_states.device
+        if device not in self._fused_index:
+            q_index, v_index = self.layout.q_index, self.layout.v_index
+            q, total = self.parts[0], sum(self.parts)  # index q (Σq) / v (Σv) is the zero row: index ``total`` here
+            self._fused_index[device] = torch.tensor(
+                [i if i < q else total for i in q_index] + [q + i if i < q else total for i in q_index]
+                + [2 * q + i if i < self.parts[2] else total for i in v_index], dtype=torch.long, device=device)
+        index = self._fused_index[device]
+        projected = F.linear(hidden_states, *_padded_rows(self.Wqkv, index))
+        return list(projected.split(len(index) // 3, dim=-1))
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attention_mask: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        if not self.head_sizes:  # no heads: the output projection's bias, or nothing
+            out = hidden_states.new_zeros(hidden_states.shape) if self.Wo.bias is None else \
+                self.Wo.bias.expand(*hidden_states.shape[:-1], -1)
+            return out, None
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            # flash attention's (B, s) padding mask leaves the sliding window to the kernel; this module runs sdpa
+            raise TypeError("pruned ModernBERT attention received a (batch, seq) attention mask (flash attention), "
+                            "which carries no sliding window: load the model with attn_implementation='sdpa'")
+        cos, sin = position_embeddings  # (B or 1, s, d_h)
+
+        def rotate(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # as transformers' apply_rotary_pos_emb: in float32, back to the input dtype
+            c, s_ = cos.unsqueeze(1).float(), sin.unsqueeze(1).float()
+            return tuple((x.float() * c + _rotate_half(x.float()) * s_).to(x.dtype) for x in (q, k))
+
+        context = self.attend(hidden_states, None, None, None, attention_mask, rotate=rotate,
+                              projections=self.project(hidden_states))
+        return self.out_drop(self.Wo(context)), None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 ATTENTION_CLASSES: dict[str, type[nn.Module]] = {
     "bert": PrunedBertSelfAttention,
     "distilbert": PrunedDistilBertSelfAttention,
     "mpnet": PrunedMPNetSelfAttention,
     "deberta": PrunedDebertaV2SelfAttention,
+    "modernbert": PrunedModernBertAttention,
 }
 
 
@@ -567,20 +746,24 @@ def deberta_settings(config: Any) -> dict[str, Any]:
             "hidden_dropout_prob": config.hidden_dropout_prob}
 
 
-def attention_settings(style: str, config: Any, layer_structure: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments a pruned attention module of ``style`` takes beyond the common ones."""
+def attention_settings(layout: dict[str, Any], config: Any, layer_structure: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments a pruned attention module of ``layout``'s style takes beyond the common ones."""
+    style = layout["attention_style"]
     if style == "mpnet":
         return {"head_ids": layer_structure["head_ids"]}
     if style == "deberta":
         return {"settings": deberta_settings(config)}
+    if style == "modernbert":
+        return {"bias": layer_biases(layout, config)["attention"]}
     return {}
 
 
-def _linear(in_features: int, out_features: int, device: torch.device | None, dtype: torch.dtype | None) -> nn.Linear:
+def _linear(in_features: int, out_features: int, device: torch.device | None, dtype: torch.dtype | None,
+            bias: bool = True) -> nn.Linear:
     with warnings.catch_warnings():
         # A fully pruned sublayer has zero-width Linear layers; their (empty) initialisation warns for nothing.
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
-        return nn.Linear(in_features, out_features, device=device, dtype=dtype)
+        return nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------ structure
@@ -641,6 +824,9 @@ def structure_problems(structure: Any, config: Any) -> list[str]:
             problems.append(f"{where}.head_ids={head_ids!r}: expected one distinct index in [0, {num_heads}) per head")
         if type(ffn) is not int or not 0 <= ffn <= dims["ffn_dim"]:
             problems.append(f"{where}.ffn={ffn!r}: expected an integer in [0, {dims['ffn_dim']}]")
+        if LAYOUTS[model_type].get("rotary") and isinstance(heads, list) and any(
+                isinstance(h, (list, tuple)) and h and h[0] != d_h for h in heads):
+            problems.append(f"{where}.heads={heads!r}: rotary position embeddings need every kept head's q = {d_h}")
     return problems
 
 
@@ -660,15 +846,17 @@ def build_layer_modules(layout: dict[str, str], layer_structure: dict[str, Any],
     """
     heads = [tuple(h) for h in layer_structure["heads"]]
     d, n = dims["hidden_size"], layer_structure["ffn"]
-    extra = attention_settings(layout["attention_style"], config, layer_structure)
+    extra = attention_settings(layout, config, layer_structure)
+    bias = layer_biases(layout, config)
     modules: dict[str, nn.Module] = {
         layout["self_attention"]: ATTENTION_CLASSES[layout["attention_style"]](
             d, heads, dims["head_dim"] ** -0.5, dropout, device=device, dtype=dtype, **extra),
     }
     if not layout["attn_out"].startswith(layout["self_attention"] + "."):
-        modules[layout["attn_out"]] = _linear(sum(v for _, v in heads), d, device, dtype)
-    modules[layout["ffn_up"]] = _linear(d, n, device, dtype)
-    modules[layout["ffn_down"]] = _linear(n, d, device, dtype)
+        modules[layout["attn_out"]] = _linear(sum(v for _, v in heads), d, device, dtype, bias=bias["attention"])
+    # a gated FFN's up projection holds each neuron's row and its gate row
+    modules[layout["ffn_up"]] = _linear(d, n * (2 if layout.get("ffn_gated") else 1), device, dtype, bias=bias["ffn"])
+    modules[layout["ffn_down"]] = _linear(n, d, device, dtype, bias=bias["ffn"])
     return modules
 
 
@@ -719,7 +907,7 @@ def apply_structure(model: nn.Module) -> None:
             dense.weight.dtype))
     layers = model.base_model.get_submodule(layout["layers"])
     for layer, layer_structure in zip(layers, structure["layers"]):
-        reference = layer.get_submodule(layout["query"]).weight
+        reference = layer.get_submodule(fused_path(layout["query"])[0]).weight
         for path, module in build_layer_modules(layout, layer_structure, dims, dropout, config,
                                                 reference.device, reference.dtype).items():
             set_submodule(layer, path, module.train(layer.training))

@@ -45,7 +45,7 @@ from lit_prune.core.masks import PruningMasks
 from lit_prune.methods.contract import BatchToInputs, PruningTarget
 from lit_prune.methods.grain.distillation import StepCapture, broadcast_teacher, distillation_summary, prepare_teacher
 from lit_prune.methods.grain.importance import GrainImportance, mask_gradients_of
-from lit_prune.methods.grain.layout import UNIT_FIELDS, GrainLayout, Units
+from lit_prune.methods.grain.layout import GrainLayout, Units
 from lit_prune.methods.grain.selection import select_units, select_units_by
 from lit_prune.methods.grain.settings import ImportanceFrom, settings_problems
 from lit_prune.methods.latency_budget import LatencySettings, budget_report, latency_table
@@ -210,7 +210,7 @@ class GrainCallback(Callback):
                 "teacher": self.teacher, "temperature": self.temperature, "save_dtype": self.save_dtype}
 
     def _fields(self) -> tuple[str, ...]:
-        return UNIT_FIELDS[self.units]
+        return self.layout.unit_fields(self.units)
 
     def target(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PruningTarget:
         """The user's project as this callback sees it (see :mod:`lit_prune.methods.contract`)."""

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.grain.layout import UNIT_FIELDS, UNITS, GrainLayout, Units
+from lit_prune.methods.grain.layout import UNITS, GrainLayout, Units
 
 
 class GrainImportance:
@@ -51,12 +51,12 @@ class GrainImportance:
         self.layout, self.units, self.beta, self.alpha = layout, units, beta, alpha
         template = layout.masks(device)
         self.scores: dict[str, torch.Tensor] = {name: torch.zeros_like(getattr(template, name))
-                                                for name in UNIT_FIELDS[units]}
+                                                for name in layout.unit_fields(units)}
         self.updates = 0
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return UNIT_FIELDS[self.units]
+        return self.layout.unit_fields(self.units)
 
     def update(self, mask_grads: dict[str, torch.Tensor], masks: PruningMasks) -> dict[str, torch.Tensor]:
         """Fold one step's mask gradients into the EMA.

@@ -12,6 +12,10 @@ Reference code: airaria/GRAIN (``pruners_and_distiller/pruners.py``: ``FineISPru
   A query unit, a value unit and a neuron each hold 2d weights, a whole head d_h·4d. Departure: the reference code
   counts each unit's biases too (2d + 2, 2d + 1, 2d + 1); the difference is one parameter in ~770 for BERT-base
   and the ranking of units (by importance, not per parameter) is the same.
+* **Other encoders** (lit_prune's extension; the paper prunes BERT): a gated FFN's neuron (GeGLU) holds 3d weights;
+  under rotary position embeddings (ModernBERT) query units are not units, since a head's query/key dims rotate in
+  pairs and a kept head keeps them all: ``intra`` prunes value units and neurons, and a head goes with its last
+  value unit.
 """
 
 from __future__ import annotations
@@ -42,17 +46,24 @@ class GrainLayout:
     head_dim: int
     ffn_dim: int
     hidden_size: int
+    ffn_matrices: int = 2
+    qk_units: bool = True
 
     @classmethod
     def from_model(cls, model: nn.Module) -> GrainLayout:
         adapter = get_adapter(model)
-        return cls(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim, adapter.hidden_size)
+        return cls(adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim, adapter.hidden_size,
+                   adapter.ffn_matrices, adapter.qk_dims_prunable)
+
+    def unit_fields(self, units: Units) -> tuple[str, ...]:
+        """The mask fields that are pruning units (query units only where single query/key dims can go)."""
+        return tuple(name for name in UNIT_FIELDS[units] if name != "qk" or self.qk_units)
 
     @property
     def unit_sizes(self) -> dict[str, int]:
         """Encoder Linear weights (biases excluded) removed with one unit of each kind."""
         d = self.hidden_size
-        return {"qk": 2 * d, "vo": 2 * d, "ffn": 2 * d, "head": self.head_dim * 4 * d}
+        return {"qk": 2 * d, "vo": 2 * d, "ffn": self.ffn_matrices * d, "head": self.head_dim * 4 * d}
 
     @property
     def dense_parameters(self) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from lit_prune.core.masks import PruningMasks
-from lit_prune.methods.grain.layout import UNIT_FIELDS, GrainLayout, Units
+from lit_prune.methods.grain.layout import GrainLayout, Units
 
 
 def _cascade(masks: PruningMasks) -> PruningMasks:
@@ -40,7 +40,7 @@ def _ranked(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: GrainL
             units: Units) -> tuple[torch.Tensor, torch.Tensor]:
     """The kept units ranked least important first: their sizes (weights held) and owners (field index, position)."""
     sizes = layout.unit_sizes
-    fields = UNIT_FIELDS[units]
+    fields = layout.unit_fields(units)
     flat_scores, flat_sizes, owners = [], [], []
     for index, name in enumerate(fields):
         mask = getattr(masks, name)
@@ -58,10 +58,10 @@ def _ranked(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: GrainL
     return all_sizes[order], all_owners[order]
 
 
-def _remove(masks: PruningMasks, owners: torch.Tensor, units: Units) -> PruningMasks:
-    """``masks`` without the units ``owners`` names, cascaded."""
+def _remove(masks: PruningMasks, owners: torch.Tensor, fields: tuple[str, ...]) -> PruningMasks:
+    """``masks`` without the units ``owners`` names (indices into ``fields``), cascaded."""
     out = {name: getattr(masks, name).clone() for name in ("head", "qk", "vo", "ffn")}
-    for index, name in enumerate(UNIT_FIELDS[units]):
+    for index, name in enumerate(fields):
         positions = owners[owners[:, 0] == index, 1]
         out[name].view(-1)[positions] = 0
     return _cascade(PruningMasks(**out))
@@ -79,11 +79,11 @@ def select_units_by(scores: dict[str, torch.Tensor], masks: PruningMasks, layout
     low, high = 1, owners.shape[0]  # the fewest removals that reach the density (all of them always do)
     while low < high:
         middle = (low + high) // 2
-        if kept_fraction(_remove(masks, owners[:middle], units)) <= density:
+        if kept_fraction(_remove(masks, owners[:middle], layout.unit_fields(units))) <= density:
             high = middle
         else:
             low = middle + 1
-    return _remove(masks, owners[:low], units)
+    return _remove(masks, owners[:low], layout.unit_fields(units))
 
 
 def select_units(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: GrainLayout, density: float,
@@ -113,7 +113,7 @@ def select_units(scores: dict[str, torch.Tensor], masks: PruningMasks, layout: G
     removed_mass = torch.cumsum(sizes, 0)
     excess = kept - budget
     count = int(torch.searchsorted(removed_mass, torch.tensor(excess, dtype=removed_mass.dtype)).item()) + 1
-    result = _remove(masks, owners[:count], units)
+    result = _remove(masks, owners[:count], layout.unit_fields(units))
     assert layout.kept_parameters(result) <= budget + 1e-6 * layout.dense_parameters
     return result
 

@@ -57,7 +57,7 @@ from lit_prune.methods.kprune.search import decided_counts, search_sublayer
 from lit_prune.methods.kprune.tuning import tune_sublayer
 from lit_prune.prune.batches import model_inputs
 from lit_prune.prune.cache import SpillCache
-from lit_prune.prune.capture import Sublayer, layer_output, run_layer, sublayer_modules, sublayer_of
+from lit_prune.prune.capture import Sublayer, layer_output, run_layer, sublayer_projection, sublayer_of
 from lit_prune.prune.distill import dense_predictions, teacher_targets
 from lit_prune.prune.lengths import Part, rows_agree, split_batch
 from lit_prune.prune.lstsq import ProjectionSystem
@@ -223,7 +223,7 @@ def kprune(model: nn.Module, batches: Sequence[Mapping[str, Any]], budget: Budge
             layer, sublayer = sublayer_of(target)
             if sublayer == "attention" and layer > 0:
                 _advance(model, masks, parts, layer - 1, hidden, progress)
-            projection, _ = sublayer_modules(model, layer, sublayer)
+            projection = sublayer_projection(model, layer, sublayer)
             knowledge = KnowledgeAccumulator.zeros(num_layers, adapter.num_heads, adapter.ffn_dim, device=device)
             system = ProjectionSystem.zeros(projection.in_features, projection.out_features, device=device) \
                 if weight_tuning else None

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lit_prune.core.arch import get_adapter
-from lit_prune.prune.capture import ProjectionInputs, sublayer_modules, sublayer_of
+from lit_prune.prune.capture import ProjectionInputs, sublayer_projection, sublayer_of
 from lit_prune.prune.lstsq import ProjectionSystem, TuningResult
 from lit_prune.prune.types import Reduce, identity
 
@@ -47,7 +47,7 @@ def add_tuning_batch(system: ProjectionSystem, model: nn.Module, target: int, ca
         token_mask: (B, s) bool, the non-padding tokens (the only rows of the system).
     """
     assert capture.pre_norm is not None and capture.projection_output is not None
-    projection, _ = sublayer_modules(model, *sublayer_of(target))
+    projection = sublayer_projection(model, *sublayer_of(target))
     bias = projection.bias if projection.bias is not None else torch.zeros_like(dense_pre_norm[0, 0])
     # in float32 whatever the activations' dtype (bf16 under autocast): the system sums its products in float64
     residual = capture.pre_norm.float() - capture.projection_output.float()  # (B, s, d)
@@ -80,7 +80,7 @@ def tune_sublayer(model: nn.Module, target: int, kept: torch.Tensor, system: Pro
     Returns:
         The :class:`~lit_prune.prune.lstsq.TuningResult` (its weight is already in the model).
     """
-    projection, _ = sublayer_modules(model, *sublayer_of(target))
+    projection = sublayer_projection(model, *sublayer_of(target))
     system = ProjectionSystem.from_dict((reduce or identity)(system.to_dict()))
     columns = kept_columns(model, target, kept.to(projection.weight.device))
     current = projection.weight[:, columns].t()  # (K, d)

@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from lit_prune.core.arch import get_adapter
+from lit_prune.core.hf_modeling.modeling_lit_pruned import fused_path
 from lit_prune.core.atomic import atomic_write_bytes
 from lit_prune.core.io import SaveDtype
 from lit_prune.core.masks import PruningMasks
@@ -37,7 +38,8 @@ def _activation(model: nn.Module):
     from transformers.activations import ACT2FN
 
     config = model.config
-    name = getattr(config, "hidden_act", None) or getattr(config, "activation", None)
+    name = (getattr(config, "hidden_act", None) or getattr(config, "activation", None)
+            or getattr(config, "hidden_activation", None))
     return ACT2FN[name]
 
 
@@ -50,29 +52,45 @@ def structure_from_zeros(model: nn.Module) -> tuple[PruningMasks, dict[str, int]
     W_V row is zero (b_V · W_O column added to b_O); a query/key dim goes when its W_K row is zero (its score term
     is then the same for every key, which the softmax ignores). A head with no value dims left goes entirely; a head
     that keeps value dims but no query/key dim keeps one (zero) query/key dim, so its attention stays uniform.
+    A gated FFN's neuron (GeGLU: act(up) · gate) is constant when its up and gate rows are zero, or one of them is
+    zero while its bias makes the product 0. Without biases (ModernBERT) the constants are 0 and nothing is folded;
+    under rotary embeddings a head keeps all its query/key dims or none (a zero key row still rotates into its pair).
+    A constant that cannot be folded (no output bias to hold it) keeps its unit.
     """
     adapter = get_adapter(model)
-    d_h = adapter.head_dim
-    masks = PruningMasks.ones(adapter.num_layers, adapter.num_heads, d_h, adapter.ffn_dim)
+    d_h, num_neurons = adapter.head_dim, adapter.ffn_dim
+    masks = PruningMasks.ones(adapter.num_layers, adapter.num_heads, d_h, num_neurons)
     folds = {"ffn": 0, "vo": 0}
     act = _activation(model)
     with torch.no_grad():
         for index in range(adapter.num_layers):
             m = adapter.layer(index)
-            up_zero = (m.ffn_up.weight == 0).all(1)
+            rows_zero = (m.ffn_up.weight == 0).all(1)
+            bias = m.ffn_up.bias if m.ffn_up.bias is not None else torch.zeros_like(rows_zero, dtype=m.ffn_up.weight.dtype)
+            if adapter.ffn_gated:  # neuron j: row j and gate row F + j
+                up_zero, gate_zero = rows_zero[:num_neurons], rows_zero[num_neurons:]
+                up_constant, gate_bias = act(bias[:num_neurons]), bias[num_neurons:]
+                constant = (up_zero & gate_zero) | (gate_zero & (gate_bias == 0)) | (up_zero & (up_constant == 0))
+                value = up_constant * gate_bias
+            else:
+                constant, value = rows_zero, act(bias)
             down_zero = (m.ffn_down.weight == 0).all(0)
-            fold = up_zero & ~down_zero
-            if fold.any():
-                constant = act(m.ffn_up.bias[fold])  # (n,)
-                m.ffn_down.bias += m.ffn_down.weight[:, fold] @ constant
-                folds["ffn"] += int(fold.sum())
-            masks.ffn[index] = (~(up_zero | down_zero)).float()
+            fold = constant & ~down_zero
+            if m.ffn_down.bias is None:  # nowhere to fold a nonzero constant into: those neurons stay
+                constant, fold = constant & ~(fold & (value != 0)), fold & (value == 0)
+            elif fold.any():
+                m.ffn_down.bias += m.ffn_down.weight[:, fold] @ value[fold]  # (n,)
+            folds["ffn"] += int(fold.sum())
+            masks.ffn[index] = (~(constant | down_zero)).float()
             v_zero = (m.value.weight == 0).all(1)
             o_zero = (m.attn_out.weight == 0).all(0)
+            v_bias = m.value.bias if m.value.bias is not None else torch.zeros_like(v_zero, dtype=m.value.weight.dtype)
             fold = v_zero & ~o_zero
-            if fold.any():
-                m.attn_out.bias += m.attn_out.weight[:, fold] @ m.value.bias[fold]
-                folds["vo"] += int(fold.sum())
+            if m.attn_out.bias is None:
+                v_zero, fold = v_zero & ~(fold & (v_bias != 0)), fold & (v_bias == 0)
+            elif fold.any():
+                m.attn_out.bias += m.attn_out.weight[:, fold] @ v_bias[fold]
+            folds["vo"] += int(fold.sum())
             vo = (~(v_zero | o_zero)).float().view(adapter.num_heads, d_h)
             qk = (~(m.key.weight == 0).all(1)).float().view(adapter.num_heads, d_h)
             for head in range(adapter.num_heads):
@@ -82,7 +100,7 @@ def structure_from_zeros(model: nn.Module) -> tuple[PruningMasks, dict[str, int]
                     qk[head, 0] = 1  # uniform attention: one query/key dim whose key row is zero
             masks.qk[index], masks.vo[index] = qk, vo
             masks.head[index] = (vo.sum(-1) > 0).float()
-    return masks, folds
+    return adapter.conform_masks(masks), folds
 
 
 class CSRLinear(nn.Module):
@@ -116,10 +134,10 @@ def sparse_copy(model: nn.Module) -> nn.Module:
     for index in range(adapter.num_layers):
         layer = adapter.layers[index]
         padded = any(getattr(getattr(module, "layout", None), "padded", False) for module in layer.modules())
-        for kind in MATRIX_TYPES:
+        paths = {fused_path(getattr(adapter.spec, kind))[0]: kind for kind in reversed(MATRIX_TYPES)}  # fused once
+        for path, kind in paths.items():
             if padded and kind in ("query", "key", "value"):
                 continue
-            path = getattr(adapter.spec, kind)
             parent_path, _, name = path.rpartition(".")
             parent = layer.get_submodule(parent_path) if parent_path else layer
             linear = getattr(parent, name)

@@ -5,7 +5,7 @@ ACL 2023. Reference code: kongds/SMP (movement-pruning lineage: ``emmental/modul
 ``binarizer.py``, ``smp_trainer.py``). What this module implements:
 
 * **Scores**: one per weight of every encoder Linear (Q, K, V, O, FFN up, FFN down), starting at 0; the weights
-  are frozen. The forward pass uses W ⊙ M(S) with a binary mask M (:class:`ScoreMask`, a parametrisation of the
+  are frozen. A fused Q/K/V projection (ModernBERT's) carries one score matrix per part (:class:`FusedScoreMask`). The forward pass uses W ⊙ M(S) with a binary mask M (:class:`ScoreMask`, a parametrisation of the
   Linear's weight); the straight-through estimator passes ∂L/∂(W ⊙ M) ⊙ W to the scores.
 * **SMP-L** (``masking="local"``): each matrix keeps its top v of scores (:func:`local_count`).
 * **SMP-S** (``masking="global"``): per matrix type, layer l keeps v_l = v · L · R(S_l) / Σ_l' R(S_l') with
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lit_prune.core.arch import get_adapter
+from lit_prune.core.arch import LinearPart, get_adapter
 from lit_prune.prune.schedules import cubic_schedule
 
 MATRIX_TYPES = ("query", "key", "value", "attn_out", "ffn_up", "ffn_down")
@@ -213,11 +213,36 @@ class ScoreMask(nn.Module):
         return topk_mask(self.scores, self.count)
 
 
-def encoder_linears(model: nn.Module) -> dict[str, list[nn.Linear]]:
-    """The encoder's Linear layers by matrix type (:data:`MATRIX_TYPES`), in layer order."""
+class FusedScoreMask(nn.Module):
+    """The parametrisation of a Linear weight that holds several matrices side by side (ModernBERT's fused query,
+    key and value projection): one :class:`ScoreMask` per matrix (``parts``, in row order), each with its own
+    count, so that every matrix type keeps its own scores and counts as in an encoder with separate projections."""
+
+    def __init__(self, part_shapes: Sequence[torch.Size]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(ScoreMask(shape) for shape in part_shapes)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        mask = torch.cat([straight_through_mask(part.scores, part.count) for part in self.parts])
+        return weight * mask.to(weight.dtype)
+
+
+def encoder_linears(model: nn.Module) -> dict[str, list[nn.Linear | LinearPart]]:
+    """The encoder's Linear layers by matrix type (:data:`MATRIX_TYPES`), in layer order (a part of a fused Linear
+    where the architecture fuses projections)."""
     adapter = get_adapter(model)
     layers = [adapter.layer(i) for i in range(adapter.num_layers)]
     return {kind: [getattr(layer, kind) for layer in layers] for kind in MATRIX_TYPES}
+
+
+def weight_owners(model: nn.Module) -> list[tuple[nn.Linear, list[tuple[str, nn.Linear | LinearPart]]]]:
+    """Each encoder Linear whose weight gets scores, with the matrices (type, Linear or part) its weight holds."""
+    owners: dict[int, tuple[nn.Linear, list[tuple[str, nn.Linear | LinearPart]]]] = {}
+    for kind, linears in encoder_linears(model).items():
+        for linear in linears:
+            owner = linear.linear if isinstance(linear, LinearPart) else linear
+            owners.setdefault(id(owner), (owner, []))[1].append((kind, linear))
+    return list(owners.values())
 
 
 def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -231,13 +256,20 @@ def install_scores(model: nn.Module, train_head: bool = False) -> ScoreMasks:
     """Freeze every weight of ``model`` and put a :class:`ScoreMask` on each encoder Linear weight; with
     ``train_head``, the task head (:func:`head_parameters`) trains with the scores."""
     model.requires_grad_(False)
-    masks: ScoreMasks = {}
-    for kind, linears in encoder_linears(model).items():
-        masks[kind] = []
-        for linear in linears:
-            score_mask = ScoreMask(linear.weight.shape).to(linear.weight.device)
-            parametrize.register_parametrization(linear, "weight", score_mask)
-            masks[kind].append(linear.parametrizations.weight[0])
+    masks: ScoreMasks = {kind: [] for kind in MATRIX_TYPES}
+    for owner, matrices in weight_owners(model):  # in layer order within each matrix type
+        fused = isinstance(matrices[0][1], LinearPart)
+        if fused:
+            matrices = sorted(matrices, key=lambda item: item[1].start)
+            assert [m.start for _, m in matrices] == [0] + [m.stop for _, m in matrices[:-1]] and \
+                matrices[-1][1].stop == owner.out_features, "the parts must tile the fused weight"
+            parametrization = FusedScoreMask([m.weight.shape for _, m in matrices])
+        else:
+            parametrization = ScoreMask(owner.weight.shape)
+        parametrize.register_parametrization(owner, "weight", parametrization.to(owner.weight.device))
+        registered = owner.parametrizations.weight[0]
+        for (kind, _), score_mask in zip(matrices, registered.parts if fused else [registered]):
+            masks[kind].append(score_mask)
     if train_head:
         for _, parameter in head_parameters(model):
             parameter.requires_grad_(True)
@@ -246,9 +278,9 @@ def install_scores(model: nn.Module, train_head: bool = False) -> ScoreMasks:
 
 def has_scores(model: nn.Module) -> bool:
     """Whether ``model``'s encoder Linear weights already carry score masks."""
-    return any(parametrize.is_parametrized(linear, "weight") and isinstance(linear.parametrizations.weight[0],
-                                                                             ScoreMask)
-               for linears in encoder_linears(model).values() for linear in linears)
+    return any(parametrize.is_parametrized(owner, "weight") and isinstance(owner.parametrizations.weight[0],
+                                                                            (ScoreMask, FusedScoreMask))
+               for owner, _ in weight_owners(model))
 
 
 def score_tensors(score_masks: ScoreMasks) -> list[torch.Tensor]:
@@ -289,26 +321,25 @@ def binary_masks(score_masks: ScoreMasks) -> dict[str, torch.Tensor]:
 
 def fix_masks(model: nn.Module) -> None:
     """Remove the score masks from ``model``, leaving each encoder Linear weight at W ⊙ M (plain, dense shape)."""
-    for linears in encoder_linears(model).values():
-        for linear in linears:
-            parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
+    for owner, _ in weight_owners(model):
+        parametrize.remove_parametrizations(owner, "weight", leave_parametrized=True)
 
 
 # ------------------------------------------------------------------------------------------------ cost
 @contextlib.contextmanager
-def plain_model(model: nn.Module, score_masks: ScoreMasks) -> Iterator[nn.Module]:
+def plain_model(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` as plain fine-tuning would train it (no score masks, every weight trainable) inside the block; the
     same score masks (and trainable flags) are put back afterwards."""
-    linears = [linear for group in encoder_linears(model).values() for linear in group]
+    owners = [(owner, owner.parametrizations.weight[0]) for owner, _ in weight_owners(model)]
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
-    for linear in linears:
-        parametrize.remove_parametrizations(linear, "weight", leave_parametrized=False)
+    for owner, _ in owners:
+        parametrize.remove_parametrizations(owner, "weight", leave_parametrized=False)
     model.requires_grad_(True)
     try:
         yield model
     finally:
-        for linear, score_mask in zip(linears, [m for group in score_masks.values() for m in group]):
-            parametrize.register_parametrization(linear, "weight", score_mask)
+        for owner, parametrization in owners:
+            parametrize.register_parametrization(owner, "weight", parametrization)
         for name, p in model.named_parameters():
             p.requires_grad_(grads.get(name, "scores" in name))
 
@@ -338,7 +369,7 @@ def step_times(model: nn.Module, score_masks: ScoreMasks, inputs: dict[str, torc
         for count in (first, second):  # two rounds of blocks, each block after one warm-up step
             steps(1)
             times["smp"] += steps(count)
-            with plain_model(model, score_masks):
+            with plain_model(model):
                 steps(1)
                 times["finetune"] += steps(count)
     finally:
