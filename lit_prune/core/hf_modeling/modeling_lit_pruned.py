@@ -169,7 +169,7 @@ FAMILIES = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "x
             "electra": "Electra", "mpnet": "MPNet", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}
 #: the families whose checkpoints carry a masked-LM head (ELECTRA's and DeBERTa-v3's discriminators do not): they
 #: have a label-word classifier (SMP's); the others classify through a trained head
-LABEL_WORD_FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet")
+LABEL_WORD_FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "modernbert")
 KINDS = ("base", "sequence_classification", "question_answering", "token_classification", "label_words",
          "sentence_embedding")
 AUTO_CLASSES = {
@@ -955,10 +955,13 @@ class _LabelWordClassification:
         elif hasattr(self, "lm_head"):  # RoBERTa, XLM-RoBERTa
             head = self.lm_head
             hidden = head.layer_norm(F.gelu(head.dense(hidden)))
+        elif hasattr(self, "head"):  # ModernBERT
+            hidden = self.head(hidden)
         else:  # DistilBERT
             hidden = self.vocab_layer_norm(self.activation(self.vocab_transform(hidden)))
         decoder = self.get_output_embeddings()
-        return F.linear(hidden, decoder.weight.index_select(0, ids), decoder.bias.index_select(0, ids))
+        bias = None if decoder.bias is None else decoder.bias.index_select(0, ids)
+        return F.linear(hidden, decoder.weight.index_select(0, ids), bias)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
