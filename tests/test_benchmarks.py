@@ -847,3 +847,17 @@ def test_the_archived_cells_table_explains_each_cell_that_differs():
     assert "| kwon | kwon: mrpc at 0.5 | yes | 0.5000 → 0.5000 | – | 0.00e+00 |" in text
     assert "- **grain** (another kept structure; f1 85.0 → 84.2): GRAIN's `params_kept` now counts" in text
     assert "**kwon**" not in text  # an exact match needs no note
+
+
+def test_the_precision_study_tabulates_bf16_against_float32():
+    from benchmarks.studies.precision import markdown
+
+    def row(method, full, half, same):
+        return {"method": method, "task": "mrpc", "flops_kept": 0.5, "metric": "accuracy", "dense": 0.86,
+                "float32": full, "bf16": half, "difference": half - full, "same_units": same,
+                "seconds": {"32-true": 300.0, "bf16-mixed": 420.4}, "folders": {}}
+
+    text = markdown([row("kwon", 0.8407, 0.8382, True), row("kprune", 0.8480, 0.8333, False)])
+    assert "| kwon | mrpc | 0.5 | accuracy | 0.8600 | 0.8407 | 0.8382 | -0.25 pt | yes | yes | 300 / 420 |" in text
+    assert "| kprune | mrpc | 0.5 | accuracy | 0.8600 | 0.8480 | 0.8333 | -1.47 pt | no | no | 300 / 420 |" in text
+    assert "python -m benchmarks.studies.precision" in text

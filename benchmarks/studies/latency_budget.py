@@ -59,8 +59,9 @@ def teacher_of(task: str) -> tuple[Path, dict[str, float] | None]:
 
 
 def prune(method: str, task: str, folder: Path, budget: dict[str, Any], teacher: Path,
-          dense_metrics: dict[str, float] | None) -> dict[str, Any]:
-    """Run the recipe ``configs/<method>/<task>.yaml`` with ``budget`` (callback settings) into ``folder``."""
+          dense_metrics: dict[str, float] | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the recipe ``configs/<method>/<task>.yaml`` with ``budget`` (callback settings) and ``extra`` command-line
+    arguments into ``folder``."""
     if (folder / "pruning_report.json").is_file():
         return read_report(folder)
     prefix = "--trainer.callbacks.init_args."
@@ -70,6 +71,7 @@ def prune(method: str, task: str, folder: Path, budget: dict[str, Any], teacher:
                "--trainer.accelerator", "cpu", prefix + "output_dir", str(folder)]
     for key, value in budget.items():
         command += [prefix + key, "null" if value is None else str(value)]
+    command += list(extra)
     if dense_metrics:
         command += [prefix + "dense_metrics", json.dumps({k.removeprefix("val/"): v for k, v in dense_metrics.items()
                                                           if not k.removeprefix("val/").startswith("loss")})]
