@@ -8,7 +8,7 @@ weight tuning) need, per calibration batch, the projection's input, its output a
 pre-LayerNorm sum below, whichever side its LayerNorm is on: :func:`on_sum` finds it); methods that score units need
 the projection inputs of every sublayer. These helpers get them with forward hooks, and cut the pass short:
 
-* :func:`run_to_norm` stops at the sublayer's LayerNorm (nothing later runs);
+* :func:`run_to_norm` stops at the sublayer's residual sum (nothing later runs);
 * :func:`start_at` starts the pass at a given encoder layer from cached hidden states (nothing earlier runs), so a
   layer-by-layer process runs each layer once per batch instead of the whole prefix again; :func:`start_forward_at`
   does the same while leaving the model whole outside its forward passes (for code that inspects it first);
@@ -201,7 +201,8 @@ def layer_output(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[s
 
 def run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str, torch.Tensor], layer: int,
                  sublayer: Sublayer, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's LayerNorm; capture its tensors.
+    """Run ``model`` (masked, or unmasked for ``None``) until the sublayer's residual sum (:func:`on_sum`); capture
+    its tensors.
 
     ``start``: the hidden states entering ``layer`` (``None``: run from the embeddings).
     """
@@ -217,7 +218,7 @@ def run_to_norm(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[st
 
     handles = [projection.register_forward_hook(on_projection), on_sum(model, layer, sublayer, on_norm)]
     _run_hooked(model, masks, inputs, layer, start, handles)
-    assert "pre_norm" in captured, "the forward pass never reached the sublayer's LayerNorm"
+    assert "pre_norm" in captured, "the forward pass never reached the sublayer's residual sum"
     return captured
 
 
@@ -234,7 +235,7 @@ def run_layer(model: nn.Module, masks: PruningMasks | None, inputs: Mapping[str,
 
     Returns:
         ``{"attention": ..., "ffn": ..., "output": ...}``, each (B, s, d): the attention's and the FFN's projection
-        output plus residual (before their LayerNorms), and the layer's output (the next layer's input).
+        output plus residual (their residual sums), and the layer's output (the next layer's input).
     """
     captured: dict[str, torch.Tensor] = {}
 
