@@ -58,7 +58,10 @@ def magnitude_masks(model: torch.nn.Module, seq_len: float, flops_kept: float) -
             head_norm = (per_head(m.query.weight) + per_head(m.key.weight) + per_head(m.value.weight)
                          + per_head(m.attn_out.weight.T))
             masks.head[index, head_norm.topk(heads_per_layer).indices] = 1
-            neuron_norm = m.ffn_up.weight.norm(dim=1) * m.ffn_down.weight.norm(dim=0)
+            up = m.ffn_up.weight  # (F, d); a gated FFN's (2F, d): neuron j's row and its gate row F + j
+            if adapter.ffn_gated:
+                up = torch.cat([up[:adapter.ffn_dim], up[adapter.ffn_dim:]], dim=1)  # (F, 2d)
+            neuron_norm = up.norm(dim=1) * m.ffn_down.weight.norm(dim=0)
             masks.ffn[index, neuron_norm.topk(neurons_per_layer).indices] = 1
     return masks
 

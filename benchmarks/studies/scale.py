@@ -1,7 +1,8 @@
 """BERT-base and BERT-large sizes: how much faster a compacted model runs, and what a KPrune run costs in memory.
 
 Speed does not need trained weights, so the models are randomly initialised BERT-base (12 layers, hidden 768, 12
-heads, FFN 3,072) and BERT-large (24, 1,024, 16, 4,096) configurations. Parts (``--parts``):
+heads, FFN 3,072), BERT-large (24, 1,024, 16, 4,096) and ModernBERT-base (22, 768, 12, GeGLU FFN 1,152; global
+attention every third layer, the others a 128-token window) configurations. Parts (``--parts``):
 
 * ``speed``: each size compacted at flops_kept 0.5 and 0.3 (the mask of ``benchmarks.latency``: per layer
   floor(flops_kept·H) heads and the most FFN neurons that fit, by weight magnitude) and timed against its dense
@@ -10,7 +11,7 @@ heads, FFN 3,072) and BERT-large (24, 1,024, 16, 4,096) configurations. Parts (`
   calibration examples on the random BERT-base with a sequence-classification head (evaluation, latency and saving
   off; ``benchmarks.memory`` measures it), beside the same run on the all-MiniLM-L6-v2 SST-2 teacher.
 
-    LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.scale [--parts speed,memory]
+    LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.scale [--parts speed,memory] [--sizes ...]
 
 Timings need a quiet machine. Writes ``benchmarks/results/scale.json`` and ``.md``, its section of
 ``BENCHMARKS.md`` and the table in docs/core.md.
@@ -34,7 +35,7 @@ from benchmarks.studies.latency_budget import teacher_of
 from benchmarks.tables import publish_study, replace_section
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.compact import compact
-from lit_prune.core.flops import count_parameters, masks_flops, model_dense_flops
+from lit_prune.core.flops import count_parameters, model_dense_flops, model_flops
 from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.core.latency import compare
 
@@ -42,19 +43,21 @@ RESULTS = REPO / "benchmarks" / "results"
 BENCHMARKS = REPO / "BENCHMARKS.md"
 DOCS = REPO / "docs" / "core.md"
 COMMAND = "LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.scale"
-#: name -> (layers, hidden size, heads, FFN size)
-SIZES = {"BERT-base": (12, 768, 12, 3072), "BERT-large": (24, 1024, 16, 4096)}
+#: name -> (model type, layers, hidden size, heads, FFN size, vocabulary)
+SIZES = {"BERT-base": ("bert", 12, 768, 12, 3072, 30522), "BERT-large": ("bert", 24, 1024, 16, 4096, 30522),
+         "ModernBERT-base": ("modernbert", 22, 768, 12, 1152, 50368)}
 BUDGETS = (0.5, 0.3)
 BATCH, SEQ, THREADS = 32, 128, 2
 
 
 def random_bert(size: str, kind: str = "base", seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised BERT of ``size`` (vocabulary 30,522, as bert-base-uncased and MiniLM have)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig
+    """A randomly initialised model of ``size`` (BERT's vocabulary of 30,522, as bert-base-uncased and MiniLM have;
+    ModernBERT's of 50,368)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    layers, hidden, heads, ffn = SIZES[size]
-    config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                        intermediate_size=ffn, vocab_size=30522, num_labels=2)
+    model_type, layers, hidden, heads, ffn, vocab = SIZES[size]
+    config = AutoConfig.for_model(model_type, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                                  intermediate_size=ffn, vocab_size=vocab, num_labels=2)
     torch.manual_seed(seed)
     cls = AutoModel if kind == "base" else AutoModelForSequenceClassification
     return cls.from_config(config).eval()
@@ -65,10 +68,10 @@ def speed(size: str, flops_kept: float, repeats: int) -> dict[str, Any]:
     masks = magnitude_masks(dense, SEQ, flops_kept)
     pruned = compact(copy.deepcopy(dense), masks).eval()
     generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(1000, 30522, (BATCH, SEQ), generator=generator),
+    inputs = {"input_ids": torch.randint(1000, dense.config.vocab_size, (BATCH, SEQ), generator=generator),
               "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long)}
     result = compare(dense, pruned, inputs, warmup=2, repeats=repeats, threads=THREADS)
-    kept = masks_flops(masks, SEQ, dense.config.hidden_size) / model_dense_flops(dense, SEQ)
+    kept = model_flops(pruned, SEQ) / model_dense_flops(dense, SEQ)
     return {"part": "speed", "size": size, "flops_kept_target": flops_kept, "flops_kept": kept,
             "parameters": {"dense": count_parameters(dense)["total"], "pruned": count_parameters(pruned)["total"]},
             "dense_ms": result["dense"]["median_ms"], "pruned_ms": result["pruned"]["median_ms"],
@@ -97,7 +100,8 @@ def memory(samples: int) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], hardware: str) -> str:
-    lines = ["# BERT-base and BERT-large sizes", "", f"Command: `{COMMAND}`. Machine: {hardware}.", ""]
+    lines = ["# BERT-base, BERT-large and ModernBERT-base sizes", "", f"Command: `{COMMAND}`. Machine: {hardware}.",
+             ""]
     timed = [r for r in rows if r["part"] == "speed"]
     if timed:
         lines += [f"## Compacted speed (random weights, batch {BATCH} × {SEQ} tokens, {THREADS} threads)", "",
@@ -133,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="speed,memory", help="comma-separated: speed, memory")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds per model (speed)")
     parser.add_argument("--samples", type=int, default=2048, help="calibration examples (memory)")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="for speed: comma-separated, of %(default)s")
     args = parser.parse_args(argv)
+    sizes = [size for size in args.sizes.split(",") if size]
+    if sorted(set(sizes) - set(SIZES)):
+        parser.error(f"--sizes: unknown {sorted(set(sizes) - set(SIZES))}; known: {', '.join(SIZES)}")
     parts = [p for p in args.parts.split(",") if p]
     unknown = sorted(set(parts) - {"speed", "memory"})
     if unknown:
@@ -141,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / "scale.json"
     rows = json.loads(out.read_text()) if out.is_file() else []
     if "speed" in parts:
-        rows = [r for r in rows if r["part"] != "speed"]
-        for size in SIZES:
+        rows = [r for r in rows if r["part"] != "speed" or r["size"] not in sizes]  # the other sizes' rows stay
+        for size in sizes:
             for flops_kept in BUDGETS:
                 row = speed(size, flops_kept, args.repeats)
                 print(f"{size} flops_kept {row['flops_kept']:.3f}: {row['speedup']:.2f}x", flush=True)
