@@ -142,3 +142,19 @@ def test_wrong_shape_and_compacted_model_are_refused():
         with apply_masks(model, PruningMasks.ones(2, 4, 8, 48)):
             pass
     assert all_hooks(model) == []
+
+
+def test_rotary_heads_refuse_masks_that_split_their_query_key_dims():
+    """ModernBERT's rotary embeddings rotate query/key dim i with dim i + d_h/2: masks keep a head's dims whole."""
+    model = tiny_model("modernbert")
+    partial = PruningMasks.from_model(model)
+    partial.qk[1, 2, :4] = 0  # a whole first half: the pairs are split
+    with pytest.raises(ValueError, match=r"layer 1 head 2 scales query dim i and its rotary partner i \+ 4 "
+                                         r"differently: modernbert's rotary position embeddings"):
+        apply_masks(model, partial).__enter__()
+    paired = PruningMasks.from_model(model)
+    paired.qk[0, 1, [0, 4]] = 0  # one rotation pair: still not the whole head
+    with pytest.raises(ValueError, match=r"keeps 6 of the 8 query/key dims of layer 0 head 1 .* keep all or none"):
+        compact(copy.deepcopy(model), paired)
+    conformed = get_adapter(model).conform_masks(paired)
+    assert conformed.qk[0, 1].sum() == 8 and conformed.qk.sum() == paired.qk.numel()
