@@ -50,7 +50,7 @@ BUDGETS = (0.5, 0.3)
 BATCH, SEQ, THREADS = 32, 128, 2
 
 
-def random_bert(size: str, kind: str = "base", seed: int = 0) -> torch.nn.Module:
+def random_model(size: str, kind: str = "base", seed: int = 0) -> torch.nn.Module:
     """A randomly initialised model of ``size`` (BERT's vocabulary of 30,522, as bert-base-uncased and MiniLM have;
     ModernBERT's of 50,368)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
@@ -64,7 +64,7 @@ def random_bert(size: str, kind: str = "base", seed: int = 0) -> torch.nn.Module
 
 
 def speed(size: str, flops_kept: float, repeats: int) -> dict[str, Any]:
-    dense = random_bert(size)
+    dense = random_model(size)
     masks = magnitude_masks(dense, SEQ, flops_kept)
     pruned = compact(copy.deepcopy(dense), masks).eval()
     generator = torch.Generator().manual_seed(0)
@@ -87,7 +87,7 @@ def memory(samples: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="lit_prune_scale_") as tmp:
         teacher, _ = teacher_of("sst2")  # the all-MiniLM-L6-v2 SST-2 teacher (fine-tuned when missing)
         base = Path(tmp) / "bert-base-random"
-        random_bert("BERT-base", kind="sequence_classification").save_pretrained(base)
+        random_model("BERT-base", kind="sequence_classification").save_pretrained(base)
         AutoTokenizer.from_pretrained(teacher).save_pretrained(base)  # BERT's uncased vocabulary, as bert-base's
         for name, folder in (("BERT-base (random)", base), ("all-MiniLM-L6-v2 SST-2 teacher", teacher)):
             run = Path(tmp) / f"run-{len(rows)}"

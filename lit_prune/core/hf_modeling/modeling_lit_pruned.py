@@ -343,13 +343,13 @@ class PrunedAttentionCore(nn.Module):
 
     def attend(self, hidden_states: torch.Tensor, query: nn.Linear | None, key: nn.Linear | None,
                value: nn.Linear | None, attention_mask: Any, bias: ScoreBias | None = None,
-               rotate: Rotation | None = None, projections: list[torch.Tensor] | None = None) -> torch.Tensor:
+               rotate: Rotation | None = None) -> torch.Tensor:
         """Attention of every kept head.
 
         Args:
             hidden_states: (B, s, d).
             query, key, value: the projections; heads side by side in stored order in their output features (see
-                :meth:`project`); unused when ``projections`` are given.
+                :meth:`project`, which a module with fused projections overrides and which then ignores them).
             attention_mask: the mask the model passes to its attention modules (see :func:`sdpa_mask`).
             bias: an additive score bias added to the scaled scores before the softmax (MPNet's relative position
                 bias, DeBERTa's disentangled terms): called per group of heads as ``bias(first, group, q, k)``
@@ -357,14 +357,12 @@ class PrunedAttentionCore(nn.Module):
                 returns (B or 1, n, s, s).
             rotate: a position rotation of each group's (B, n, s, w) queries and keys before their product
                 (ModernBERT's rotary embeddings), ``rotate(q, k) -> (q, k)``.
-            projections: the queries, keys and values already computed in the layout of :meth:`project`.
 
         Returns:
             The (B, s, Σv) per-head context vectors, heads side by side in stored order.
         """
         batch, seq = hidden_states.shape[:2]
-        if projections is None:
-            projections = self.project(hidden_states, query, key, value)
+        projections = self.project(hidden_states, query, key, value)
         out_index = self._layout_indices(hidden_states.device)[2] if self.layout.padded else None
         mask = sdpa_mask(attention_mask, hidden_states.dtype)
         if bias is not None and mask is not None and mask.dtype == torch.bool:
@@ -683,7 +681,8 @@ class PrunedModernBertAttention(PrunedAttentionCore):
         self._fused_index: dict[torch.device, torch.Tensor] = {}
 
     def project(self, hidden_states: torch.Tensor, *unused: Any) -> list[torch.Tensor]:
-        """One product with ``Wqkv`` (its rows gathered into the padded layout when heads differ in size)."""
+        """One product with ``Wqkv`` (its rows gathered into the padded layout when heads differ in size); the
+        Linear layers :meth:`PrunedAttentionCore.project` takes are not needed."""
         if not self.layout.padded:
             return list(self.Wqkv(hidden_states).split(self.parts, dim=-1))
         device = hidden_states.device
@@ -707,21 +706,12 @@ class PrunedModernBertAttention(PrunedAttentionCore):
             # flash attention's (B, s) padding mask leaves the sliding window to the kernel; this module runs sdpa
             raise TypeError("pruned ModernBERT attention received a (batch, seq) attention mask (flash attention), "
                             "which carries no sliding window: load the model with attn_implementation='sdpa'")
-        cos, sin = position_embeddings  # (B or 1, s, d_h)
+        from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
 
-        def rotate(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # as transformers' apply_rotary_pos_emb: in float32, back to the input dtype
-            c, s_ = cos.unsqueeze(1).float(), sin.unsqueeze(1).float()
-            return tuple((x.float() * c + _rotate_half(x.float()) * s_).to(x.dtype) for x in (q, k))
-
-        context = self.attend(hidden_states, None, None, None, attention_mask, rotate=rotate,
-                              projections=self.project(hidden_states))
+        cos, sin = position_embeddings  # (B or 1, s, d_h): every kept head has q = d_h, so they apply as they are
+        context = self.attend(hidden_states, None, None, None, attention_mask,
+                              rotate=lambda q, k: apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1))
         return self.out_drop(self.Wo(context)), None
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 ATTENTION_CLASSES: dict[str, type[nn.Module]] = {
