@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +113,12 @@ def sentences(count: int, seed: int) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------------ export
+def graph_ops(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
 @pytest.mark.parametrize("kind", HEADS)
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_export_matches_pytorch_with_uneven_heads_and_emptied_sublayers(exported, model_type, kind):
@@ -127,6 +134,7 @@ def test_export_matches_pytorch_with_uneven_heads_and_emptied_sublayers(exported
                                                       if kind == "question_answering" else ["logits"])
     assert {"model.onnx", "config.json", "tokenizer.json", "export.json"} <= {p.name for p in output.iterdir()}
     assert json.loads((output / "export.json").read_text()) == record
+    assert "IsNaN" not in graph_ops(output / "model.onnx")  # an additive mask: no NaN guard after each softmax
     # dynamic axes: two batch sizes and two lengths the trace never saw, padded
     model = load_pruned(folder, kind=kind)
     outputs = [o["name"] for o in record["outputs"]]
@@ -146,6 +154,7 @@ def test_every_other_family_exports_and_matches_pytorch(exported, model_type):
     DeBERTa's disentangled terms) traced with dynamic axes."""
     folder, output, record = exported(model_type, "sequence_classification")
     assert record["check"]["max_abs_difference"] <= TOLERANCE and record["model_type"] == model_type
+    assert "IsNaN" not in graph_ops(output / "model.onnx")
     model = load_pruned(folder, kind="sequence_classification")
     if model_type == "modernbert":  # the fused projection of uneven heads is read as weights: it stays in float
         assert "model.layers.0.attn.Wqkv" in float_linears(model)

@@ -127,10 +127,12 @@ def _plain_kind(architectures: list[str]) -> str | None:
     return None
 
 
-def load_model(folder: ModelFolder) -> nn.Module:
-    """The folder's model in float32 and eval mode (a pruned one from lit_prune's own classes, no remote code)."""
+def load_model(folder: ModelFolder, attn_implementation: str | None = None) -> nn.Module:
+    """The folder's model in float32 and eval mode (a pruned one from lit_prune's own classes, no remote code),
+    with transformers' default attention implementation or the one named."""
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if folder.pruned:
-        model = load_pruned(folder.path, kind=folder.kind, dtype=torch.float32)
+        model = load_pruned(folder.path, kind=folder.kind, dtype=torch.float32, **options)
     else:
         from transformers import (
             AutoModelForQuestionAnswering,
@@ -141,7 +143,7 @@ def load_model(folder: ModelFolder) -> nn.Module:
         auto = {"sequence_classification": AutoModelForSequenceClassification,
                 "question_answering": AutoModelForQuestionAnswering,
                 "token_classification": AutoModelForTokenClassification}[folder.kind]
-        model = auto.from_pretrained(folder.path, dtype=torch.float32)
+        model = auto.from_pretrained(folder.path, dtype=torch.float32, **options)
     return model.eval()
 
 
