@@ -10,7 +10,7 @@ at flops_kept 0.5 and 0.3 (the latency-budget study's ``flops`` part), every com
 * timed with every other variant of its task, interleaved (each round runs all of them in a fresh random order;
   medians), on random token ids at batch 32 × 128 tokens with 2 threads, then at batch 1 × the dev set's average
   length with 1 thread. Idle ONNX Runtime threads do not spin, so a session does not take the cores of the pass
-  that follows it.
+  that follows it; sessions run with SkipLayerNormFusion off, as ``OnnxPredictor`` opens them.
 
     LIT_PRUNE_ASSETS=../shared/assets python -m benchmarks.studies.deploy [--tasks mrpc,stsb,sst2] [--repeats 20]
 
@@ -267,7 +267,9 @@ def markdown(rows: list[dict[str, Any]], hardware: str) -> str:
               "timed interleaved with the others on random token ids (medians; speedups against the dense float32 "
               "PyTorch model of the same task and shape, geometric means over the tasks), and scored on the whole dev "
               "set with the task's metric (points: x 100). int8: dynamic quantization of the Linear layers (ONNX "
-              "Runtime `quantize_dynamic`, PyTorch `torch.ao`). ONNX vs PyTorch: the export check's largest output "
+              "Runtime `quantize_dynamic`, PyTorch `torch.ao`). ONNX models exported with eager attention and run "
+              "with ONNX Runtime's SkipLayerNormFusion off, as `lit_prune.export` exports and `OnnxPredictor` runs "
+              "them (docs/deploy.md says why). ONNX vs PyTorch: the export check's largest output "
               f"difference on {CHECK_SAMPLES} dev examples (int8: to the float32 PyTorch model)."), "",
              *fastest(rows), "", verdict(rows), "", "## Mean over the tasks", "", *mean_table(rows), "",
              "## Every task", "",
