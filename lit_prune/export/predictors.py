@@ -44,7 +44,7 @@ class TorchPredictor:
 #: ONNX Runtime graph fusions the predictor turns off. SkipLayerNormFusion: ONNX Runtime 1.32's CPU kernel of the
 #: fused op took 8.0 ms on a (32, 128, 384) float32 input against 1.4 ms for the Add and LayerNormalization it
 #: replaces (2 threads; the fused kernel did not use the second one), so on MiniLM-L6 at batch 32 x 128 the fused
-#: graph spent about a fifth of a pruned int8 model's time in it.
+#: graph spent about a fifth of a pruned int8 model's time in it (``python -m benchmarks.studies.ort_fusions``).
 UNFUSED = ("SkipLayerNormFusion",)
 
 
