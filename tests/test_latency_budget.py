@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from lit_prune.core.flops import FlopsBudget
-from lit_prune.core.latency_model import LatencyBudget, LatencyShape, LatencyTable, fit_curve, model_signature
-from lit_prune.core.latency_tables import load_or_measure, measure_table, table_path
+from lit_prune.core.latency_model import (LatencyBudget, LatencyShape, LatencyTable, fit_curve, least_squares_knots,
+                                          model_signature)
+from lit_prune.core.latency_tables import (calibration, load_or_measure, measure_table, relative_medians, table_path,
+                                           table_variants)
 from lit_prune.core.masks import PruningMasks
 from lit_prune.core.hardware import hardware_summary
 from lit_prune.methods import KPruneCallback, KwonCallback
@@ -44,6 +46,55 @@ def test_fit_curve_is_zero_at_zero_and_never_decreases():
         fit_curve([1, 2], [0.0, 1.0])
 
 
+def test_least_squares_knots_recover_a_piecewise_linear_curve_and_average_noise():
+    xs = list(range(1, 13))
+    line = [2.0 + 3.0 * x if x <= 6 else 20.0 + 1.0 * (x - 6) for x in xs]  # bends at 6
+    assert least_squares_knots(xs, line, [1, 6, 12]) == pytest.approx([5.0, 20.0, 26.0])
+    # alternating noise of +-1 around the line: the fit stays within a third of it at the knots
+    noisy = [y + (1.0 if x % 2 else -1.0) for x, y in zip(xs, line)]
+    assert least_squares_knots(xs, noisy, [1, 6, 12]) == pytest.approx([5.0, 20.0, 26.0], abs=0.34)
+    # a value imposed at a knot: the others fit around it
+    assert least_squares_knots([0, 1, 2], [0.0, 2.0, 4.0], [0, 2], fixed={0: 0.0}) == pytest.approx([0.0, 4.0])
+    with pytest.raises(ValueError, match=r"knots=\[2, 12\]: expected ascending distinct values spanning 1..12"):
+        least_squares_knots(xs, line, [2, 12])
+
+
+def test_fit_curve_with_knots_fits_every_count_from_several_timings():
+    counts = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    measured = [0.0] + [1.0 + n + (0.5 if n % 2 else -0.5) for n in counts[1:]]  # a line with +-0.5 of noise
+    fitted = fit_curve(counts, measured, knots=[1, 4, 8])
+    assert fitted[0] == 0.0 and all(b >= a for a, b in zip(fitted, fitted[1:]))
+    assert max(abs(f - (1.0 + n)) for n, f in zip(counts[1:], fitted[1:])) < 0.3  # the raw values are 0.5 off
+    assert fit_curve(counts, measured, knots=counts[1:]) == fit_curve(counts, measured)  # every count: as measured
+    with pytest.raises(ValueError, match="knots=\\[1, 5, 9\\]: expected counts among"):
+        fit_curve(counts, measured, knots=[1, 5, 9])
+
+
+def test_relative_medians_cancel_a_machine_that_slows_down_for_some_rounds():
+    # two variants at 10 and 5 ms; rounds 1-3 of 5 ran 60% slower for everything (another job on the machine)
+    slow = [1.0, 1.6, 1.6, 1.6, 1.0]
+    times = {"dense": [10.0 * s for s in slow], "half": [5.0 * s for s in slow]}
+    times["half"][0] = 5.0 * 1.6  # and one variant alone was disturbed once
+    medians = relative_medians(times, "dense")
+    assert medians["dense"] == pytest.approx(16.0) and medians["half"] / medians["dense"] == pytest.approx(0.5)
+
+
+def test_the_calibration_maps_the_layers_sum_to_the_whole_models_time():
+    """Whole models that take 90% of their layers' summed time (plus noise) give a calibration through the origin
+    with that slope, whatever the noise on single points."""
+    table = synthetic_table()
+    _, whole = table_variants(tiny_model("bert"))
+    points, noise = [], [0.3, -0.3, 0.2, -0.2, 0.1, -0.1, 0.0]
+    for k, jitter in zip(range(1, 8), noise):
+        masks = whole[f"eighths={k}"]
+        points.append((masks, table.fixed_ms + 0.9 * table.layers_sum(masks.head.sum(1), masks.ffn.sum(1)) + jitter))
+    dense_sum = L_ * (table.attention_ms[-1] + table.ffn_ms[-1])
+    table.dense_ms = table.fixed_ms + 0.9 * dense_sum
+    knots, values = calibration(table, points)
+    assert knots[0] == 0 and knots[-1] == dense_sum and len(knots) == 3 and values[0] == 0
+    assert [v / k for k, v in zip(knots[1:], values[1:])] == pytest.approx([0.9, 0.9], abs=0.01)
+
+
 def test_predictions_interpolate_the_ffn_and_add_the_layers():
     table = synthetic_table(ffn=[0.0, 1.0, 2.0, 4.0, 6.0, 8.0])
     assert table.ffn(1) == 1.0 and table.ffn(6) == pytest.approx(1 + 5 / 11) and table.ffn(30) == pytest.approx(5.0)
@@ -59,7 +110,7 @@ def test_a_table_round_trips_through_json():
     table = synthetic_table()
     again = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
     assert again.to_dict() == table.to_dict()
-    with pytest.raises(ValueError, match="not a lit_prune.LatencyTable version 2 table"):
+    with pytest.raises(ValueError, match="not a lit_prune.LatencyTable version 3 table"):
         LatencyTable.from_dict({"format": "something else"})
 
 
@@ -346,3 +397,36 @@ def test_the_study_times_only_what_is_pruned_when_asked(tmp_path, monkeypatch, c
     rows = {}
     study.run_part("batch1", ["kprune"], ["stsb"], rows, pruning=False)
     assert rows == {} and "not pruned yet, skipped (--no-prune)" in capsys.readouterr().out
+
+
+def test_the_tables_study_fits_the_same_timings_both_ways():
+    """Timings that add up exactly (1 ms a head, 0.1 ms a neuron, whole models the sum of their layers): the current
+    fit and version 2's both predict every whole model exactly; the markdown states both fits' errors."""
+    from benchmarks.studies.latency_tables import markdown, summary, version2_fit
+    from lit_prune.core.latency_tables import fit_table
+
+    model = tiny_model("bert")
+    variants, whole = table_variants(model)
+    fixed, base = 2.0, 0.5
+    medians = {name: 0.0 for name in variants}
+    medians |= {f"heads={h}": base + h for h in range(H + 1)}
+    medians |= {name: base + 0.1 * int(name.split("=")[1]) for name in variants if name.startswith("neurons=")}
+    medians |= {name: base + H * int(name.split("=")[1]) / D_H for name in variants if name.startswith("width=")}
+    for name, masks in whole.items():
+        medians[name] = fixed + float(masks.head.sum() + 0.1 * masks.ffn.sum())
+    medians["dense"] = fixed + L_ * (H + 0.1 * F)
+    current = fit_table(model, LatencyShape.of(model, 2, 8, threads=1), medians, whole, seconds=1.0)
+    previous = version2_fit(current, medians, whole)
+    for table in (current, previous):
+        assert table.predict(whole["held_out"].structure()) == pytest.approx(medians["held_out"])
+        assert table.predict_counts([3, 1], [12, 36]) == pytest.approx(fixed + 4 + 4.8)
+    folder = {"method": "kwon", "task": "mrpc", "budget": "speedup 2", "folder": "runs/x", "measured": 2.0}
+    builds = [{"build": i, "dense_ms": 700.0 + i, "seconds": 60.0, "held_out_error": {"current": 0.01, "version2": 0.1},
+               "folders": [{**folder, "current": {"predicted": 2.0 + 0.1 * i, "error": 0.05 * i},
+                            "version2": {"predicted": 2.2, "error": 0.1}}]} for i in range(2)]
+    assert summary(builds, "current") == {"mean_abs": pytest.approx(0.025), "max_abs": pytest.approx(0.05),
+                                          "within_7": 1.0}
+    text = markdown(builds, "CPU: test", repeats=7)
+    assert "| 1 | 701 | +1.0% / +10.0% | 5.0% / 10.0% | 5.0% / 10.0% |" in text
+    assert "mean absolute error 2.5% (version 2's fit: 10.0%)" in text
+    assert "| kwon | mrpc | speedup 2 | 2.00x | 2.05x (+2.5%) | 2.20x (+10.0%) |" in text

@@ -16,19 +16,24 @@ outside the layer):
 
 Each value is the one-layer model's time minus the one-layer model's time with nothing kept. All variants are
 timed in one interleaved loop (each round runs every variant once, in a fresh random order, after warm-up passes),
-and the median of each is taken, so drifts of a shared machine spread over all of them. The tables are then
-**fitted**: made non-decreasing (pool-adjacent-violators: a unit removed never costs time) with nothing kept at
-zero. Layers timed alone do not add up exactly to a whole model (caches, memory traffic), so the same loop also
-times whole models keeping a quarter, half and three quarters of every layer's heads and neurons, the dense model
-and the emptied one, and the sum of the layers' times is mapped to the whole model's time through these points
-(piecewise linear, non-decreasing): the prediction is exact there. A held-out model (layers alternating between
-three quarters of the heads with a quarter of the neurons and the reverse) is timed too, and its prediction error
-is reported with the table.
+and each variant's time is the median over rounds of its time over the dense model's in the same round, times the
+dense model's median: a machine that slows down for a few rounds slows every variant of those rounds alike, and
+the ratio cancels it. The tables are then **fitted**: the times at one or more units by the least-squares
+piecewise-linear function with knots at 1 and every quarter of the heads, and at 1, F/16, F/8, F/4, F/2, 3F/4 and F
+neurons (each value is estimated from several timings, not one), made non-decreasing (pool-adjacent-violators: a
+unit removed never costs time) with nothing kept at zero. Layers timed alone do not add up exactly to a whole model
+(caches, memory traffic), so the same loop also times whole models keeping one to seven eighths of every layer's
+heads and neurons, the dense model and the emptied one, and the sum of the layers' times is mapped to the whole
+model's time by a least-squares piecewise-linear fit through these points (knots at nothing, the half model and
+the dense model; non-decreasing). A held-out model (layers alternating between three quarters of the heads with a
+quarter of the neurons and the reverse) is timed too, and its prediction error is reported with the table.
+``python -m benchmarks.studies.latency_tables`` measures how far predictions fall from speedups measured in the
+same loop, for this fit and for the previous one (plain medians, every count as measured).
 
 Departure from Kwon et al.'s reference code (``efficiency/latency.py``), which fits a constant up to a threshold and
-a line above it, and keeps at least the threshold's units in every layer: here every head count is measured and
-the FFN is interpolated between 18 measured points, so the fit follows the machine's curve (including the time an
-emptied sublayer saves), and a sublayer may be emptied.
+a line above it, and keeps at least the threshold's units in every layer: here every head count is timed and the
+FFN at 18 sizes, fitted with more knots, so the fit follows the machine's curve (including the time an emptied
+sublayer saves), and a sublayer may be emptied.
 
 **Prediction**: ``fixed_ms + calibration(Σ_layers attention(h_l) · width_factor_l + ffn(n_l))``; the width factor
 is 1 for whole heads, else ``width_ms`` at the layer's average padded head size over ``width_ms`` at d_h (compacted
@@ -58,7 +63,7 @@ from lit_prune.core.hf_modeling.modeling_lit_pruned import head_layout
 from lit_prune.core.masks import PruningMasks
 
 TABLE_FORMAT = "lit_prune.LatencyTable"
-TABLE_VERSION = 2  # 2: the whole-model calibration
+TABLE_VERSION = 3  # 2: the whole-model calibration; 3: ratios to the dense model per round, least-squares fits
 #: FFN sizes are measured at 0, 1 and every F / FFN_STEPS neurons
 FFN_STEPS = 16
 
@@ -115,16 +120,53 @@ def non_decreasing(values: Sequence[float]) -> list[float]:
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
-def fit_curve(counts: Sequence[int], added_ms: Sequence[float]) -> list[float]:
-    """A sublayer's fitted latency: 0 with nothing kept, then the measured times made non-decreasing (and >= 0).
+def least_squares_knots(xs: Sequence[float], ys: Sequence[float], knots: Sequence[float],
+                        fixed: dict[int, float] | None = None) -> list[float]:
+    """The values at ``knots`` (ascending, spanning ``xs``) of the continuous piecewise-linear function that fits the
+    points (xs, ys) best in least squares; ``fixed``: knot index -> a value imposed there."""
+    fixed = fixed or {}
+    if list(knots) != sorted(set(knots)) or min(xs) < knots[0] or max(xs) > knots[-1]:
+        raise ValueError(f"knots={list(knots)}: expected ascending distinct values spanning {min(xs)}..{max(xs)}")
+    basis = torch.zeros(len(xs), len(knots), dtype=torch.float64)
+    for row, x in enumerate(xs):  # each point is a blend of its two neighbouring knots
+        k = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2) if len(knots) > 1 else 0
+        t = (x - knots[k]) / (knots[k + 1] - knots[k]) if len(knots) > 1 else 0.0
+        basis[row, k] += 1 - t
+        if len(knots) > 1:
+            basis[row, k + 1] += t
+    target = torch.tensor([float(y) for y in ys], dtype=torch.float64)
+    free = [k for k in range(len(knots)) if k not in fixed]
+    for k, value in fixed.items():
+        target -= basis[:, k] * value
+    solution = torch.linalg.lstsq(basis[:, free], target.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    values = [0.0] * len(knots)
+    for k, value in fixed.items():
+        values[k] = float(value)
+    for k, value in zip(free, solution.tolist()):
+        values[k] = float(value)
+    return values
+
+
+def fit_curve(counts: Sequence[int], added_ms: Sequence[float], knots: Sequence[int] | None = None) -> list[float]:
+    """A sublayer's fitted latency at ``counts``: 0 with nothing kept, then the measured times fitted, >= 0 and
+    non-decreasing.
 
     Args:
         counts: the measured unit counts, ascending, starting at 0.
         added_ms: the time each adds over nothing kept.
+        knots: unit counts (>= 1, among ``counts``, spanning ``counts[1:]``) where the fit may bend: the times at
+            one or more units are fitted in least squares by the piecewise-linear function through them, so each
+            value is estimated from several timings, not one. ``None``: every count (the times as measured).
     """
     if not counts or counts[0] != 0 or list(counts) != sorted(set(counts)):
         raise ValueError(f"counts={list(counts)}: expected ascending distinct counts starting at 0")
-    return [0.0] + [max(0.0, v) for v in non_decreasing(added_ms[1:])]
+    measured = [float(v) for v in added_ms[1:]]
+    if knots is not None and len(counts) > 1:
+        if not set(knots) <= set(counts[1:]):
+            raise ValueError(f"knots={list(knots)}: expected counts among {list(counts[1:])}")
+        at_knots = least_squares_knots(counts[1:], measured, knots)
+        measured = _interpolate(list(knots), at_knots, counts[1:])
+    return [0.0] + [max(0.0, v) for v in non_decreasing(measured)]
 
 
 @dataclass
@@ -355,5 +397,5 @@ class LatencyBudget(BudgetUnits):
 Budget = FlopsBudget | LatencyBudget
 
 
-__all__ = ["Budget", "LatencyBudget", "LatencyShape", "LatencyTable", "check_speedup", "fit_curve", "model_signature",
-           "non_decreasing"]
+__all__ = ["Budget", "LatencyBudget", "LatencyShape", "LatencyTable", "check_speedup", "fit_curve", "least_squares_knots",
+           "model_signature", "non_decreasing"]

@@ -33,8 +33,8 @@ from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.compact import compact
 from lit_prune.core.hardware import hardware_key, hardware_label, hardware_summary
-from lit_prune.core.latency_model import (FFN_STEPS, TABLE_VERSION, LatencyShape, LatencyTable, non_decreasing,
-                                          fit_curve, model_signature)
+from lit_prune.core.latency_model import (FFN_STEPS, TABLE_VERSION, LatencyShape, LatencyTable, fit_curve,
+                                          least_squares_knots, model_signature, non_decreasing)
 from lit_prune.core.masks import PruningMasks
 
 Progress = Callable[[str, int, int], None]
@@ -93,10 +93,11 @@ def random_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
 
-def time_variants(variants: dict[str, nn.Module], inputs: dict[str, torch.Tensor], warmup: int, repeats: int,
-                  seed: int = 0, progress: Progress | None = None) -> dict[str, float]:
-    """Median wall time (ms) of each variant's forward pass, timed interleaved: after ``warmup`` passes of each,
-    ``repeats`` rounds each run every variant once in a fresh random order."""
+def time_rounds(variants: dict[str, nn.Module], inputs: dict[str, torch.Tensor], warmup: int, repeats: int,
+                seed: int = 0, progress: Progress | None = None) -> dict[str, list[float]]:
+    """Wall times (ms) of each variant's forward pass, timed interleaved: after ``warmup`` passes of each,
+    ``repeats`` rounds each run every variant once in a fresh random order. Returns each variant's ``repeats``
+    times, round by round."""
     device = next(next(iter(variants.values())).parameters()).device
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     order = list(variants)
@@ -117,7 +118,51 @@ def time_variants(variants: dict[str, nn.Module], inputs: dict[str, torch.Tensor
                 done += 1
             if progress:
                 progress("latency table", done, total)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def relative_medians(times: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Each variant's time as the median over rounds of its time over ``reference``'s in the same round, times
+    ``reference``'s median: a machine that slows down for a few rounds slows every variant of those rounds alike,
+    and the ratios cancel it (plain medians would keep whatever part of the slowdown fell on each variant)."""
+    scale = statistics.median(times[reference])
+    return {name: scale * statistics.median(t / r for t, r in zip(values, times[reference], strict=True))
+            for name, values in times.items()}
+
+
+def table_variants(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, PruningMasks]]:
+    """Every model a table times (see :mod:`lit_prune.core.latency_model`), by name: one-layer copies compacted to
+    each head count (``heads=h``), FFN size (``neurons=n``) and uniform head size (``width=w``); the dense
+    ``model``; whole models compacted to nothing (``empty``), to k eighths of every layer's heads and neurons
+    (``eighths=k``) and to the held-out structure (``held_out``). Also returns the whole models' masks."""
+    adapter = get_adapter(model)
+    L, H, d_h, F = adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim
+    one = _shared_copy(model, keep_layers=1)
+
+    def one_layer(heads: int, neurons: int, width: int | None = None) -> nn.Module:
+        # under rotary embeddings a head keeps its query/key dims whole: the widths are its value dims'
+        masks = adapter.conform_masks(_uniform_masks(1, H, d_h, F, heads, neurons, width))
+        return compact(_shared_copy(one), masks).eval()
+
+    variants: dict[str, nn.Module] = {f"heads={h}": one_layer(h, 0) for h in range(H + 1)}
+    variants |= {f"neurons={n}": one_layer(0, n) for n in ffn_counts(F)[1:]}
+    variants |= {f"width={w}": one_layer(H, 0, w) for w in head_widths(d_h)[:-1]}
+    variants["dense"] = model
+    whole = {"empty": _uniform_masks(L, H, d_h, F, 0, 0)}
+    whole |= {f"eighths={k}": _uniform_masks(L, H, d_h, F, round(H * k / 8), round(F * k / 8)) for k in range(1, 8)}
+    whole["held_out"] = _held_out_masks(L, H, d_h, F)
+    variants |= {name: compact(_shared_copy(model), masks).eval() for name, masks in whole.items()}
+    return variants, whole
+
+
+def ffn_counts(ffn_dim: int) -> list[int]:
+    """The FFN sizes a table measures: 0, 1 and every ``ffn_dim / FFN_STEPS``."""
+    return sorted({0, 1, *(round(ffn_dim * i / FFN_STEPS) for i in range(1, FFN_STEPS + 1))})
+
+
+def head_widths(head_dim: int) -> list[int]:
+    """The uniform head sizes a table measures: head_dim, head_dim / 2, ..., 1 (ascending)."""
+    return sorted({max(1, head_dim >> i) for i in range(head_dim.bit_length())})
 
 
 def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeats: int = 7,
@@ -127,56 +172,48 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
     Args:
         model: a dense model of a supported encoder (any head); it is not changed.
         shape: what to time; its device and dtype must be the model's.
-        warmup, repeats: untimed and timed rounds of the interleaved loop (the medians of ``repeats`` are taken).
+        warmup, repeats: untimed and timed rounds of the interleaved loop.
         progress: ``progress(description, done, total)`` after each round.
 
     Raises:
         ValueError: a compacted model, or a shape whose device / dtype is not the model's.
     """
-    adapter = get_adapter(model)
-    adapter.require_dense("measure a latency table")
+    get_adapter(model).require_dense("measure a latency table")
     here = LatencyShape.of(model, shape.batch_size, shape.seq_len, shape.threads)
     if (here.device, here.dtype) != (shape.device, shape.dtype):
         raise ValueError(f"latency shape {shape.label()}: the model is on {here.device} in {here.dtype}; move it "
                          "there first (tables are measured where the model runs)")
     started = time.perf_counter()
-    L, H, d_h, F = adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim
-    ffn_counts = sorted({0, 1, *(round(F * i / FFN_STEPS) for i in range(1, FFN_STEPS + 1))})
-    widths = sorted({max(1, d_h >> i) for i in range(d_h.bit_length())})
     was_training = model.training
     model.eval()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(shape.threads)
     try:
-        one = _shared_copy(model, keep_layers=1)
-        variants: dict[str, nn.Module] = {}
-
-        def one_layer(heads: int, neurons: int, width: int | None = None) -> nn.Module:
-            # under rotary embeddings a head keeps its query/key dims whole: the widths are its value dims'
-            masks = adapter.conform_masks(_uniform_masks(1, H, d_h, F, heads, neurons, width))
-            return compact(_shared_copy(one), masks).eval()
-
-        for h in range(H + 1):
-            variants[f"heads={h}"] = one_layer(h, 0)
-        for n in ffn_counts[1:]:
-            variants[f"neurons={n}"] = one_layer(0, n)
-        for w in widths[:-1]:
-            variants[f"width={w}"] = one_layer(H, 0, w)
-        variants["dense"] = model
-        whole = {"empty": _uniform_masks(L, H, d_h, F, 0, 0)}
-        for quarter in (1, 2, 3):
-            whole[f"quarter={quarter}"] = _uniform_masks(L, H, d_h, F, round(H * quarter / 4), round(F * quarter / 4))
-        whole["held_out"] = _held_out_masks(L, H, d_h, F)
-        for name, masks in whole.items():
-            variants[name] = compact(_shared_copy(model), masks).eval()
-        inputs = random_inputs(model, shape.batch_size, shape.seq_len)
-        medians = time_variants(variants, inputs, warmup, repeats, progress=progress)
+        variants, whole = table_variants(model)
+        times = time_rounds(variants, random_inputs(model, shape.batch_size, shape.seq_len), warmup, repeats,
+                            progress=progress)
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
+    return fit_table(model, shape, relative_medians(times, "dense"), whole, time.perf_counter() - started)
+
+
+def fit_table(model: nn.Module, shape: LatencyShape, medians: dict[str, float], whole: dict[str, PruningMasks],
+              seconds: float) -> LatencyTable:
+    """Fit the table of ``model`` at ``shape`` from the medians (ms) of :func:`table_variants`' models.
+
+    The per-count curves: least-squares piecewise-linear fits (:func:`~lit_prune.core.latency_model.fit_curve`) with
+    knots at 1 and every quarter of the heads, and at 1, F/16, F/8, F/4, F/2, 3F/4 and F neurons. The calibration:
+    the whole models at eighths, against their layers' summed times, fitted piecewise linearly with knots at the
+    half model's sum and the dense model's (nothing kept at zero)."""
+    adapter = get_adapter(model)
+    L, H, d_h, F = adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim
+    counts, widths = ffn_counts(F), head_widths(d_h)
     base = medians["heads=0"]
-    attention = fit_curve(list(range(H + 1)), [medians[f"heads={h}"] - base for h in range(H + 1)])
-    ffn = fit_curve(ffn_counts, [0.0] + [medians[f"neurons={n}"] - base for n in ffn_counts[1:]])
+    attention = fit_curve(list(range(H + 1)), [medians[f"heads={h}"] - base for h in range(H + 1)],
+                          knots=sorted({1, *(round(H * q / 4) for q in range(1, 5))} - {0}))
+    ffn = fit_curve(counts, [0.0] + [medians[f"neurons={n}"] - base for n in counts[1:]],
+                    knots=sorted({1, *(round(F * s / FFN_STEPS) for s in (1, 2, 4, 8, 12, 16))} - {0}))
     width = [medians[f"width={w}"] - base for w in widths[:-1]] + [medians[f"heads={H}"] - base]
     width = [max(v, 1e-6) for v in non_decreasing(width)]
     dense_ms, fixed_ms = medians["dense"], medians["empty"]
@@ -187,26 +224,30 @@ def measure_table(model: nn.Module, shape: LatencyShape, warmup: int = 2, repeat
     table = LatencyTable(
         shape=shape, model=model_signature(model), hardware=hardware_summary(shape.device) | {"threads": shape.threads},
         fixed_ms=fixed_ms, dense_ms=dense_ms, attention_counts=list(range(H + 1)), attention_ms=attention,
-        ffn_counts=ffn_counts, ffn_ms=ffn, width_sizes=widths, width_ms=width,
+        ffn_counts=counts, ffn_ms=ffn, width_sizes=widths, width_ms=width,
         measured={k: round(v, 4) for k, v in medians.items()})
-    # the calibration: the layers' summed times of each whole model timed, against its measured time
-    points = sorted((table.layers_sum(masks.head.sum(1).long(), masks.ffn.sum(1).long()), medians[name] - fixed_ms)
-                    for name, masks in whole.items() if name not in ("empty", "held_out"))
-    points = [(0.0, 0.0)] + points + [(L * (attention[-1] + ffn[-1]), dense_ms - fixed_ms)]
-    fitted = non_decreasing([max(0.0, y) for _, y in points])
-    kept = [0]  # strictly ascending sums (the dense point last), so the interpolation is defined
-    for index in range(1, len(points)):
-        if points[index][0] > points[kept[-1]][0]:
-            kept.append(index)
-        elif index == len(points) - 1:
-            kept[-1] = index
-    table.calibration_sum = [points[i][0] for i in kept]
-    table.calibration_ms = [fitted[i] for i in kept]
+    table.calibration_sum, table.calibration_ms = calibration(
+        table, [(masks, medians[name]) for name, masks in whole.items() if name.startswith("eighths=")])
     predicted = table.predict(whole["held_out"].structure())
     table.validation = {"held_out_measured_ms": medians["held_out"], "held_out_predicted_ms": predicted,
                         "relative_error": predicted / medians["held_out"] - 1}
-    table.seconds = time.perf_counter() - started
+    table.seconds = seconds
     return table
+
+
+def calibration(table: LatencyTable, points: list[tuple[PruningMasks, float]]) -> tuple[list[float], list[float]]:
+    """The map from the layers' summed one-layer times to the whole model's time over ``fixed_ms``: a least-squares
+    piecewise-linear fit through (0, 0) of the whole models timed (and the dense one), with knots at the median
+    model's sum and the dense model's, made non-decreasing. Returns the knots and the fitted values there."""
+    L = table.model["num_layers"]
+    dense_sum = L * (table.attention_ms[-1] + table.ffn_ms[-1])
+    xy = sorted((table.layers_sum(masks.head.sum(1).long(), masks.ffn.sum(1).long()), ms - table.fixed_ms)
+                for masks, ms in points)
+    middle = xy[(len(xy) - 1) // 2][0] if xy else 0.0
+    xy.append((dense_sum, table.dense_ms - table.fixed_ms))
+    knots = [0.0] + ([middle] if 0 < middle < dense_sum else []) + [dense_sum]
+    values = least_squares_knots([x for x, _ in xy], [y for _, y in xy], knots, fixed={0: 0.0})
+    return knots, [max(0.0, v) for v in non_decreasing(values)]
 
 
 # ------------------------------------------------------------------------------------------------ the cache
@@ -270,4 +311,5 @@ def load_or_measure(model: nn.Module, shape: LatencyShape, cache_dir: str | Path
     return table, notes
 
 
-__all__ = ["default_cache_dir", "load_or_measure", "measure_table", "random_inputs", "table_path", "time_variants"]
+__all__ = ["calibration", "default_cache_dir", "ffn_counts", "fit_table", "head_widths", "load_or_measure", "measure_table",
+           "random_inputs", "relative_medians", "table_path", "table_variants", "time_rounds"]
