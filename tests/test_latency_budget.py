@@ -384,7 +384,7 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
     text = markdown(rows)
     assert "| kprune | mrpc | 3x | 3.00x | 2.85x (s=128) | -5.0% | yes | 2.85x |" in text
     assert "Mean difference (latency − FLOPs): +0.0220." in text
-    assert "| batch 32 × 128 tokens, 2 thread(s), float32 | 31 s | 2 |" in text  # built once, used by both runs
+    assert "| batch 32 × 128 tokens, 2 thread(s), float32 | 2 | 31 s | 2 |" in text  # built once, used by both runs
     assert plot(rows, tmp_path / "plot.png").stat().st_size > 1000
 
 

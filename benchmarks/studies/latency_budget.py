@@ -106,8 +106,15 @@ def row(part: str, method: str, task: str, budget: dict[str, Any], report: dict[
             "predicted": entry.get("predicted_speedup"), "report_measured": entry.get("measured_speedup"),
             "measured": measured,
             "error": None if requested is None else measured["speedup"] / requested - 1,
-            "table": {"shape": table["shape"], "seconds": table["seconds"]} if table else None,
+            "table": {"shape": table["shape"], "seconds": table["seconds"], "version": table_version(table)}
+            if table else None,
             "prune_seconds": report["seconds"].get("prune"), "folder": str(folder.relative_to(REPO))}
+
+
+def table_version(table: dict[str, Any]) -> int:
+    """The latency table's format version, from a report's table summary (reports before version 3 lack it;
+    version 2 added the whole-model calibration)."""
+    return table.get("version") or (2 if "calibration" in table else 1)
 
 
 def key(r: dict[str, Any]) -> str:
@@ -190,7 +197,7 @@ def flops_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def tables_section(rows: list[dict[str, Any]]) -> list[str]:
     """How long each latency table took to build, and how many runs used it (the first built it, the rest reused it
     from the cache, as their logs say)."""
-    tables: dict[str, dict[str, Any]] = {}
+    tables: dict[tuple[str, int, float], int] = {}
     for r in rows:
         if not r["requested"]:
             continue
@@ -198,11 +205,14 @@ def tables_section(rows: list[dict[str, Any]]) -> list[str]:
         shape = table["shape"]
         name = (f"batch {shape['batch_size']} × {shape['seq_len']} tokens, {shape['threads']} thread(s), "
                 f"{shape['dtype']}")
-        tables.setdefault(name, {"seconds": table["seconds"], "runs": 0})["runs"] += 1
+        build = (name, table.get("version") or 2, round(table["seconds"], 1))  # rows before the version: 2
+        tables[build] = tables.get(build, 0) + 1
     if not tables:
         return []
-    lines = ["## Latency tables (all-MiniLM-L6-v2)", "", "| shape | built in | runs that used it |", "|---|---|---|"]
-    lines += [f"| {name} | {t['seconds']:.0f} s | {t['runs']} |" for name, t in sorted(tables.items())]
+    lines = ["## Latency tables (all-MiniLM-L6-v2)", "", "| shape | table version | built in | runs that used it |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {version} | {seconds:.0f} s | {runs} |"
+              for (name, version, seconds), runs in sorted(tables.items())]
     return lines + ["", "Built once per shape and machine; every later run reuses the cached table and its log says "
                     "so (`latency table reused from ...`).", ""]
 

@@ -282,8 +282,8 @@ class LatencyTable:
 
     def summary(self) -> dict[str, Any]:
         """What a report records of the table."""
-        return {"shape": asdict(self.shape), "hardware": hardware_label(self.hardware), "dense_ms": self.dense_ms,
-                "fixed_ms": self.fixed_ms, "max_speedup": self.max_speedup,
+        return {"version": TABLE_VERSION, "shape": asdict(self.shape), "hardware": hardware_label(self.hardware),
+                "dense_ms": self.dense_ms, "fixed_ms": self.fixed_ms, "max_speedup": self.max_speedup,
                 "calibration": dict(zip(("sum_ms", "whole_ms"), (self.calibration_sum, self.calibration_ms))),
                 "validation": self.validation, "attention_ms": self.attention_ms,
                 "ffn_ms": dict(zip(map(str, self.ffn_counts), self.ffn_ms)), "seconds": self.seconds}
