@@ -128,7 +128,9 @@ def build(index: int, teachers: dict[str, Path], chosen: list[dict[str, Any]], r
                 table.predict(whole["held_out"].structure()) / statistics.median(times["held_out"]) - 1
                 for name, table in (("current", current), ("version2", previous))}
     return {"build": index, "dense_ms": current.dense_ms, "seconds": seconds, "held_out_error": held_out,
-            "folders": rows}
+            "folders": rows, "tables": {"current": current.to_dict(), "version2": previous.to_dict()},
+            "medians": {name: statistics.median(v) for name, v in times.items()},
+            "structures": structures}
 
 
 def summary(builds: list[dict[str, Any]], fit: str) -> dict[str, float]:
@@ -195,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(builds, hardware, args.repeats)
     atomic_write_text(RESULTS / "latency_tables.md", text)
     publish_study("latency_tables", text, BENCHMARKS)
-    section = text.split("\n", 4)[4].replace("## ", "### ")
-    atomic_write_text(DOCS, replace_section(DOCS.read_text(), "latency_tables", section + f"\nMeasured by `{COMMAND}`."))
+    section = text.split("\n", 4)[4].split("\nPer folder")[0]  # the per-folder table: BENCHMARKS.md
+    atomic_write_text(DOCS, replace_section(DOCS.read_text(), "latency_tables", section + f"\nMeasured by `{COMMAND}`; "
+                                            "the error of each folder: [BENCHMARKS.md](../BENCHMARKS.md)."))
     return 0
 
 
