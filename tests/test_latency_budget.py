@@ -9,12 +9,24 @@ import pytest
 import torch
 
 from lit_prune.core.flops import FlopsBudget
-from lit_prune.core.latency_model import (LatencyBudget, LatencyShape, LatencyTable, fit_curve, least_squares_knots,
-                                          model_signature)
-from lit_prune.core.latency_tables import (calibration, load_or_measure, measure_table, relative_medians, table_path,
-                                           table_variants)
-from lit_prune.core.masks import PruningMasks
 from lit_prune.core.hardware import hardware_summary
+from lit_prune.core.latency_model import (
+    LatencyBudget,
+    LatencyShape,
+    LatencyTable,
+    fit_curve,
+    least_squares_knots,
+    model_signature,
+)
+from lit_prune.core.latency_tables import (
+    calibration,
+    load_or_measure,
+    measure_table,
+    relative_medians,
+    table_path,
+    table_variants,
+)
+from lit_prune.core.masks import PruningMasks
 from lit_prune.methods import KPruneCallback, KwonCallback
 from lit_prune.methods.gpruner.ppo import BudgetProjection
 from lit_prune.methods.kprune.search import decided_counts, search_sublayer
@@ -326,7 +338,7 @@ def test_grain_selection_under_a_latency_fraction_removes_the_least_important_fi
     generator = torch.Generator().manual_seed(3)
     scores = {"qk": torch.rand(L_, H, D_H, generator=generator), "vo": torch.rand(L_, H, D_H, generator=generator),
               "ffn": torch.rand(L_, F, generator=generator)}
-    fraction = lambda masks: table.predict(masks.structure()) / table.dense_ms  # noqa: E731
+    fraction = lambda masks: table.predict(masks.structure()) / table.dense_ms
     masks = select_units_by(scores, layout.masks(), layout, 0.6, fraction)
     assert fraction(masks) <= 0.6
     # the removed neurons are the least important of all (removed query/value dims may also go with their head)

@@ -37,9 +37,9 @@ from typing import Any
 from benchmarks.runner import REPO, TEACHER_FILE, ensure_teacher, load_config, run_command, teacher_dir
 from benchmarks.tables import publish_study
 from lit_prune.core.atomic import atomic_write_text
+from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.core.latency import compare
 from lit_prune.core.latency_tables import random_inputs
-from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.report import read_report
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -176,8 +176,8 @@ def flops_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for task in sorted({r["task"] for r in rows if r["part"] == "flops"}):
         latency = next((r for r in rows if r["part"] == "flops" and r["task"] == task and r["requested"]), None)
-        flops = sorted(((r["measured"]["speedup"], r["score"], r["budget"]["flops_kept"]) for r in rows
-                        if r["part"] == "flops" and r["task"] == task and not r["requested"]))
+        flops = sorted((r["measured"]["speedup"], r["score"], r["budget"]["flops_kept"]) for r in rows
+                        if r["part"] == "flops" and r["task"] == task and not r["requested"])
         if latency is None or len(flops) < 2:
             continue
         speed = latency["measured"]["speedup"]

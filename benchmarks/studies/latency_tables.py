@@ -38,8 +38,14 @@ from benchmarks.tables import publish_study, replace_section
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.core.latency_model import LatencyShape, LatencyTable, fit_curve, non_decreasing
-from lit_prune.core.latency_tables import (ffn_counts, fit_table, random_inputs, relative_medians, table_variants,
-                                           time_rounds)
+from lit_prune.core.latency_tables import (
+    ffn_counts,
+    fit_table,
+    random_inputs,
+    relative_medians,
+    table_variants,
+    time_rounds,
+)
 
 RESULTS = REPO / "benchmarks" / "results"
 BENCHMARKS = REPO / "BENCHMARKS.md"

@@ -397,5 +397,5 @@ class LatencyBudget(BudgetUnits):
 Budget = FlopsBudget | LatencyBudget
 
 
-__all__ = ["Budget", "LatencyBudget", "LatencyShape", "LatencyTable", "check_speedup", "fit_curve", "least_squares_knots",
-           "model_signature", "non_decreasing"]
+__all__ = ["Budget", "LatencyBudget", "LatencyShape", "LatencyTable", "check_speedup", "fit_curve",
+           "least_squares_knots", "model_signature", "non_decreasing"]

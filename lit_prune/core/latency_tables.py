@@ -33,8 +33,16 @@ from lit_prune.core.arch import get_adapter
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.compact import compact
 from lit_prune.core.hardware import hardware_key, hardware_label, hardware_summary
-from lit_prune.core.latency_model import (FFN_STEPS, TABLE_VERSION, LatencyShape, LatencyTable, fit_curve,
-                                          least_squares_knots, model_signature, non_decreasing)
+from lit_prune.core.latency_model import (
+    FFN_STEPS,
+    TABLE_VERSION,
+    LatencyShape,
+    LatencyTable,
+    fit_curve,
+    least_squares_knots,
+    model_signature,
+    non_decreasing,
+)
 from lit_prune.core.masks import PruningMasks
 
 Progress = Callable[[str, int, int], None]
@@ -207,7 +215,7 @@ def fit_table(model: nn.Module, shape: LatencyShape, medians: dict[str, float], 
     the whole models at eighths, against their layers' summed times, fitted piecewise linearly with knots at the
     half model's sum and the dense model's (nothing kept at zero)."""
     adapter = get_adapter(model)
-    L, H, d_h, F = adapter.num_layers, adapter.num_heads, adapter.head_dim, adapter.ffn_dim
+    H, d_h, F = adapter.num_heads, adapter.head_dim, adapter.ffn_dim
     counts, widths = ffn_counts(F), head_widths(d_h)
     base = medians["heads=0"]
     attention = fit_curve(list(range(H + 1)), [medians[f"heads={h}"] - base for h in range(H + 1)],
@@ -311,5 +319,5 @@ def load_or_measure(model: nn.Module, shape: LatencyShape, cache_dir: str | Path
     return table, notes
 
 
-__all__ = ["calibration", "default_cache_dir", "ffn_counts", "fit_table", "head_widths", "load_or_measure", "measure_table",
-           "random_inputs", "relative_medians", "table_path", "table_variants", "time_rounds"]
+__all__ = ["calibration", "default_cache_dir", "ffn_counts", "fit_table", "head_widths", "load_or_measure",
+           "measure_table", "random_inputs", "relative_medians", "table_path", "table_variants", "time_rounds"]
