@@ -67,6 +67,7 @@ def test_least_squares_knots_recover_a_piecewise_linear_curve_and_average_noise(
     assert least_squares_knots(xs, noisy, [1, 6, 12]) == pytest.approx([5.0, 20.0, 26.0], abs=0.34)
     # a value imposed at a knot: the others fit around it
     assert least_squares_knots([0, 1, 2], [0.0, 2.0, 4.0], [0, 2], fixed={0: 0.0}) == pytest.approx([0.0, 4.0])
+    assert least_squares_knots([3, 3, 3], [1.0, 2.0, 6.0], [3]) == pytest.approx([3.0])  # one knot: the mean
     with pytest.raises(ValueError, match=r"knots=\[2, 12\]: expected ascending distinct values spanning 1..12"):
         least_squares_knots(xs, line, [2, 12])
 
@@ -384,7 +385,7 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
                 "dense_score": 0.85, "score": score, "flops_kept": 0.4, "requested": requested, "predicted": requested,
                 "report_measured": measured, "measured": {"speedup": measured, "seq_len": 128}, "error": error,
                 "table": requested and {"shape": {"batch_size": 32, "seq_len": 128, "threads": 2, "dtype": "float32"},
-                                        "seconds": 31.3}}
+                                        "seconds": 31.3, "version": 3}}
 
     rows = [fake("flops", "mrpc", {"speedup": 2.0}, 2.1, 0.84, requested=2.0, error=0.05),
             fake("flops", "mrpc", {"flops_kept": 0.5}, 1.5, 0.845),
@@ -396,7 +397,7 @@ def test_the_study_interpolates_the_flops_budgets_at_the_latency_runs_speedup(tm
     text = markdown(rows)
     assert "| kprune | mrpc | 3x | 3.00x | 2.85x (s=128) | -5.0% | yes | 2.85x |" in text
     assert "Mean difference (latency − FLOPs): +0.0220." in text
-    assert "| batch 32 × 128 tokens, 2 thread(s), float32 | 2 | 31 s | 2 |" in text  # built once, used by both runs
+    assert "| batch 32 × 128 tokens, 2 thread(s), float32 | 3 | 31 s | 2 |" in text  # built once, used by both runs
     assert plot(rows, tmp_path / "plot.png").stat().st_size > 1000
 
 

@@ -205,7 +205,7 @@ def tables_section(rows: list[dict[str, Any]]) -> list[str]:
         shape = table["shape"]
         name = (f"batch {shape['batch_size']} × {shape['seq_len']} tokens, {shape['threads']} thread(s), "
                 f"{shape['dtype']}")
-        build = (name, table.get("version") or 2, round(table["seconds"], 1))  # rows before the version: 2
+        build = (name, table["version"], round(table["seconds"], 1))
         tables[build] = tables.get(build, 0) + 1
     if not tables:
         return []

@@ -23,7 +23,6 @@ Needs a quiet machine and the folders of ``benchmarks.studies.latency_budget``. 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import time
@@ -35,6 +34,7 @@ import torch
 from benchmarks.runner import REPO
 from benchmarks.studies.latency_budget import teacher_of
 from benchmarks.tables import publish_study, replace_section
+from lit_prune.core.arch import STRUCTURE_KEY
 from lit_prune.core.atomic import atomic_write_text
 from lit_prune.core.hardware import hardware_label, hardware_summary
 from lit_prune.core.latency_model import LatencyShape, LatencyTable, fit_curve, non_decreasing
@@ -107,20 +107,17 @@ def build(index: int, teachers: dict[str, Path], chosen: list[dict[str, Any]], r
     variants, whole = table_variants(model)
     reference = {task: "dense" if task == "mrpc" else f"teacher:{task}" for task in dense}  # the table's is MRPC's
     variants |= {reference[task]: teacher for task, teacher in dense.items() if task != "mrpc"}
-    structures = {}
     for f in chosen:
-        folder = REPO / f["folder"] / "pruned_model"
-        variants[f["folder"]] = AutoModelForSequenceClassification.from_pretrained(folder,
-                                                                                   trust_remote_code=True).eval()
-        config = json.loads((folder / "config.json").read_text())
-        structure = config["lit_prune_structure"]
-        structures[f["folder"]] = (ast.literal_eval(structure) if isinstance(structure, str) else structure)["layers"]
+        variants[f["folder"]] = AutoModelForSequenceClassification.from_pretrained(
+            REPO / f["folder"] / "pruned_model", trust_remote_code=True).eval()
+    structures = {f["folder"]: getattr(variants[f["folder"]].config, STRUCTURE_KEY)["layers"] for f in chosen}
     started = time.perf_counter()
     times = time_rounds(variants, random_inputs(model, BATCH, SEQ, seed=index), warmup=2, repeats=repeats,
                         seed=index)
     seconds = time.perf_counter() - started
+    medians = {name: statistics.median(v) for name, v in times.items()}
     current = fit_table(model, shape, relative_medians(times, "dense"), whole, seconds)
-    previous = version2_fit(current, {name: statistics.median(v) for name, v in times.items()}, whole)
+    previous = version2_fit(current, medians, whole)
     rows = []
     for f in chosen:
         measured = relative_medians(times, reference[f["task"]])
@@ -130,13 +127,11 @@ def build(index: int, teachers: dict[str, Path], chosen: list[dict[str, Any]], r
             predicted = table.dense_ms / table.predict(structures[f["folder"]])
             row[name] = {"predicted": predicted, "error": predicted / speedup - 1}
         rows.append(row)
-    held_out = {name: table.validation["relative_error"] if name == "current" else
-                table.predict(whole["held_out"].structure()) / statistics.median(times["held_out"]) - 1
-                for name, table in (("current", current), ("version2", previous))}
+    held_out = {"current": current.validation["relative_error"],  # against its own (per-round ratio) median
+                "version2": previous.predict(whole["held_out"].structure()) / medians["held_out"] - 1}
     return {"build": index, "dense_ms": current.dense_ms, "seconds": seconds, "held_out_error": held_out,
             "folders": rows, "tables": {"current": current.to_dict(), "version2": previous.to_dict()},
-            "medians": {name: statistics.median(v) for name, v in times.items()},
-            "structures": structures}
+            "medians": medians, "structures": structures}
 
 
 def summary(builds: list[dict[str, Any]], fit: str) -> dict[str, float]:

@@ -128,12 +128,13 @@ def least_squares_knots(xs: Sequence[float], ys: Sequence[float], knots: Sequenc
     if list(knots) != sorted(set(knots)) or min(xs) < knots[0] or max(xs) > knots[-1]:
         raise ValueError(f"knots={list(knots)}: expected ascending distinct values spanning {min(xs)}..{max(xs)}")
     basis = torch.zeros(len(xs), len(knots), dtype=torch.float64)
-    for row, x in enumerate(xs):  # each point is a blend of its two neighbouring knots
-        k = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2) if len(knots) > 1 else 0
-        t = (x - knots[k]) / (knots[k + 1] - knots[k]) if len(knots) > 1 else 0.0
+    if len(knots) == 1:  # every point at the one knot
+        basis[:, 0] = 1
+    for row, x in enumerate(xs if len(knots) > 1 else ()):  # each point is a blend of its two neighbouring knots
+        k = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2)
+        t = (x - knots[k]) / (knots[k + 1] - knots[k])
         basis[row, k] += 1 - t
-        if len(knots) > 1:
-            basis[row, k + 1] += t
+        basis[row, k + 1] += t
     target = torch.tensor([float(y) for y in ys], dtype=torch.float64)
     free = [k for k in range(len(knots)) if k not in fixed]
     for k, value in fixed.items():
