@@ -218,13 +218,23 @@ def test_a_table_is_measured_for_a_rotary_gated_encoder(tmp_path):
     """ModernBERT: its heads keep their query/key dims (rotary), so the width variants narrow the value dims only;
     the table is measured and predicts the dense model."""
     model = tiny_model("modernbert")
-    table, notes = load_or_measure(model, LatencyShape.of(model, 8, 32, threads=1), tmp_path, warmup=1, repeats=5)
+    table, notes = load_or_measure(model, LatencyShape.of(model, 16, 48, threads=1), tmp_path, warmup=1, repeats=5)
     assert notes[-1].startswith("latency table measured in")
     assert table.width_sizes == [1, 2, 4, 8] and table.dense_ms > table.fixed_ms > 0
     assert all(b >= a for a, b in zip(table.ffn_ms, table.ffn_ms[1:]))
 
 
-def test_measured_table_is_fitted_and_cached(tmp_path):
+def parameter_clock(variants, inputs, warmup, repeats, seed=0, progress=None):
+    """A stand-in for ``time_rounds`` with no timing noise: each variant takes 0.2 ms plus 0.1 us per parameter, and
+    the whole machine is 1.5x slower in round 1 (which the per-round ratios to the dense model cancel)."""
+    return {name: [(0.2 + 1e-4 * sum(p.numel() for p in variant.parameters())) * (1.5 if round_ == 1 else 1.0)
+                   for round_ in range(repeats)] for name, variant in variants.items()}
+
+
+def test_measured_table_is_fitted_and_cached(tmp_path, monkeypatch):
+    """The fit and the cache, on timings with no noise (the tiny model's one-layer differences are a few
+    microseconds, within a loaded machine's noise: the tables measured for real are tested at larger shapes)."""
+    monkeypatch.setattr("lit_prune.core.latency_tables.time_rounds", parameter_clock)
     model = tiny_model("bert")
     shape = LatencyShape.of(model, 4, 16, threads=1)
     table, notes = load_or_measure(model, shape, tmp_path, warmup=1, repeats=3)
@@ -243,6 +253,9 @@ def test_measured_table_is_fitted_and_cached(tmp_path):
                                                                         table.calibration_sum[1:]))
     assert all(b >= a for a, b in zip(table.calibration_ms, table.calibration_ms[1:]))
     assert set(table.validation) == {"held_out_measured_ms", "held_out_predicted_ms", "relative_error"}
+    # costs linear in the units kept are predicted exactly, and the slow round is cancelled
+    assert table.validation["relative_error"] == pytest.approx(0, abs=1e-9)
+    assert table.dense_ms == pytest.approx(0.2 + 1e-4 * sum(p.numel() for p in model.parameters()), abs=1e-4)
     again, notes = load_or_measure(model, shape, tmp_path)
     assert notes == [f"latency table reused from {table_path(tmp_path, model, shape)} (measured in "
                      f"{table.seconds:.0f} s on {notes[0].split(' on ', 1)[1].split(', batch')[0]}, {shape.label()})"]
@@ -256,6 +269,18 @@ def test_measured_table_is_fitted_and_cached(tmp_path):
     assert any(note.startswith(f"latency table {foreign} ignored: measured on CPU: Another CPU (96 cores)")
                for note in notes)
     assert notes[-1].startswith("latency table reused")
+
+
+def test_timings_that_show_no_unit_cost_are_refused_with_the_numbers(monkeypatch):
+    def flat_layers(variants, *args, **kwargs):  # every one-layer model as fast as the empty one
+        times = parameter_clock(variants, *args, **kwargs)
+        return {name: [0.5] * len(t) if name.split("=")[0] in ("heads", "neurons", "width") else t
+                for name, t in times.items()}
+
+    monkeypatch.setattr("lit_prune.core.latency_tables.time_rounds", flat_layers)
+    with pytest.raises(RuntimeError, match=r"one layer with all its heads and neurons \(\+0\.0000 ms and \+0\.0000 ms "
+                                           r"over the empty layer's 0\.500 ms\) is not measurably slower.*more repeats"):
+        measure_table(tiny_model("bert"), LatencyShape(4, 16, 1))
 
 
 def test_a_compacted_model_or_a_shape_elsewhere_is_refused():

@@ -225,10 +225,14 @@ def fit_table(model: nn.Module, shape: LatencyShape, medians: dict[str, float], 
     width = [medians[f"width={w}"] - base for w in widths[:-1]] + [medians[f"heads={H}"] - base]
     width = [max(v, 1e-6) for v in non_decreasing(width)]
     dense_ms, fixed_ms = medians["dense"], medians["empty"]
-    if not (dense_ms > fixed_ms and attention[-1] + ffn[-1] > 0):
+    noisy = "the timings are too noisy or too short to fit: use a larger batch or sequence, or more repeats"
+    if not dense_ms > fixed_ms:
         raise RuntimeError(f"latency table at {shape.label()}: the dense model ({dense_ms:.3f} ms) is not slower than "
-                           f"the model with every unit removed ({fixed_ms:.3f} ms); the timings are too noisy or too "
-                           "short to fit: use a larger batch or sequence, or more repeats")
+                           f"the model with every unit removed ({fixed_ms:.3f} ms); {noisy}")
+    if not attention[-1] + ffn[-1] > 0:
+        raise RuntimeError(f"latency table at {shape.label()}: one layer with all its heads and neurons "
+                           f"({medians[f'heads={H}'] - base:+.4f} ms and {medians[f'neurons={F}'] - base:+.4f} ms over "
+                           f"the empty layer's {base:.3f} ms) is not measurably slower than the empty layer; {noisy}")
     table = LatencyTable(
         shape=shape, model=model_signature(model), hardware=hardware_summary(shape.device) | {"threads": shape.threads},
         fixed_ms=fixed_ms, dense_ms=dense_ms, attention_counts=list(range(H + 1)), attention_ms=attention,
