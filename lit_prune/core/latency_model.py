@@ -130,11 +130,12 @@ def least_squares_knots(xs: Sequence[float], ys: Sequence[float], knots: Sequenc
     basis = torch.zeros(len(xs), len(knots), dtype=torch.float64)
     if len(knots) == 1:  # every point at the one knot
         basis[:, 0] = 1
-    for row, x in enumerate(xs if len(knots) > 1 else ()):  # each point is a blend of its two neighbouring knots
-        k = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2)
-        t = (x - knots[k]) / (knots[k + 1] - knots[k])
-        basis[row, k] += 1 - t
-        basis[row, k + 1] += t
+    else:
+        for row, x in enumerate(xs):  # each point is a blend of its two neighbouring knots
+            k = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2)
+            t = (x - knots[k]) / (knots[k + 1] - knots[k])
+            basis[row, k] += 1 - t
+            basis[row, k + 1] += t
     target = torch.tensor([float(y) for y in ys], dtype=torch.float64)
     free = [k for k in range(len(knots)) if k not in fixed]
     for k, value in fixed.items():
